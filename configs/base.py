@@ -1,0 +1,116 @@
+"""RetroMAE pretraining config: BERT-base defaults, the reference recipe.
+
+Variants: `--config=configs/base.py:PRESET` with PRESET one of
+  smoke  - tiny BERT on the embedded text; the README's one-command demo (< 3 min on 2 cores)
+  minilm - 6 layers, hidden 384, 12 heads, FFN 1536 (the shape of all-MiniLM-L6-v2)
+  base   - BERT-base, the paper's Wikipedia+BookCorpus run (the default)
+  large  - BERT-large
+Every key can be overridden on the command line, e.g. `--config.data.max_seq_length=150`.
+"""
+
+import ml_collections
+
+# name -> (num_layers, hidden_size, num_heads, intermediate_size)
+MODEL_SHAPES = {
+    "smoke": (2, 128, 2, 512),
+    "minilm": (6, 384, 12, 1536),
+    "base": (12, 768, 12, 3072),
+    "large": (24, 1024, 16, 4096),
+}
+
+
+def get_config(preset: str = "base") -> ml_collections.ConfigDict:
+  preset = preset or "base"
+  if preset not in MODEL_SHAPES:
+    raise ValueError(
+        f"configs/base.py: unknown preset {preset!r}; expected one of {sorted(MODEL_SHAPES)}")
+  c = ml_collections.ConfigDict()
+  c.preset = preset
+  c.seed = 0
+  # A HF tokenizer directory / tokenizer.json, or 'default': the bert-base-uncased WordPiece
+  # vocabulary shipped in retromae_jax/assets (Apache-2.0).
+  c.tokenizer = "default"
+
+  # ---- Schedule (paper, Wiki+Book run: 256 x 512 tokens, lr 1e-4, 10% warmup) ----
+  c.batch_size = 256  # global, over all hosts and devices
+  c.total_steps = 100_000
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.checkpoint_keep = 3
+
+  # ---- Data (host-side tf.data; see retromae_jax/data) ----
+  c.data = ml_collections.ConfigDict()
+  # jsonl:GLOB | text:GLOB | tfds:NAME[:SPLIT] | pydoc (the Python standard library's
+  # docstrings, real English text found on every machine: the embedded default).
+  c.data.source = "pydoc"
+  c.data.data_dir = ""  # TFDS data_dir (gs:// works)
+  c.data.max_seq_length = 512
+  c.data.encoder_mask_ratio = 0.30
+  c.data.decoder_mask_ratio = 0.50
+  c.data.decoder_pool_size = 128  # FlagEmbedding: min(n, 128) pool masks per example
+  c.data.shuffle_buffer = 10_000
+  c.data.min_chunk_tokens = 8  # chunks shorter than this (in tokens) are dropped and counted
+  c.data.prefetch = 2
+
+  # ---- Model ----
+  layers, hidden, heads, ffn = MODEL_SHAPES[preset]
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = -1  # -1: the tokenizer's vocabulary size
+  c.model.num_layers = layers
+  c.model.hidden_size = hidden
+  c.model.num_heads = heads
+  c.model.intermediate_size = ffn
+  c.model.max_position_embeddings = 512
+  c.model.type_vocab_size = 2
+  c.model.dropout_rate = 0.1
+  c.model.attention_dropout_rate = 0.1
+  c.model.initializer_range = 0.02
+  c.model.layer_norm_eps = 1e-12
+  # 'auto': bfloat16 compute on TPU/GPU, float32 on CPU (bf16 matmuls are slower on CPUs).
+  c.model.dtype = "auto"
+  c.model.param_dtype = "float32"
+  # Decoder query stream: 'embeddings' = LayerNorm(h + pos_i + type_0) (FlagEmbedding, DupMAE;
+  # works for RoBERTa-style backbones) or 'raw' = h + pos_i (the RetroMAE repository).
+  c.model.query_stream = "embeddings"
+
+  # ---- Optimizer (AdamW, warmup then linear decay, clip 1.0) ----
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-4
+  c.optim.warmup_ratio = 0.1
+  c.optim.weight_decay = 0.01
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.grad_clip_norm = 1.0
+
+  # ---- Initialisation ----
+  c.init = ml_collections.ConfigDict()
+  c.init.hf_dir = ""  # HF BERT directory (config.json + model.safetensors); '' = from scratch
+
+  # ---- Mesh (axes data x fsdp x tensor; -1 = the remaining devices) ----
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  # ---- Hardware accounting (MFU) ----
+  # Peak FLOP/s of one device. 0 = look it up from the device kind (TPU/GPU table in
+  # retromae_jax/flops.py); CPUs have no table entry, so this is measured: about 200 GFLOP/s f32
+  # on the 2-core CI machine.
+  c.peak_flops_per_device = 0.0
+  c.cpu_peak_flops = 200e9
+
+  if preset == "smoke":
+    c.batch_size = 16
+    c.total_steps = 150
+    c.log_every = 10
+    c.checkpoint_every = 75
+    c.data.max_seq_length = 128
+    c.data.shuffle_buffer = 1000
+    c.model.max_position_embeddings = 128
+    c.optim.learning_rate = 5e-4
+  elif preset == "minilm":
+    c.batch_size = 16
+    c.data.max_seq_length = 128
+    c.total_steps = 10_000
+  return c

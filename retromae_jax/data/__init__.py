@@ -1,0 +1,1 @@
+"""Host-side input pipeline: sources, tokenisation and chunking, masking, tf.data batching."""
