@@ -92,6 +92,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  c.sharding_rules = "fsdp_tensor"  # a table in retromae_jax/sharding.py
 
   # ---- Hardware accounting (MFU) ----
   # Peak FLOP/s of one device. 0 = look it up from the device kind (TPU/GPU table in

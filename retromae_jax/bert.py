@@ -1,0 +1,177 @@
+"""A BERT encoder in Flax Linen, laid out so that HF BertForMaskedLM weights map onto it 1:1.
+
+Every parameter names its axes by meaning (`vocab`, `embed`, `heads`, `kv`, `mlp`, `layers`, ...);
+retromae_jax/sharding.py's rules table decides where each axis lives on the mesh.
+Attention projections keep heads as their own axis ([embed, heads, kv]) so that tensor
+parallelism can split heads without reshapes.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Static model hyper-parameters (hashable, so it can be a Flax module attribute)."""
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  initializer_range: float = 0.02
+  layer_norm_eps: float = 1e-12
+  dtype: Any = jnp.float32  # compute dtype
+  param_dtype: Any = jnp.float32
+  query_stream: str = "embeddings"  # decoder query stream: 'embeddings' | 'raw'
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+
+def _normal(cfg: ModelConfig, names):
+  return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), names)
+
+
+def _zeros(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+      bias_init=_zeros(("embed",)))
+
+
+class Embeddings(nn.Module):
+  """Word + position + token-type embeddings, LayerNorm, dropout (BERT's embedding module)."""
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    embed = lambda n, name, axis: nn.Embed(
+        n, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+        embedding_init=_normal(cfg, (axis, "embed")))
+    self.word_embeddings = embed(cfg.vocab_size, "word_embeddings", "vocab")
+    self.position_embeddings = embed(cfg.max_position_embeddings, "position_embeddings", "pos")
+    self.token_type_embeddings = embed(cfg.type_vocab_size, "token_type_embeddings", "type")
+    self.layer_norm = _layer_norm(cfg, "LayerNorm")
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(self, input_ids: Array, deterministic: bool) -> Array:
+    return self.from_vectors(self.word_embeddings(input_ids), deterministic)
+
+  def from_vectors(self, vectors: Array, deterministic: bool) -> Array:
+    """HF's `embeddings(inputs_embeds=vectors)`: adds position and type-0 embeddings."""
+    seq_len = vectors.shape[-2]
+    x = vectors + self.position_embeddings(jnp.arange(seq_len))
+    x = x + self.token_type_embeddings(jnp.zeros((), jnp.int32))
+    x = self.layer_norm(x)
+    return self.dropout(x, deterministic=deterministic)
+
+
+class TransformerLayer(nn.Module):
+  """A post-LayerNorm BERT layer whose queries may come from a different stream than keys/values.
+
+  The encoder calls it with query_stream is kv_stream; RetroMAE's enhanced decoder passes
+  H1 (sentence vector + positions) as queries and H2 (sentence vector + token embeddings) as
+  keys/values, and the attention residual is added to the query stream, as in the references.
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, query_stream: Array, kv_stream: Array, mask: Array,
+               deterministic: bool) -> Array:
+    cfg = self.cfg
+    proj = lambda name: nn.DenseGeneral(
+        (cfg.num_heads, cfg.head_dim), dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+        kernel_init=_normal(cfg, ("embed", "heads", "kv")), bias_init=_zeros(("heads", "kv")))
+    q = proj("query")(query_stream)
+    k = proj("key")(kv_stream)
+    v = proj("value")(kv_stream)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    dropout_rng = None
+    if not deterministic and cfg.attention_dropout_rate > 0:
+      dropout_rng = self.make_rng("dropout")
+    # Masked entries get finfo.min (finite), so fully masked rows (padding queries) stay finite.
+    ctx = nn.dot_product_attention(
+        q, k, v, mask=mask, dropout_rng=dropout_rng, dropout_rate=cfg.attention_dropout_rate,
+        broadcast_dropout=False, deterministic=deterministic, dtype=cfg.dtype)
+    attn_out = nn.DenseGeneral(
+        cfg.hidden_size, axis=(-2, -1), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        kernel_init=_normal(cfg, ("heads", "kv", "embed")), bias_init=_zeros(("embed",)),
+        name="attention_output")(ctx)
+    attn_out = nn.Dropout(cfg.dropout_rate)(attn_out, deterministic=deterministic)
+    x = _layer_norm(cfg, "attention_LayerNorm")(attn_out + query_stream)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    h = nn.Dense(cfg.intermediate_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                 kernel_init=_normal(cfg, ("embed", "mlp")), bias_init=_zeros(("mlp",)),
+                 name="intermediate")(x)
+    h = nn.gelu(h, approximate=False)  # HF 'gelu' is the exact erf form
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                 kernel_init=_normal(cfg, ("mlp", "embed")), bias_init=_zeros(("embed",)),
+                 name="output")(h)
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    x = _layer_norm(cfg, "output_LayerNorm")(h + x)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class _ScannedLayer(TransformerLayer):
+  """Self-attention form of TransformerLayer with nn.scan's (carry, x) -> (carry, y) signature."""
+
+  def __call__(self, x, mask, deterministic):  # pytype: disable=signature-mismatch
+    return super().__call__(x, x, mask, deterministic), None
+
+
+class BertModel(nn.Module):
+  """Embeddings and the stack of encoder layers (one scanned layer: compile time independent of
+  depth; parameters are stacked along a leading `layers` axis)."""
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embeddings = Embeddings(cfg)
+    self.encoder = nn.scan(
+        _ScannedLayer, variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast, nn.broadcast),
+        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"},
+    )(cfg, name="encoder")
+
+  def __call__(self, input_ids: Array, attention_mask: Array, deterministic: bool) -> Array:
+    """Returns the last hidden states [B, L, D] (no pooler: RetroMAE and BGE use CLS directly)."""
+    x = self.embeddings(input_ids, deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    key_mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1 head, 1 query, L keys]
+    x, _ = self.encoder(x, key_mask, deterministic)
+    return x
+
+
+class MLMHead(nn.Module):
+  """BERT's MLM head: dense D->D, GELU, LayerNorm, then the word embeddings (tied) plus a bias."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, word_embeddings: Array) -> Array:
+    cfg = self.cfg
+    x = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                 kernel_init=_normal(cfg, ("embed", "hidden")), bias_init=_zeros(("hidden",)),
+                 name="dense")(x)
+    x = nn.gelu(x, approximate=False)
+    x = _layer_norm(cfg, "LayerNorm")(x)
+    bias = self.param("bias", _zeros(("vocab",)), (cfg.vocab_size,), cfg.param_dtype)
+    logits = jnp.einsum("...d,vd->...v", x, word_embeddings.astype(cfg.dtype))
+    # The softmax and cross-entropy run in float32 whatever the compute dtype.
+    return logits.astype(jnp.float32) + bias.astype(jnp.float32)

@@ -1,0 +1,35 @@
+"""Start-up validation of a pretraining config: each problem is one line naming the key."""
+
+import functools
+
+
+def validate(config, num_data_parallel: int | None = None):
+  """Raises ValueError('config.KEY: ...') on the first invalid setting."""
+  d, m = config.data, config.model
+  for key in ("encoder_mask_ratio", "decoder_mask_ratio"):
+    value = d[key]
+    if not 0.0 < value < 1.0:
+      raise ValueError(f"config.data.{key}: expected a ratio in (0, 1), got {value}")
+  checks = [
+      ("batch_size", config.batch_size > 0, "expected a positive global batch size"),
+      ("total_steps", config.total_steps > 0, "expected a positive number of steps"),
+      ("log_every", config.log_every > 0, "expected a positive interval"),
+      ("checkpoint_every", config.checkpoint_every > 0, "expected a positive interval"),
+      ("data.max_seq_length", 8 <= d.max_seq_length <= m.max_position_embeddings,
+       f"expected 8..model.max_position_embeddings ({m.max_position_embeddings})"),
+      ("data.decoder_pool_size", d.decoder_pool_size >= 1, "expected >= 1"),
+      ("model.num_heads", m.num_heads > 0 and m.hidden_size % m.num_heads == 0,
+       f"expected a divisor of model.hidden_size ({m.hidden_size})"),
+      ("model.query_stream", m.query_stream in ("embeddings", "raw"),
+       "expected 'embeddings' or 'raw'"),
+      ("model.dtype", m.dtype in ("auto", "float32", "bfloat16", "float16"),
+       "expected auto, float32, bfloat16 or float16"),
+      ("optim.warmup_ratio", 0.0 <= config.optim.warmup_ratio < 1.0, "expected [0, 1)"),
+  ]
+  for key, ok, expected in checks:
+    if not ok:
+      value = functools.reduce(getattr, key.split("."), config)
+      raise ValueError(f"config.{key}: {expected}, got {value!r}")
+  if num_data_parallel and config.batch_size % num_data_parallel:
+    raise ValueError(f"config.batch_size: {config.batch_size} is not divisible by the "
+                     f"{num_data_parallel} data-parallel devices of the mesh (data x fsdp)")

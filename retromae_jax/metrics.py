@@ -1,0 +1,66 @@
+"""Training metrics: one JSON object per logged step in <workdir>/metrics.jsonl, the same scalars
+to TensorBoard, and a human progress line. Only process 0 writes."""
+
+import datetime
+import json
+import os
+import time
+
+from absl import logging
+import jax
+
+
+class MetricsWriter:
+
+  def __init__(self, workdir: str, total_steps: int):
+    self.total_steps = total_steps
+    self.enabled = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      import tensorflow as tf  # the input pipeline already depends on it
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: dict):
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    import tensorflow as tf
+    with self._tb.as_default(step=step):
+      for name, value in scalars.items():
+        tf.summary.scalar(name, value)
+    self._tb.flush()
+
+  def progress(self, step: int, steps_per_s: float, scalars: dict):
+    if not self.enabled:
+      return
+    left = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else float("nan")
+    eta = str(datetime.timedelta(seconds=int(left))) if left == left else "?"
+    logging.info(
+        "step %d/%d | loss %.4f (enc %.4f, dec %.4f) | acc enc %.3f dec %.3f | lr %.2e | "
+        "%.2f steps/s | %.0f tok/s | MFU %.1f%% | ETA %s", step, self.total_steps,
+        scalars["loss"], scalars["enc_loss"], scalars["dec_loss"], scalars["enc_acc"],
+        scalars["dec_acc"], scalars["lr"], steps_per_s, scalars["tokens_per_s"],
+        100 * scalars.get("mfu", float("nan")), eta)
+
+  def close(self):
+    if self._jsonl:
+      self._jsonl.close()
+      self._tb.close()
+
+
+class Stopwatch:
+  """Wall time over a window of steps; restarted after the first (compiling) step."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self):
+    self.start = time.perf_counter()
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self.start

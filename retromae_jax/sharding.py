@@ -1,0 +1,63 @@
+"""The device mesh and the one table that maps the model's logical axes onto it.
+
+Axes of the mesh: `data` (pure data parallelism), `fsdp` (data parallelism whose replicas also
+split parameters and optimizer state, ZeRO-3 style), `tensor` (heads, MLP and vocabulary split
+across devices). The model only names axes by meaning (bert.py); this table decides where they
+live. A mesh axis can serve one array dimension only: when a rule's mesh axis is already taken
+(e.g. `embed` -> fsdp on an activation whose batch already uses fsdp) that dimension stays
+unsharded, which is what activations want.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# name -> rules. Select with config.sharding_rules.
+LOGICAL_AXIS_RULES = {
+    "fsdp_tensor": (
+        ("batch", ("data", "fsdp")),
+        ("length", None),
+        ("embed", "fsdp"),
+        ("vocab", "tensor"),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+        ("kv", None),
+        ("hidden", None),
+        ("pos", None),
+        ("type", None),
+        ("layers", None),
+    ),
+}
+
+
+def make_mesh(mesh_config) -> jax.sharding.Mesh:
+  """Builds the (data, fsdp, tensor) mesh; one size may be -1 (= the remaining devices)."""
+  sizes = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
+  n = jax.device_count()
+  if sizes.count(-1) > 1:
+    raise ValueError(f"config.mesh: at most one of data/fsdp/tensor may be -1, got {sizes}")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if n % known:
+      raise ValueError(f"config.mesh: {sizes} does not divide the {n} devices")
+    sizes[sizes.index(-1)] = n // known
+  if int(np.prod(sizes)) != n:
+    raise ValueError(f"config.mesh: data*fsdp*tensor = {int(np.prod(sizes))} but there are "
+                     f"{n} devices (use -1 for one axis to take the rest)")
+  # jax.make_mesh orders devices so that the innermost (last) axis gets the fastest links.
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Leading (example) dimension split over every data-parallel device."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def data_parallel_size(mesh) -> int:
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

@@ -1,0 +1,198 @@
+"""RetroMAE pretraining: one program, read top to bottom.
+
+Sections: workdir and tokenizer, mesh, input, model and sharded state, update step, checkpoint
+restore, loop, export. Everything comes from the config (configs/base.py).
+"""
+
+import os
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from retromae_jax import checkpoints
+from retromae_jax import config_check
+from retromae_jax import flops
+from retromae_jax import hf_interop
+from retromae_jax import losses
+from retromae_jax import metrics as metrics_lib
+from retromae_jax import optim
+from retromae_jax import sharding
+from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import pipeline
+from retromae_jax.retromae import RetroMAE, model_config_from
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+
+
+def batch_shapes(config, batch_size: int) -> dict:
+  """Shapes/dtypes of one batch (the contract of retromae_jax/data/pipeline.py)."""
+  seq_len = config.data.max_seq_length
+  positions = max(1, round(seq_len * config.data.encoder_mask_ratio))
+  shapes = {
+      "input_ids": (seq_len,), "attention_mask": (seq_len,), "encoder_input_ids": (seq_len,),
+      "encoder_positions": (positions,), "encoder_targets": (positions,),
+      "decoder_choice": (seq_len,), "decoder_targets": (seq_len,),
+  }
+  specs = {k: jax.ShapeDtypeStruct((batch_size, *s), jnp.int32) for k, s in shapes.items()}
+  specs["decoder_pool"] = jax.ShapeDtypeStruct(
+      (batch_size, config.data.decoder_pool_size, -(-seq_len // 8)), jnp.uint8)
+  return specs
+
+
+def _resolve_model_shape(config, vocab_size: int):
+  """An HF init directory fixes the model's shape; the config's model section follows it."""
+  if config.init.hf_dir:
+    overrides = hf_interop.model_overrides(hf_interop.read_hf_config(config.init.hf_dir))
+    with config.unlocked():
+      config.model.update(overrides)
+  return model_config_from(config, vocab_size)
+
+
+def train_and_evaluate(config, workdir: str):
+  # ---------------------------------------------------------------- Workdir, tokenizer, shape
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
+  model_cfg = _resolve_model_shape(config, tokenizer.get_vocab_size())
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  logging.info("Model: %s", model_cfg)
+
+  # ---------------------------------------------------------------- Mesh
+  mesh = sharding.make_mesh(config.mesh)
+  config_check.validate(config, sharding.data_parallel_size(mesh))
+  rules = sharding.LOGICAL_AXIS_RULES[config.sharding_rules]
+  logging.info("Mesh %s over %d devices (%s), %d process(es)", dict(mesh.shape),
+               jax.device_count(), jax.devices()[0].device_kind, jax.process_count())
+
+  # ---------------------------------------------------------------- Model and sharded state
+  model = RetroMAE(model_cfg)
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  example = batch_shapes(config, 1)
+
+  def init_variables(rng):
+    return model.init({"params": rng, "dropout": rng}, example, deterministic=True)
+
+  def init_state(rng):
+    params = nn.unbox(init_variables(rng)["params"])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    example = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
+    boxed = jax.eval_shape(init_variables, jax.random.key(0))
+    param_shardings = nn.logical_to_mesh_sharding(
+        nn.get_partition_spec(boxed)["params"], mesh, rules)
+    abstract_state = jax.eval_shape(init_state, jax.random.key(0))
+    state_shardings = TrainState(
+        step=sharding.replicated(mesh), params=param_shardings,
+        opt_state=optax.tree_map_params(
+            tx, lambda _, s: s, abstract_state.opt_state, param_shardings,
+            transform_non_params=lambda _: sharding.replicated(mesh)))
+    state = jax.jit(init_state, out_shardings=state_shardings)(
+        jax.random.key(config.seed))
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("Parameters: %.1fM (decoder layer %.1fM)", num_params / 1e6,
+               sum(x.size for x in jax.tree.leaves(state.params["decoder"])) / 1e6)
+
+  # ---------------------------------------------------------------- Update step
+  batch_sharding = {k: sharding.batch_sharding(mesh) for k in example}
+  dropout_root = jax.random.key(config.seed + 1)
+
+  def loss_fn(params, batch, dropout_key):
+    encoder_logits, decoder_logits = model.apply(
+        {"params": params}, batch, deterministic=False, rngs={"dropout": dropout_key})
+    return losses.retromae_loss(encoder_logits, decoder_logits, batch)
+
+  def train_step(state, batch):
+    # Dropout depends only on (seed, step): not on the mesh or on where the run resumed.
+    dropout_key = jax.random.fold_in(dropout_root, state.step)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, dropout_key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step_metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step),
+                        tokens=batch["attention_mask"].sum(), **aux)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    train_step = jax.jit(
+        train_step, in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+
+  # ---------------------------------------------------------------- Checkpoint restore / init
+  mngr = checkpoints.manager(workdir, config)
+  meta = {"model": {k: str(v) if k in ("dtype", "param_dtype") else v
+                    for k, v in vars(model_cfg).items()},
+          "tokenizer": tokenizer_lib.tokenizer_dir(config.tokenizer)}
+  start_step = mngr.latest_step() or 0
+  if start_step:
+    logging.info("Resuming from %s/checkpoints/%d", workdir, start_step)
+    state, _ = checkpoints.restore(mngr, start_step, state)
+  elif config.init.hf_dir:
+    params = hf_interop.load_hf_bert(config.init.hf_dir, jax.device_get(state.params))
+    state = state.replace(params=jax.device_put(params, param_shardings))
+    logging.info("Encoder initialised from %s", config.init.hf_dir)
+
+  # ---------------------------------------------------------------- Input
+  local_batches = pipeline.pretrain_dataset(
+      config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
+      start_step=start_step).as_numpy_iterator()
+
+  def global_batch(local):
+    return {k: jax.make_array_from_process_local_data(batch_sharding[k], local[k])
+            for k in example}
+
+  # ---------------------------------------------------------------- Loop
+  writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
+  flops_per_step = config.batch_size * flops.retromae_train_flops_per_example(
+      model_cfg, config.data.max_seq_length, example["encoder_positions"].shape[1])
+  peak = flops.device_peak_flops(config) * jax.device_count()
+  window, stopwatch, window_start = [], metrics_lib.Stopwatch(), start_step
+  step = start_step
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    while step < config.total_steps:
+      state, step_metrics = train_step(state, global_batch(next(local_batches)))
+      step += 1
+      window.append(step_metrics)
+      checkpoints.save(mngr, step, state, meta)
+      if step == start_step + 1:
+        jax.block_until_ready(step_metrics)  # the first step compiles: keep it out of the timing
+        window, window_start = [], step
+        stopwatch.reset()
+      elif step % config.log_every == 0 or step == config.total_steps:
+        window = jax.device_get(window)
+        seconds, steps = stopwatch.elapsed(), step - window_start
+        scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]
+                   if k not in ("tokens", "lr")}
+        scalars["lr"] = float(window[-1]["lr"])
+        scalars["tokens_per_s"] = float(sum(m["tokens"] for m in window)) / seconds
+        scalars["steps_per_s"] = steps / seconds
+        if peak:
+          scalars["mfu"] = flops_per_step * steps / seconds / peak
+        writer.write(step, scalars)
+        writer.progress(step, steps / seconds, scalars)
+        window, window_start = [], step
+        stopwatch.reset()
+  checkpoints.save(mngr, step, state, meta, force=step not in mngr.all_steps())
+  mngr.wait_until_finished()
+  writer.close()
+
+  # ---------------------------------------------------------------- Export
+  if is_main:
+    out = os.path.join(workdir, "export", "encoder")
+    hf_interop.save_hf_bert(jax.device_get(state.params), model_cfg, out,
+                            tokenizer_dir=tokenizer_lib.tokenizer_dir(config.tokenizer))
+    logging.info("Encoder exported to %s (HF BERT format)", out)
+  return state
+
