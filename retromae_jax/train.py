@@ -49,6 +49,13 @@ def batch_shapes(config, batch_size: int) -> dict:
   return specs
 
 
+def tokenizer_files_dir(spec: str) -> str:
+  """The directory whose tokenizer files an export copies."""
+  if spec == "default":
+    return str(tokenizer_lib.DEFAULT_DIR)
+  return spec if os.path.isdir(spec) else os.path.dirname(spec)
+
+
 def _resolve_model_shape(config, vocab_size: int):
   """An HF init directory fixes the model's shape; the config's model section follows it."""
   if config.init.hf_dir:
@@ -134,7 +141,7 @@ def train_and_evaluate(config, workdir: str):
   mngr = checkpoints.manager(workdir, config)
   meta = {"model": {k: str(v) if k in ("dtype", "param_dtype") else v
                     for k, v in vars(model_cfg).items()},
-          "tokenizer": tokenizer_lib.tokenizer_dir(config.tokenizer)}
+          "tokenizer": tokenizer_files_dir(config.tokenizer)}
   start_step = mngr.latest_step() or 0
   if start_step:
     logging.info("Resuming from %s/checkpoints/%d", workdir, start_step)
@@ -192,7 +199,7 @@ def train_and_evaluate(config, workdir: str):
   if is_main:
     out = os.path.join(workdir, "export", "encoder")
     hf_interop.save_hf_bert(jax.device_get(state.params), model_cfg, out,
-                            tokenizer_dir=tokenizer_lib.tokenizer_dir(config.tokenizer))
+                            tokenizer_dir=tokenizer_files_dir(config.tokenizer))
     logging.info("Encoder exported to %s (HF BERT format)", out)
   return state
 
