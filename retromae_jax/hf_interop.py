@@ -1,0 +1,445 @@
+"""Hugging Face BERT checkpoints in and out of our parameter tree.
+
+One explicit name table (`_MAPPING`) ties each of our parameters to its HF name and to the
+reshape between the two layouts: HF stores `nn.Linear` weights as [out, in] and keeps every layer
+separate; we store kernels as [in, out], split attention projections by head ([embed, heads, kv])
+and stack the encoder layers on a leading `layers` axis (nn.scan). Loading and saving both read
+that one table, so they cannot drift apart.
+
+Only the runtime libraries are used here (`safetensors` for tensors, json for configs); torch and
+`transformers` models appear only in the tests that check us against them.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+from typing import Any, Callable, NamedTuple
+
+import jax
+import numpy as np
+from flax import traverse_util
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+_CONFIG = "config.json"
+_WEIGHTS = "model.safetensors"
+_WEIGHTS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+# What a non-BERT model_type would need before it could load (shown in the error message).
+_PORTING_NOTES = {
+    "roberta": "positions offset by padding_idx + 1, a 1-row token-type table, `roberta.` and "
+               "`lm_head.*` names",
+    "xlm-roberta": "positions offset by padding_idx + 1, a 1-row token-type table, `roberta.` and "
+                   "`lm_head.*` names",
+    "camembert": "positions offset by padding_idx + 1, `roberta.` and `lm_head.*` names",
+    "distilbert": "no token-type embeddings, `distilbert.transformer.layer.*` names, a "
+                  "`vocab_transform`/`vocab_layer_norm` MLM head",
+    "electra": "an embedding projection when embedding_size != hidden_size, `electra.` names",
+    "albert": "factorised embeddings and one shared layer",
+    "deberta": "disentangled relative-position attention",
+    "deberta-v2": "disentangled relative-position attention",
+}
+
+
+def _fail(path: str, message: str) -> ValueError:
+  return ValueError(f"{path}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_config(hf_config: dict, where: str) -> None:
+  model_type = hf_config.get("model_type")
+  if model_type is None:  # very old configs: trust an all-BERT `architectures` list
+    archs = hf_config.get("architectures") or []
+    model_type = "bert" if archs and all(a.startswith("Bert") for a in archs) else None
+  if model_type != "bert":
+    needed = _PORTING_NOTES.get(
+        model_type, "a name table in retromae_jax/hf_interop.py and any architectural "
+        "differences in retromae_jax/bert.py")
+    raise _fail(where, f"model_type is {model_type!r}, but only 'bert' checkpoints are supported "
+                f"(supporting {model_type!r} would need: {needed})")
+  act = hf_config.get("hidden_act", "gelu")
+  if act != "gelu":
+    raise _fail(where, f"hidden_act is {act!r}; only 'gelu' (the exact erf form our layers use) "
+                "is supported")
+  pos = hf_config.get("position_embedding_type", "absolute")
+  if pos != "absolute":
+    raise _fail(where, f"position_embedding_type is {pos!r}; only 'absolute' is supported")
+  if hf_config["hidden_size"] % hf_config["num_attention_heads"]:
+    raise _fail(where, f"hidden_size {hf_config['hidden_size']} is not a multiple of "
+                f"num_attention_heads {hf_config['num_attention_heads']}")
+
+
+def _weights_file(hf_dir: str) -> str:
+  for name in (_WEIGHTS, _WEIGHTS_INDEX):
+    if os.path.isfile(os.path.join(hf_dir, name)):
+      return os.path.join(hf_dir, name)
+  others = sorted(f for f in os.listdir(hf_dir) if f.endswith((".bin", ".h5", ".msgpack", ".pt")))
+  hint = f" (found {', '.join(others)}: re-save it with safe_serialization=True)" if others else ""
+  raise _fail(os.path.join(hf_dir, _WEIGHTS), f"no such file, and no sharded {_WEIGHTS_INDEX} "
+              f"either{hint}")
+
+
+def read_hf_config(hf_dir: str) -> dict:
+  """Reads and validates `hf_dir/config.json` of a BERT checkpoint stored as safetensors."""
+  path = os.path.join(hf_dir, _CONFIG)
+  if not os.path.isfile(path):
+    raise _fail(path, "no such file; expected a Hugging Face model directory")
+  with open(path) as f:
+    try:
+      hf_config = json.load(f)
+    except json.JSONDecodeError as e:
+      raise _fail(path, f"not valid JSON ({e})") from None
+  _check_config(hf_config, path)
+  _weights_file(hf_dir)
+  return hf_config
+
+
+def model_overrides(hf_config: dict) -> dict:
+  """The `config.model` keys (also ModelConfig fields) that a HF BERT config determines."""
+  _check_config(hf_config, "config.json")
+  return {
+      "vocab_size": hf_config["vocab_size"],
+      "hidden_size": hf_config["hidden_size"],
+      "num_layers": hf_config["num_hidden_layers"],
+      "num_heads": hf_config["num_attention_heads"],
+      "intermediate_size": hf_config["intermediate_size"],
+      "max_position_embeddings": hf_config.get("max_position_embeddings", 512),
+      "type_vocab_size": hf_config.get("type_vocab_size", 2),
+      "layer_norm_eps": hf_config.get("layer_norm_eps", 1e-12),
+      "initializer_range": hf_config.get("initializer_range", 0.02),
+      "dropout_rate": hf_config.get("hidden_dropout_prob", 0.1),
+      "attention_dropout_rate": hf_config.get("attention_probs_dropout_prob", 0.1),
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+# The name table
+# ---------------------------------------------------------------------------------------------
+
+
+class _Rule(NamedTuple):
+  ours: str  # '/'-joined path in our tree
+  hf: str  # HF name; '{i}' marks a per-layer tensor stacked on our leading `layers` axis
+  to_ours: Callable[[np.ndarray, int], np.ndarray]  # (hf tensor, num_heads) -> ours
+  to_hf: Callable[[np.ndarray], np.ndarray]  # ours (one layer) -> hf tensor
+
+
+def _same(x, *_):
+  return x
+
+
+def _transpose(x, *_):
+  return x.T
+
+
+def _qkv_kernel(w, heads):  # HF [H*Dh, D] -> [D, H, Dh]
+  return w.T.reshape(w.shape[1], heads, -1)
+
+
+def _qkv_bias(b, heads):  # [H*Dh] -> [H, Dh]
+  return b.reshape(heads, -1)
+
+
+def _attn_out_kernel(w, heads):  # HF [D, H*Dh] -> [H, Dh, D]
+  return w.T.reshape(heads, -1, w.shape[0])
+
+
+def _merge_heads_in(k):  # [D, H, Dh] -> HF [H*Dh, D]
+  return k.reshape(k.shape[0], -1).T
+
+
+def _merge_heads_out(k):  # [H, Dh, D] -> HF [D, H*Dh]
+  return k.reshape(-1, k.shape[-1]).T
+
+
+def _flatten(b):  # [H, Dh] -> [H*Dh]
+  return b.reshape(-1)
+
+
+def _layer_norm(ours: str, hf: str) -> list[_Rule]:
+  # `weight`/`bias`; checkpoints written before 2019 call them `gamma`/`beta` (see _ALIASES).
+  return [_Rule(f"{ours}/scale", f"{hf}.weight", _same, _same),
+          _Rule(f"{ours}/bias", f"{hf}.bias", _same, _same)]
+
+
+def _dense(ours: str, hf: str) -> list[_Rule]:
+  return [_Rule(f"{ours}/kernel", f"{hf}.weight", _transpose, _transpose),
+          _Rule(f"{ours}/bias", f"{hf}.bias", _same, _same)]
+
+
+def _bert_rules() -> list[_Rule]:
+  rules = [
+      _Rule(f"bert/embeddings/{n}/embedding", f"embeddings.{n}.weight", _same, _same)
+      for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")]
+  rules += _layer_norm("bert/embeddings/LayerNorm", "embeddings.LayerNorm")
+  layer = "encoder.layer.{i}"
+  for n in ("query", "key", "value"):
+    rules += [_Rule(f"bert/encoder/{n}/kernel", f"{layer}.attention.self.{n}.weight",
+                    _qkv_kernel, _merge_heads_in),
+              _Rule(f"bert/encoder/{n}/bias", f"{layer}.attention.self.{n}.bias",
+                    _qkv_bias, _flatten)]
+  rules += [_Rule("bert/encoder/attention_output/kernel", f"{layer}.attention.output.dense.weight",
+                  _attn_out_kernel, _merge_heads_out),
+            _Rule("bert/encoder/attention_output/bias", f"{layer}.attention.output.dense.bias",
+                  _same, _same)]
+  rules += _layer_norm("bert/encoder/attention_LayerNorm", f"{layer}.attention.output.LayerNorm")
+  rules += _dense("bert/encoder/intermediate", f"{layer}.intermediate.dense")
+  rules += _dense("bert/encoder/output", f"{layer}.output.dense")
+  rules += _layer_norm("bert/encoder/output_LayerNorm", f"{layer}.output.LayerNorm")
+  return rules
+
+
+def _mlm_rules() -> list[_Rule]:
+  return (_dense("mlm_head/dense", "cls.predictions.transform.dense")
+          + _layer_norm("mlm_head/LayerNorm", "cls.predictions.transform.LayerNorm")
+          + [_Rule("mlm_head/bias", "cls.predictions.bias", _same, _same)])
+
+
+_BERT_RULES = _bert_rules()
+_MLM_RULES = _mlm_rules()
+_ALIASES = ((re.compile(r"LayerNorm\.weight$"), "LayerNorm.gamma"),
+            (re.compile(r"LayerNorm\.bias$"), "LayerNorm.beta"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+class _Checkpoint:
+  """Lazy access to the tensors of a single or sharded safetensors checkpoint, by name."""
+
+  def __init__(self, hf_dir: str):
+    path = _weights_file(hf_dir)
+    if path.endswith(".json"):
+      with open(path) as f:
+        weight_map = json.load(f)["weight_map"]
+      self.files = {k: os.path.join(hf_dir, v) for k, v in weight_map.items()}
+    else:
+      with safe_open(path, framework="np") as f:
+        self.files = {k: path for k in f.keys()}
+    self.where = path
+    self.used: set[str] = set()
+
+  def find(self, name: str) -> str | None:
+    """The stored name for `name` (trying the gamma/beta spelling), or None."""
+    if name in self.files:
+      return name
+    for pattern, old in _ALIASES:
+      legacy = pattern.sub(old, name)
+      if legacy != name and legacy in self.files:
+        return legacy
+    return None
+
+  def get(self, name: str) -> np.ndarray:
+    self.used.add(name)
+    with safe_open(self.files[name], framework="np") as f:
+      stored = f.get_slice(name).get_dtype()
+      if stored != "BF16" and not stored.startswith("F8"):
+        return f.get_tensor(name)
+    # numpy has no bfloat16/float8: read those through JAX, which hands back ml_dtypes arrays.
+    with safe_open(self.files[name], framework="flax") as f:
+      return np.asarray(f.get_tensor(name))
+
+  def num_layers(self, prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"encoder\.layer\.(\d+)\.")
+    found = {int(m.group(1)) for m in map(pattern.match, self.files) if m}
+    return max(found) + 1 if found else 0
+
+
+def _prefix(ckpt: _Checkpoint, hf_dir: str) -> str:
+  for prefix in ("bert.", ""):
+    if f"{prefix}embeddings.word_embeddings.weight" in ckpt.files:
+      return prefix
+  sample = ", ".join(sorted(ckpt.files)[:5])
+  raise _fail(ckpt.where, "no `bert.embeddings.word_embeddings.weight` or "
+              f"`embeddings.word_embeddings.weight`; is this a BERT checkpoint? (first keys: {sample})")
+
+
+def _place(value: np.ndarray, target) -> Any:
+  """`value` with the target's dtype, and on the target's devices/sharding if it is a jax.Array."""
+  value = np.asarray(value).astype(target.dtype, copy=False)
+  if isinstance(target, jax.Array):
+    if target.is_fully_addressable:
+      return jax.device_put(value, target.sharding)
+    return jax.make_array_from_callback(value.shape, target.sharding, lambda idx: value[idx])
+  return value
+
+
+def load_hf_bert(hf_dir: str, target_params: dict) -> dict:
+  """Returns a copy of `target_params` with `bert` (and `mlm_head`, if the checkpoint has
+  `cls.predictions.*`) read from the HF BERT checkpoint in `hf_dir`.
+
+  `target_params` is an unboxed parameter tree holding a top-level `bert` subtree (a freshly
+  initialised RetroMAE, or any model that embeds our BertModel as `bert`); its leaves may be arrays
+  or `jax.ShapeDtypeStruct`s (from `jax.eval_shape`). Loaded values take the target leaf's dtype and,
+  for jax.Arrays, its sharding. Every shape is checked before anything is returned.
+  """
+  read_hf_config(hf_dir)
+  ckpt = _Checkpoint(hf_dir)
+  prefix = _prefix(ckpt, hf_dir)
+  flat = traverse_util.flatten_dict(target_params, sep="/")
+  if "bert/encoder/query/kernel" not in flat:
+    raise ValueError("load_hf_bert: target_params has no bert/encoder/query/kernel; expected "
+                     f"our BertModel's tree under a top-level 'bert' (got {sorted(target_params)})")
+
+  rules = [(r, prefix + r.hf) for r in _BERT_RULES]
+  if ckpt.find("cls.predictions.bias") is not None and any(k.startswith("mlm_head/") for k in flat):
+    rules += [(r, r.hf) for r in _MLM_RULES]
+  absent = [r.ours for r, _ in rules if r.ours not in flat]
+  if absent:
+    raise ValueError(f"load_hf_bert: target_params lacks {', '.join(absent)}")
+
+  where = ckpt.where
+  num_layers, _, heads, _ = flat["bert/encoder/query/kernel"].shape
+  stored_layers = ckpt.num_layers(prefix)
+  if stored_layers != num_layers:
+    raise _fail(where, f"the checkpoint has {stored_layers} encoder layers, target_params has "
+                f"{num_layers}; build the model from model_overrides(read_hf_config(dir))")
+
+  # Gather everything first, so that one error lists every problem.
+  missing, mismatched, loaded = [], [], {}
+  for rule, hf in rules:
+    names = [hf.format(i=i) for i in range(num_layers)] if "{i}" in hf else [hf]
+    found = [ckpt.find(n) for n in names]
+    if None in found:
+      missing.extend(n for n, f in zip(names, found) if f is None)
+      continue
+    parts = [ckpt.get(n) for n in found]
+    expected = tuple(flat[rule.ours].shape)
+    try:
+      parts = [rule.to_ours(p, heads) for p in parts]
+      value = np.stack(parts) if "{i}" in hf else parts[0]
+      got = value.shape
+    except ValueError:  # not even reshapeable to our layout: report the stored shape
+      got = f"{parts[0].shape} as stored"
+    if got != expected:
+      mismatched.append(f"{hf} -> {rule.ours}: expected {expected}, got {got}")
+      continue
+    loaded[rule.ours] = value
+  if missing:
+    raise _fail(where, f"{len(missing)} tensor(s) missing: {', '.join(missing[:10])}"
+                + (" ..." if len(missing) > 10 else ""))
+  if mismatched:
+    raise _fail(where, "shape mismatch between checkpoint and target_params (key, expected, got): "
+                + "; ".join(mismatched))
+
+  _check_tied_decoder(ckpt, loaded)
+  unused = sorted(set(ckpt.files) - ckpt.used - {"embeddings.position_ids", "bert.embeddings.position_ids"})
+  if unused:
+    logging.info("%s: %d checkpoint tensor(s) not used (a pooler is expected to be): %s",
+                 where, len(unused), ", ".join(unused))
+  at_init = sorted({"/".join(k.split("/")[:2]) for k in flat if k not in loaded})
+  if at_init:
+    logging.info("%s: left at initialisation: %s", where, ", ".join(at_init))
+  out = {k: (_place(loaded[k], v) if k in loaded else v) for k, v in flat.items()}
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
+def _check_tied_decoder(ckpt: _Checkpoint, loaded: dict) -> None:
+  """Our output projection is the word embedding matrix; say so if the checkpoint's is not."""
+  name = ckpt.find("cls.predictions.decoder.weight")
+  if name is None or "mlm_head/bias" not in loaded:
+    return
+  decoder = ckpt.get(name)
+  words = loaded["bert/embeddings/word_embeddings/embedding"]
+  if decoder.shape != words.shape or not np.allclose(decoder, words):
+    logging.warning("cls.predictions.decoder.weight differs from the word embeddings; our MLM head "
+                    "ties them, so the checkpoint's separate decoder matrix is ignored")
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+
+def _tokenizer_pad_id(tokenizer_dir: str | None) -> int:
+  if tokenizer_dir:
+    path = os.path.join(tokenizer_dir, "vocab.txt")
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+          if line.rstrip("\n") == "[PAD]":
+            return i
+  return 0
+
+
+def save_hf_bert(params: dict, model_cfg, out_dir: str, tokenizer_dir: str | None = None) -> str:
+  """Writes `params['bert']` (and `params['mlm_head']`) as a HF BERT directory; returns out_dir.
+
+  `model_cfg` is our ModelConfig (or `config.model`; sizes are cross-checked against the params).
+  With an MLM head the directory is a `BertForMaskedLM` checkpoint (`bert.*`, `cls.predictions.*`;
+  the decoder matrix is tied to the word embeddings, so it is not stored); without one it is a
+  bare `BertModel` checkpoint. Either way it has no pooler: `AutoModel`/`BertModel` will report
+  `pooler.dense.*` as newly initialised, which RetroMAE/BGE-style CLS pooling never uses.
+  `tokenizer_dir` (a directory, or a tokenizer.json file) is copied alongside when given.
+  """
+  flat = traverse_util.flatten_dict(params, sep="/")
+  with_head = any(k.startswith("mlm_head/") for k in flat)
+  words = flat["bert/embeddings/word_embeddings/embedding"]
+  num_layers = flat["bert/encoder/query/kernel"].shape[0]
+  sizes = {"vocab_size": words.shape[0], "hidden_size": words.shape[1], "num_layers": num_layers,
+           "num_heads": flat["bert/encoder/query/kernel"].shape[2],
+           "intermediate_size": flat["bert/encoder/intermediate/kernel"].shape[-1],
+           "max_position_embeddings": flat["bert/embeddings/position_embeddings/embedding"].shape[0],
+           "type_vocab_size": flat["bert/embeddings/token_type_embeddings/embedding"].shape[0]}
+  for key, value in sizes.items():
+    declared = getattr(model_cfg, key)
+    if declared not in (value, -1):
+      raise ValueError(f"save_hf_bert: model_cfg.{key} is {declared} but the params have {value}")
+
+  prefix = "bert." if with_head else ""
+  tensors = {}
+  for rule in _BERT_RULES + (_MLM_RULES if with_head else []):
+    value = np.asarray(jax.device_get(flat[rule.ours]), dtype=np.float32)
+    hf = (prefix + rule.hf) if rule.ours.startswith("bert/") else rule.hf
+    if "{i}" in hf:
+      for i in range(num_layers):
+        tensors[hf.format(i=i)] = np.ascontiguousarray(rule.to_hf(value[i]))
+    else:
+      tensors[hf] = np.ascontiguousarray(rule.to_hf(value))
+
+  hf_config = {
+      "architectures": ["BertForMaskedLM" if with_head else "BertModel"],
+      "model_type": "bert",
+      "vocab_size": sizes["vocab_size"],
+      "hidden_size": sizes["hidden_size"],
+      "num_hidden_layers": num_layers,
+      "num_attention_heads": sizes["num_heads"],
+      "intermediate_size": sizes["intermediate_size"],
+      "hidden_act": "gelu",
+      "hidden_dropout_prob": float(model_cfg.dropout_rate),
+      "attention_probs_dropout_prob": float(model_cfg.attention_dropout_rate),
+      "max_position_embeddings": sizes["max_position_embeddings"],
+      "type_vocab_size": sizes["type_vocab_size"],
+      "initializer_range": float(model_cfg.initializer_range),
+      "layer_norm_eps": float(model_cfg.layer_norm_eps),
+      "pad_token_id": _tokenizer_pad_id(tokenizer_dir),
+      "position_embedding_type": "absolute",
+      "tie_word_embeddings": True,
+      "dtype": "float32",
+  }
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, _CONFIG), "w") as f:
+    json.dump(hf_config, f, indent=2)
+  save_file(tensors, os.path.join(out_dir, _WEIGHTS), metadata={"format": "pt"})
+
+  if tokenizer_dir:
+    if os.path.isfile(tokenizer_dir):
+      sources = [tokenizer_dir]
+    else:
+      sources = [os.path.join(tokenizer_dir, n) for n in TOKENIZER_FILES
+                 if os.path.isfile(os.path.join(tokenizer_dir, n))]
+      if not sources:
+        raise ValueError(f"{tokenizer_dir}: none of {', '.join(TOKENIZER_FILES)} found")
+    for src in sources:
+      shutil.copyfile(src, os.path.join(out_dir, os.path.basename(src)))
+  logging.info("Wrote %s (%d tensors%s)", out_dir, len(tensors), ", tokenizer" if tokenizer_dir else "")
+  return out_dir
