@@ -1,0 +1,196 @@
+"""Document sources: a tf.data.Dataset of tf.string, one document per element, one process's share.
+
+  jsonl:GLOB          lines {"text": ...} (FlagEmbedding's pretraining format); .gz accepted
+  text:GLOB           one document per line; .gz accepted
+  tfds:NAME[:SPLIT]   the 'text' feature of a prepared TFDS dataset in data.data_dir (gs:// works)
+  pydoc               the docstrings of this Python's standard library (PSF licence): real English
+                      text found on every machine, so demos and tests need no download
+
+Unusable lines (empty, invalid JSON, no string "text", not UTF-8) are skipped, never fatal: a
+billion-line corpus always has a few. They are counted in a SkipCounter that the pipeline logs
+at the end of every epoch.
+"""
+
+import ast
+import functools
+import json
+import sysconfig
+import threading
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+_EXPECTED = "expected jsonl:GLOB, text:GLOB, tfds:NAME[:SPLIT] or pydoc"
+_PARSE_BATCH = 256  # lines per parser call: amortises the Python call, keeps memory bounded
+_PYDOC_MIN_CHARS = 200  # shorter docstrings are mostly one-liners ("Return x.")
+_PYDOC_SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages"})
+
+
+class SkipCounter:
+  """Counts of skipped input lines by reason. Thread-safe: tf.data runs parsers in its threads."""
+
+  REASONS = ("empty", "invalid_json", "missing_text", "non_utf8")
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._counts = dict.fromkeys(self.REASONS, 0)
+
+  def add(self, reason: str, n: int = 1) -> None:
+    with self._lock:
+      self._counts[reason] += n
+
+  def as_dict(self) -> dict[str, int]:
+    with self._lock:
+      return dict(self._counts)
+
+  @property
+  def total(self) -> int:
+    return sum(self.as_dict().values())
+
+  def __repr__(self):
+    return f"SkipCounter({self.as_dict()})"
+
+
+def documents(source: str, data_dir: str = "", process_index: int = 0, process_count: int = 1,
+              *, skips: SkipCounter | None = None) -> tf.data.Dataset:
+  """This process's documents of `source` (see the module docstring), in a deterministic order."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, process_count={process_count})")
+  skips = skips if skips is not None else SkipCounter()
+  scheme, _, arg = source.partition(":")
+  if scheme == "pydoc" and not arg:
+    ds = tf.data.Dataset.from_tensor_slices(list(pydoc_texts()))
+    return ds.shard(process_count, process_index)
+  if scheme in ("jsonl", "text") and arg:
+    lines = _text_lines(source, arg, process_index, process_count)
+    return _parse(lines, _jsonl_texts if scheme == "jsonl" else _plain_texts, skips)
+  if scheme == "tfds" and arg:
+    texts = _tfds_texts(source, arg, data_dir, process_index, process_count)
+    return _parse(texts, _plain_texts, skips)
+  raise ValueError(f"data.source {source!r}: unknown or incomplete source; {_EXPECTED}")
+
+
+def _text_lines(source, pattern, process_index, process_count):
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise ValueError(f"data.source {source!r}: no file matches {pattern!r}")
+  # Whole files per process when that splits the work evenly enough (no process reads lines it
+  # throws away); otherwise every process reads everything and keeps every count-th line.
+  by_file = len(files) % process_count == 0 or len(files) >= 10 * process_count
+  if by_file:
+    files = files[process_index::process_count]
+  # TextLineDataset takes one compression type, so consecutive runs of files that share one
+  # are read as separate datasets, concatenated in the sorted order.
+  ds = None
+  start = 0
+  for end in range(1, len(files) + 1):
+    if end == len(files) or files[end].endswith(".gz") != files[start].endswith(".gz"):
+      part = tf.data.TextLineDataset(
+          files[start:end], compression_type="GZIP" if files[start].endswith(".gz") else "")
+      ds = part if ds is None else ds.concatenate(part)
+      start = end
+  return ds if by_file else ds.shard(process_count, process_index)
+
+
+def _tfds_texts(source, arg, data_dir, process_index, process_count):
+  import tensorflow_datasets as tfds  # slow to import: only when asked for
+
+  name, _, split = arg.partition(":")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except Exception as e:  # DatasetNotFoundError and friends; their messages span many lines
+    raise ValueError(f"data.source {source!r}: TFDS dataset {name!r} not found "
+                     f"({type(e).__name__}); expected a registered TFDS name") from None
+  if "text" not in builder.info.features:
+    raise ValueError(f"data.source {source!r}: TFDS dataset {name!r} has no 'text' feature "
+                     f"(features: {sorted(builder.info.features)})")
+  split = tfds.even_splits(split or "train", n=process_count)[process_index]
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+  except Exception as e:
+    raise ValueError(f"data.source {source!r}: cannot read split {split!r} of {name!r} from "
+                     f"data_dir {data_dir!r} ({type(e).__name__}); expected a prepared dataset "
+                     "(tfds build)") from None
+  return ds.map(lambda ex: ex["text"])
+
+
+def _parse(lines: tf.data.Dataset, parse_fn, skips: SkipCounter) -> tf.data.Dataset:
+  """Runs parse_fn over batches of raw lines in Python; its survivors become the documents."""
+
+  def parse(batch):
+    return np.array(parse_fn(batch, skips), dtype=object).reshape(-1)
+
+  def tf_parse(batch):
+    texts = tf.numpy_function(parse, [batch], tf.string, stateful=True)
+    texts.set_shape([None])
+    return texts
+
+  return lines.batch(_PARSE_BATCH).map(tf_parse).unbatch()
+
+
+def _decode(line: bytes, skips: SkipCounter) -> str | None:
+  try:
+    text = line.decode("utf-8")
+  except UnicodeDecodeError:
+    skips.add("non_utf8")
+    return None
+  if not text.strip():
+    skips.add("empty")
+    return None
+  return text
+
+
+def _plain_texts(lines, skips: SkipCounter) -> list[bytes]:
+  out = []
+  for line in lines:
+    if _decode(line, skips) is not None:
+      out.append(line)
+  return out
+
+
+def _jsonl_texts(lines, skips: SkipCounter) -> list[bytes]:
+  out = []
+  for line in lines:
+    line = _decode(line, skips)
+    if line is None:
+      continue
+    try:
+      record = json.loads(line.lstrip("\ufeff"))  # a UTF-8 byte-order mark opens some files
+    except json.JSONDecodeError:
+      skips.add("invalid_json")
+      continue
+    text = record.get("text") if isinstance(record, dict) else None
+    if not isinstance(text, str):
+      skips.add("missing_text")
+    elif not text.strip():
+      skips.add("empty")
+    else:
+      try:
+        out.append(text.encode("utf-8"))
+      except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+        skips.add("non_utf8")
+  return out
+
+
+@functools.lru_cache(maxsize=1)
+def pydoc_texts() -> tuple[str, ...]:
+  """Module, class and function docstrings of the standard library, longer than 200 characters.
+
+  Read with `ast` (nothing is imported or executed), files in sorted order: deterministic.
+  """
+  root = Path(sysconfig.get_paths()["stdlib"])
+  texts = []
+  for path in sorted(root.rglob("*.py")):
+    if _PYDOC_SKIP_DIRS.intersection(path.relative_to(root).parts):
+      continue
+    try:
+      tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError):  # Python 2 examples, odd encodings: not worth the text
+      continue
+    for node in ast.walk(tree):
+      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        doc = ast.get_docstring(node)
+        if doc and len(doc) > _PYDOC_MIN_CHARS:
+          texts.append(doc)
+  return tuple(texts)
