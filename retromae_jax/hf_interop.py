@@ -11,7 +11,6 @@ Only the runtime libraries are used here (`safetensors` for tensors, json for co
 """
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -19,9 +18,12 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
+from absl import logging
 from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
+
+from retromae_jax import tokenizer as tokenizer_lib
 
 _CONFIG = "config.json"
 _WEIGHTS = "model.safetensors"
@@ -336,9 +338,10 @@ def load_hf_bert(hf_dir: str, target_params: dict) -> dict:
   if unused:
     logging.info("%s: %d checkpoint tensor(s) not used (a pooler is expected to be): %s",
                  where, len(unused), ", ".join(unused))
-  at_init = sorted({"/".join(k.split("/")[:2]) for k in flat if k not in loaded})
+  at_init = sorted({k.split("/")[0] for k in flat if k not in loaded})
   if at_init:
-    logging.info("%s: left at initialisation: %s", where, ", ".join(at_init))
+    why = " (the checkpoint has no cls.predictions.* MLM head)" if "mlm_head" in at_init else ""
+    logging.info("%s: left at initialisation: %s%s", where, ", ".join(at_init), why)
   out = {k: (_place(loaded[k], v) if k in loaded else v) for k, v in flat.items()}
   return traverse_util.unflatten_dict(out, sep="/")
 
@@ -361,14 +364,8 @@ def _check_tied_decoder(ckpt: _Checkpoint, loaded: dict) -> None:
 
 
 def _tokenizer_pad_id(tokenizer_dir: str | None) -> int:
-  if tokenizer_dir:
-    path = os.path.join(tokenizer_dir, "vocab.txt")
-    if os.path.isfile(path):
-      with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-          if line.rstrip("\n") == "[PAD]":
-            return i
-  return 0
+  pad = tokenizer_lib.load_tokenizer(tokenizer_dir).token_to_id("[PAD]") if tokenizer_dir else None
+  return 0 if pad is None else pad
 
 
 def save_hf_bert(params: dict, model_cfg, out_dir: str, tokenizer_dir: str | None = None) -> str:

@@ -1,0 +1,163 @@
+"""Sentence embeddings from a HF BERT directory or one of our workdirs.
+
+  python -m retromae_jax.encode --model=PATH --input=FILE.jsonl --output=FILE.npy \
+      [--pooling=cls|mean] [--normalize] [--max_len=N] [--batch_size=N]
+
+Each input line is a JSON object whose `text` field is embedded; row i of the float32 [N, D]
+output is the i-th non-blank line. `--pooling=cls` (the default) is RetroMAE's sentence vector,
+the last hidden state at [CLS]; `--pooling=mean` averages the real tokens (sentence-transformers'
+mean pooling), and `--normalize` scales each row to unit L2 norm.
+
+Texts are sorted by length and padded to a multiple of 8 tokens, so a run compiles the forward
+pass a handful of times at most, and short texts do not pay for long ones.
+"""
+
+import json
+import os
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from retromae_jax import hf_interop
+from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.bert import ModelConfig
+from retromae_jax.retromae import RetroMAE
+
+POOLINGS = ("cls", "mean")
+_LENGTH_MULTIPLE = 8
+
+
+def _is_hf_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, "config.json")) and any(
+      os.path.isfile(os.path.join(path, n))
+      for n in ("model.safetensors", "model.safetensors.index.json"))
+
+
+def resolve_model_dir(path: str) -> str:
+  """The HF BERT directory to embed with: `path` itself, or `<workdir>/export/encoder`."""
+  export = os.path.join(path, "export", "encoder")
+  if _is_hf_dir(export):
+    return export
+  if _is_hf_dir(path):
+    return path
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    raise ValueError(f"{path} is a workdir without an exported encoder ({export}); run training to "
+                     "the end (it exports on completion) or export the encoder first")
+  if not os.path.isdir(path):
+    raise ValueError(f"--model: {path} does not exist")
+  hf_interop.read_hf_config(path)  # names the missing config.json / model.safetensors
+  raise ValueError(f"--model: {path} is neither a HF BERT directory nor a workdir")
+
+
+def _pool(hidden, mask, pooling: str, normalize: bool):
+  if pooling == "cls":
+    pooled = hidden[:, 0]
+  else:
+    weights = mask.astype(hidden.dtype)[..., None]
+    pooled = (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+  if normalize:
+    pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+  return pooled
+
+
+def load_encoder(model_dir: str):
+  """(model_dir, ModelConfig, params {'bert': ...}, tokenizer) for a HF BERT directory or workdir."""
+  model_dir = resolve_model_dir(model_dir)
+  overrides = hf_interop.model_overrides(hf_interop.read_hf_config(model_dir))
+  cfg = ModelConfig(**overrides, dtype=jnp.float32, param_dtype=jnp.float32)
+  # Shapes only: every encoder parameter is then read from the checkpoint, none initialised.
+  dummy = jnp.zeros((1, _LENGTH_MULTIPLE), jnp.int32)
+  target = jax.eval_shape(lambda: nn.unbox(RetroMAE(cfg).init(
+      jax.random.key(0), dummy, dummy, method="encode"))["params"])
+  params = hf_interop.load_hf_bert(model_dir, target)
+  tok = tokenizer_lib.load_tokenizer(model_dir)
+  return model_dir, cfg, params, tok
+
+
+def embed_texts(model_dir: str, texts: Sequence[str], pooling: str = "cls",
+                normalize: bool = False, max_len: int = 512, batch_size: int = 64) -> np.ndarray:
+  """Embeds `texts` with the encoder in `model_dir`; returns float32 [len(texts), hidden]."""
+  if pooling not in POOLINGS:
+    raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+  model_dir, cfg, params, tok = load_encoder(model_dir)
+  max_len = min(max_len, cfg.max_position_embeddings)
+  tok.enable_truncation(max_len)  # counts the [CLS]/[SEP] the post-processor adds
+  if not texts:
+    return np.zeros((0, cfg.hidden_size), np.float32)
+
+  ids = [e.ids for e in tok.encode_batch(list(texts))]
+  cls_id = tok.token_to_id("[CLS]")
+  if cls_id is not None and ids[0][:1] != [cls_id]:
+    raise ValueError(f"{model_dir}: the tokenizer does not add [CLS]/[SEP] (no post-processor)")
+
+  model = RetroMAE(cfg)
+
+  @jax.jit
+  def forward(params, input_ids, attention_mask):
+    hidden = model.apply({"params": params}, input_ids, attention_mask, method="encode")
+    return _pool(hidden, attention_mask, pooling, normalize)
+
+  order = np.argsort([len(x) for x in ids], kind="stable")
+  rows = min(batch_size, len(ids))  # every batch has this many rows: one shape per length
+  out = np.zeros((len(ids), cfg.hidden_size), np.float32)
+  for start in range(0, len(ids), rows):
+    chosen = order[start:start + rows]
+    length = -(-max(len(ids[i]) for i in chosen) // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE
+    length = min(length, cfg.max_position_embeddings)
+    batch_ids = np.zeros((rows, length), np.int32)
+    batch_mask = np.zeros((rows, length), np.int32)
+    for row, i in enumerate(chosen):
+      batch_ids[row, :len(ids[i])] = ids[i]
+      batch_mask[row, :len(ids[i])] = 1
+    pooled = forward(params, batch_ids, batch_mask)
+    out[chosen] = np.asarray(pooled)[:len(chosen)]
+  return out
+
+
+def read_texts(path: str) -> list[str]:
+  """The `text` field of every non-blank line of a jsonl file."""
+  texts = []
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+      if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise ValueError(f"{path}:{line_no}: expected a JSON object with a string 'text' field")
+      texts.append(record["text"])
+  return texts
+
+
+_MODEL = flags.DEFINE_string("model", None, "HF BERT directory, or a workdir with export/encoder.")
+_INPUT = flags.DEFINE_string("input", None, "jsonl file; the `text` field of each line is embedded.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the float32 [N, D] .npy array.")
+_POOLING = flags.DEFINE_enum("pooling", "cls", POOLINGS, "cls: [CLS] hidden state; mean: "
+                             "average over real tokens.")
+_NORMALIZE = flags.DEFINE_bool("normalize", False, "L2-normalise each embedding.")
+_MAX_LEN = flags.DEFINE_integer("max_len", 512, "Truncate texts to this many tokens, "
+                                "[CLS]/[SEP] included (capped at max_position_embeddings).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Texts per forward pass.")
+
+
+def main(argv):
+  del argv
+  texts = read_texts(_INPUT.value)
+  embeddings = embed_texts(_MODEL.value, texts, _POOLING.value, _NORMALIZE.value, _MAX_LEN.value,
+                           _BATCH_SIZE.value)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  np.save(_OUTPUT.value, embeddings)
+  logging.info("Wrote %s: %d x %d float32", _OUTPUT.value, *embeddings.shape)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["model", "input", "output"])
+  app.run(main)
