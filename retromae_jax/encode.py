@@ -8,10 +8,12 @@ output is the i-th non-blank line. `--pooling=cls` (the default) is RetroMAE's s
 the last hidden state at [CLS]; `--pooling=mean` averages the real tokens (sentence-transformers'
 mean pooling), and `--normalize` scales each row to unit L2 norm.
 
-Texts are sorted by length and padded to a multiple of 8 tokens, so a run compiles the forward
-pass a handful of times at most, and short texts do not pay for long ones.
+Texts are sorted by length and each batch is padded to a multiple of 8 tokens: short texts do not
+pay for long ones, and the forward pass compiles once per distinct padded length (at most
+max_len / 8 times, usually a few).
 """
 
+import functools
 import json
 import os
 from typing import Sequence
@@ -44,13 +46,21 @@ def resolve_model_dir(path: str) -> str:
     return export
   if _is_hf_dir(path):
     return path
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    raise ValueError(f"{path} is a workdir without an exported encoder ({export}); run training to "
-                     "the end (it exports on completion) or export the encoder first")
   if not os.path.isdir(path):
     raise ValueError(f"--model: {path} does not exist")
-  hf_interop.read_hf_config(path)  # names the missing config.json / model.safetensors
-  raise ValueError(f"--model: {path} is neither a HF BERT directory nor a workdir")
+  config_path = os.path.join(path, "config.json")
+  try:
+    with open(config_path, encoding="utf-8") as f:
+      is_hf = "model_type" in json.load(f)
+  except (OSError, ValueError):
+    is_hf = False
+  if is_hf:
+    hf_interop.read_hf_config(path)  # raises, naming the missing model.safetensors
+  if os.path.isdir(os.path.join(path, "checkpoints")) or os.path.isfile(config_path):
+    raise ValueError(f"{path} is a workdir without an exported encoder ({export}); run training to "
+                     "the end (it exports on completion) or export the encoder first")
+  raise ValueError(f"--model: {path} has neither config.json + model.safetensors (a HF BERT "
+                   "directory) nor export/encoder (a workdir)")
 
 
 def _pool(hidden, mask, pooling: str, normalize: bool):
@@ -81,28 +91,40 @@ def load_encoder(model_dir: str):
 def embed_texts(model_dir: str, texts: Sequence[str], pooling: str = "cls",
                 normalize: bool = False, max_len: int = 512, batch_size: int = 64) -> np.ndarray:
   """Embeds `texts` with the encoder in `model_dir`; returns float32 [len(texts), hidden]."""
-  if pooling not in POOLINGS:
-    raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
-  if batch_size < 1:
-    raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-  model_dir, cfg, params, tok = load_encoder(model_dir)
-  max_len = min(max_len, cfg.max_position_embeddings)
-  tok.enable_truncation(max_len)  # counts the [CLS]/[SEP] the post-processor adds
-  if not texts:
-    return np.zeros((0, cfg.hidden_size), np.float32)
+  _, cfg, params, tok = load_encoder(model_dir)
+  return embed(cfg, params, tok, texts, pooling, normalize, max_len, batch_size)
 
-  ids = [e.ids for e in tok.encode_batch(list(texts))]
-  cls_id = tok.token_to_id("[CLS]")
-  if cls_id is not None and ids[0][:1] != [cls_id]:
-    raise ValueError(f"{model_dir}: the tokenizer does not add [CLS]/[SEP] (no post-processor)")
 
+@functools.lru_cache(maxsize=None)
+def _forward(cfg: ModelConfig, pooling: str, normalize: bool):
+  """One jitted encoder + pooling function per (model shape, pooling): repeated calls reuse it."""
   model = RetroMAE(cfg)
 
   @jax.jit
   def forward(params, input_ids, attention_mask):
     hidden = model.apply({"params": params}, input_ids, attention_mask, method="encode")
     return _pool(hidden, attention_mask, pooling, normalize)
+  return forward
 
+
+def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: str = "cls",
+          normalize: bool = False, max_len: int = 512, batch_size: int = 64) -> np.ndarray:
+  """Embeds `texts` with in-memory encoder params ({'bert': ...}) and a `tokenizers.Tokenizer`."""
+  if pooling not in POOLINGS:
+    raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+  max_len = min(max_len, cfg.max_position_embeddings)
+  tok.no_padding()
+  tok.enable_truncation(max_len)  # counts the [CLS]/[SEP] the post-processor adds
+  if not texts:
+    return np.zeros((0, cfg.hidden_size), np.float32)
+  ids = [e.ids for e in tok.encode_batch(list(texts))]
+  cls_id = tok.token_to_id("[CLS]")
+  if cls_id is not None and ids[0][:1] != [cls_id]:
+    raise ValueError("embed: the tokenizer does not add [CLS]/[SEP] (it has no post-processor)")
+
+  forward = _forward(cfg, pooling, normalize)
   order = np.argsort([len(x) for x in ids], kind="stable")
   rows = min(batch_size, len(ids))  # every batch has this many rows: one shape per length
   out = np.zeros((len(ids), cfg.hidden_size), np.float32)
@@ -115,8 +137,7 @@ def embed_texts(model_dir: str, texts: Sequence[str], pooling: str = "cls",
     for row, i in enumerate(chosen):
       batch_ids[row, :len(ids[i])] = ids[i]
       batch_mask[row, :len(ids[i])] = 1
-    pooled = forward(params, batch_ids, batch_mask)
-    out[chosen] = np.asarray(pooled)[:len(chosen)]
+    out[chosen] = np.asarray(forward(params, batch_ids, batch_mask))[:len(chosen)]
   return out
 
 

@@ -339,4 +339,8 @@ def test_encode_input_and_model_errors(tmp_path):
   (workdir / "config.json").write_text("{}")
   with pytest.raises(ValueError, match="export"):
     encode.resolve_model_dir(str(workdir))
+  os.makedirs(workdir / "export" / "encoder")
+  for name in ("config.json", "model.safetensors"):
+    os.symlink(os.path.join(MINILM, name), workdir / "export" / "encoder" / name)
+  assert encode.resolve_model_dir(str(workdir)) == str(workdir / "export" / "encoder")
 
