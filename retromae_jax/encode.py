@@ -1,6 +1,6 @@
 """Sentence embeddings from a HF BERT directory or one of our workdirs.
 
-  python -m retromae_jax.encode --model=PATH --input=FILE.jsonl --output=FILE.npy \
+  python -m retromae_jax.encode --model=PATH --input=FILE.jsonl --output=FILE.npy
       [--pooling=cls|mean] [--normalize] [--max_len=N] [--batch_size=N]
 
 Each input line is a JSON object whose `text` field is embedded; row i of the float32 [N, D]
