@@ -1,0 +1,197 @@
+"""The host-side pretraining input pipeline: documents -> chunks -> shuffled batches -> masks.
+
+  documents (sources.py, this process's share)
+  -> tokenise and chunk in a Python generator (chunking.py; HF tokenizers, batch-encoded)
+  -> shuffle(config.data.shuffle_buffer, seed=config.seed), reshuffled every epoch -> repeat
+  -> batch(config.batch_size // process_count, drop_remainder)
+  -> masks (masking.py, vectorised NumPy on the whole batch), seeded by
+     (config.seed, process_index, batch index): the same seed gives the same batches whatever
+     the parallelism
+  -> prefetch
+
+THE BATCH CONTRACT (fixed shapes; L = data.max_seq_length, B = per-host batch,
+C = max(1, round(L * encoder_mask_ratio)), P = data.decoder_pool_size):
+  input_ids          int32 [B, L]   [CLS] chunk [SEP], then the pad id
+  attention_mask     int32 [B, L]   1 on real tokens
+  encoder_input_ids  int32 [B, L]   input_ids after the 80/10/10 corruption of the masked words
+  encoder_positions  int32 [B, C]   encoder-masked positions, ascending, padded with 0
+  encoder_targets    int32 [B, C]   their ORIGINAL ids, padded with -100
+  decoder_pool       uint8 [B, P, ceil(L/8)]  np.packbits of the pool masks (bit 1 = masked)
+  decoder_choice     int32 [B, L]   the pool row each query row uses (0 on padding rows)
+  decoder_targets    int32 [B, L]   original ids on real tokens except [CLS] and [SEP], else -100
+retromae_jax.decoder_mask.decoder_attention(pool, choice, attention_mask) expands the decoder's
+dense [B, L, L] visibility on the device.
+"""
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tokenizers
+from absl import logging
+
+from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import chunking, masking, sources
+
+_DOCS_PER_CALL = 64  # documents per tokenizer call: big batches for the Rust side
+
+
+@dataclasses.dataclass
+class PipelineStats:
+  """What the pipeline dropped and produced so far (cumulative over epochs); logged per epoch."""
+  skips: sources.SkipCounter = dataclasses.field(default_factory=sources.SkipCounter)
+  chunks: chunking.ChunkStats = dataclasses.field(default_factory=chunking.ChunkStats)
+  epochs: int = 0
+  _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+  def add_chunks(self, more: chunking.ChunkStats) -> None:
+    with self._lock:
+      for field in dataclasses.fields(more):
+        name = field.name
+        setattr(self.chunks, name, getattr(self.chunks, name) + getattr(more, name))
+
+
+def masking_spec(config: ml_collections.ConfigDict,
+                 tokenizer: tokenizers.Tokenizer) -> masking.MaskingSpec:
+  ids = tokenizer_lib.special_ids(tokenizer)
+  return masking.MaskingSpec(
+      max_seq_length=config.data.max_seq_length,
+      encoder_mask_ratio=config.data.encoder_mask_ratio,
+      decoder_mask_ratio=config.data.decoder_mask_ratio,
+      decoder_pool_size=config.data.decoder_pool_size,
+      mask_id=ids.mask,
+      vocab_size=ids.vocab_size,
+      is_continuation=tokenizer_lib.continuation_table(tokenizer))
+
+
+def host_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
+  if config.batch_size % process_count:
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+                     f"{process_count} processes")
+  return config.batch_size // process_count
+
+
+def chunk_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
+                  process_index: int = 0, process_count: int = 1,
+                  stats: PipelineStats | None = None) -> tf.data.Dataset:
+  """One epoch of (input_ids int32 [L] = [CLS] chunk [SEP] pad..., length int32), in order."""
+  stats = stats if stats is not None else PipelineStats()
+  seq_len = config.data.max_seq_length
+  ids = tokenizer_lib.special_ids(tokenizer)
+  is_continuation = tokenizer_lib.continuation_table(tokenizer)
+  docs = sources.documents(config.data.source, config.data.data_dir, process_index,
+                           process_count, skips=stats.skips)
+  chunks_at_epoch_start = [0]
+
+  def chunk_numpy(texts):
+    """A batch of documents -> their chunks, padded: ([N, L] ids, [N] lengths)."""
+    counts = chunking.ChunkStats()
+    chunks = list(chunking.chunk_documents(
+        (t.decode("utf-8") for t in texts), tokenizer, max_seq_length=seq_len,
+        min_chunk_tokens=config.data.min_chunk_tokens, is_continuation=is_continuation,
+        stats=counts))
+    stats.add_chunks(counts)
+    lengths = np.array([len(c) for c in chunks], np.int32) + 2
+    input_ids = np.full((len(chunks), seq_len), ids.pad, np.int32)
+    input_ids[:, 0] = ids.cls
+    for row, chunk in enumerate(chunks):
+      input_ids[row, 1:len(chunk) + 1] = chunk
+    input_ids[np.arange(len(chunks)), lengths - 1] = ids.sep
+    return input_ids, lengths
+
+  def end_epoch():
+    """Runs after the epoch's last document: logs the counts, returns no chunk."""
+    stats.epochs += 1
+    produced = stats.chunks.chunks - chunks_at_epoch_start[0]
+    chunks_at_epoch_start[0] = stats.chunks.chunks
+    logging.info("data: process %d finished epoch %d: %d chunks; totals %s; skipped lines %s",
+                 process_index, stats.epochs, produced, stats.chunks, stats.skips.as_dict())
+    if not produced:
+      raise ValueError(f"data.source {config.data.source!r}: no chunk of at least "
+                       f"{config.data.min_chunk_tokens} tokens in process {process_index}'s share")
+    return np.zeros((0, seq_len), np.int32), np.zeros((0,), np.int32)
+
+  def as_blocks(fn, *args):
+    input_ids, lengths = tf.numpy_function(fn, list(args), [tf.int32, tf.int32])
+    input_ids.set_shape([None, seq_len])
+    lengths.set_shape([None])
+    return input_ids, lengths
+
+  # Documents are independent (a chunk never spans two), so batches of them can be tokenised
+  # in parallel; deterministic=True keeps the document order.
+  blocks = docs.batch(_DOCS_PER_CALL).map(
+      lambda texts: as_blocks(chunk_numpy, texts), num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True)
+  marker = tf.data.Dataset.range(1).map(lambda _: as_blocks(end_epoch))
+  return blocks.concatenate(marker).unbatch()
+
+
+def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
+                     process_index: int = 0, process_count: int = 1, start_step: int = 0,
+                     stats: PipelineStats | None = None) -> tf.data.Dataset:
+  """Infinite per-host batches following the batch contract (module docstring)."""
+  batch_size = host_batch_size(config, process_count)
+  spec = masking_spec(config, tokenizer)
+  seq_len, seed = config.data.max_seq_length, config.seed
+  ds = chunk_dataset(config, tokenizer, process_index=process_index,
+                     process_count=process_count, stats=stats)
+  if config.data.shuffle_buffer > 1:
+    ds = ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  ds = ds.repeat().batch(batch_size, drop_remainder=True)
+  ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
+  # Resume: exact (the stream is a function of the config and the process layout), but the
+  # skipped batches are still read and tokenised (not masked); issue 4 makes this exact and
+  # cheap.
+  ds = ds.skip(start_step)
+
+  shapes = batch_shapes(config, batch_size)
+  names = tuple(shapes)
+
+  def mask_numpy(input_ids, lengths, index):
+    rng = np.random.default_rng([seed & (2**64 - 1), process_index, int(index)])
+    batch = masking.make_batch(input_ids, lengths, spec, rng)
+    return tuple(batch[name] for name in names)
+
+  def mask(batch, index):
+    input_ids, lengths = batch
+    outs = tf.numpy_function(mask_numpy, [input_ids, lengths, index],
+                             [tf.as_dtype(shapes[n][1]) for n in names], stateful=False)
+    for out, name in zip(outs, names):
+      out.set_shape(shapes[name][0])
+    return dict(zip(names, outs))
+
+  # Parallel calls cannot change the result (each batch has its own seed); deterministic=True
+  # keeps the order.
+  ds = ds.map(mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.prefetch(config.data.prefetch)
+
+
+def batch_shapes(config: ml_collections.ConfigDict,
+                 batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """name -> (shape, dtype) of every array of the batch contract."""
+  seq_len = config.data.max_seq_length
+  capacity = int(masking.mask_budget(np.array([seq_len]), config.data.encoder_mask_ratio)[0])
+  pool = (batch_size, config.data.decoder_pool_size, (seq_len + 7) // 8)
+  rows = (batch_size, seq_len)
+  return {
+      "input_ids": (rows, np.int32),
+      "attention_mask": (rows, np.int32),
+      "encoder_input_ids": (rows, np.int32),
+      "encoder_positions": ((batch_size, capacity), np.int32),
+      "encoder_targets": ((batch_size, capacity), np.int32),
+      "decoder_pool": (pool, np.uint8),
+      "decoder_choice": (rows, np.int32),
+      "decoder_targets": (rows, np.int32),
+  }
+
+
+def pretrain_batches(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
+                     process_index: int = 0, process_count: int = 1, start_step: int = 0,
+                     stats: PipelineStats | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """pretrain_dataset as an iterator of NumPy batches, starting at batch `start_step`."""
+  return pretrain_dataset(config, tokenizer, process_index=process_index,
+                          process_count=process_count, start_step=start_step,
+                          stats=stats).as_numpy_iterator()
