@@ -103,10 +103,10 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
 
   if preset == "smoke":
     c.batch_size = 16
-    c.total_steps = 150
+    c.total_steps = 120
     c.log_every = 10
-    c.checkpoint_every = 75
-    c.data.max_seq_length = 128
+    c.checkpoint_every = 60
+    c.data.max_seq_length = 64
     c.data.shuffle_buffer = 1000
     c.model.max_position_embeddings = 128
     c.optim.learning_rate = 5e-4

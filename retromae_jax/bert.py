@@ -81,6 +81,29 @@ class Embeddings(nn.Module):
     return self.dropout(x, deterministic=deterministic)
 
 
+class _Projection(nn.Module):
+  """A dense projection whose kernel keeps its multi-axis shape (e.g. [embed, heads, kv]).
+
+  nn.DenseGeneral initialises a flattened 2-D kernel and reshapes it afterwards, which breaks
+  logical sharding annotations of rank 3; this creates the kernel in its final shape.
+  """
+  cfg: ModelConfig
+  kernel_shape: tuple
+  kernel_axes: tuple
+  equation: str  # einsum of (input, kernel)
+  bias_ndim: int  # the bias spans the kernel's trailing (output) axes
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.cfg
+    kernel = self.param("kernel", _normal(cfg, self.kernel_axes), self.kernel_shape,
+                        cfg.param_dtype)
+    bias = self.param("bias", _zeros(self.kernel_axes[-self.bias_ndim:]),
+                      self.kernel_shape[-self.bias_ndim:], cfg.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.dtype)
+    return jnp.einsum(self.equation, x, kernel) + bias
+
+
 class TransformerLayer(nn.Module):
   """A post-LayerNorm BERT layer whose queries may come from a different stream than keys/values.
 
@@ -94,9 +117,9 @@ class TransformerLayer(nn.Module):
   def __call__(self, query_stream: Array, kv_stream: Array, mask: Array,
                deterministic: bool) -> Array:
     cfg = self.cfg
-    proj = lambda name: nn.DenseGeneral(
-        (cfg.num_heads, cfg.head_dim), dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
-        kernel_init=_normal(cfg, ("embed", "heads", "kv")), bias_init=_zeros(("heads", "kv")))
+    heads = (cfg.num_heads, cfg.head_dim)
+    proj = lambda name: _Projection(cfg, (cfg.hidden_size, *heads), ("embed", "heads", "kv"),
+                                    "...d,dhk->...hk", bias_ndim=2, name=name)
     q = proj("query")(query_stream)
     k = proj("key")(kv_stream)
     v = proj("value")(kv_stream)
@@ -108,10 +131,8 @@ class TransformerLayer(nn.Module):
     ctx = nn.dot_product_attention(
         q, k, v, mask=mask, dropout_rng=dropout_rng, dropout_rate=cfg.attention_dropout_rate,
         broadcast_dropout=False, deterministic=deterministic, dtype=cfg.dtype)
-    attn_out = nn.DenseGeneral(
-        cfg.hidden_size, axis=(-2, -1), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        kernel_init=_normal(cfg, ("heads", "kv", "embed")), bias_init=_zeros(("embed",)),
-        name="attention_output")(ctx)
+    attn_out = _Projection(cfg, (*heads, cfg.hidden_size), ("heads", "kv", "embed"),
+                           "...hk,hkd->...d", bias_ndim=1, name="attention_output")(ctx)
     attn_out = nn.Dropout(cfg.dropout_rate)(attn_out, deterministic=deterministic)
     x = _layer_norm(cfg, "attention_LayerNorm")(attn_out + query_stream)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))

@@ -14,16 +14,16 @@ import orbax.checkpoint as ocp
 
 
 def manager(workdir: str, config) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      save_interval_steps=config.checkpoint_every, max_to_keep=config.checkpoint_keep,
-      enable_async_checkpointing=True)
+  # The training loop decides when to save (every checkpoint_every steps and at the end).
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint_keep,
+                                         enable_async_checkpointing=True)
   return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options,
                                item_names=("state", "meta"))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict, force: bool = False) -> bool:
+def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> bool:
   return mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):

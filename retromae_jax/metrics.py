@@ -8,6 +8,7 @@ import time
 
 from absl import logging
 import jax
+import tensorboardX
 
 
 class MetricsWriter:
@@ -20,8 +21,7 @@ class MetricsWriter:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-      import tensorflow as tf  # the input pipeline already depends on it
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: dict):
     if not self.enabled:
@@ -29,10 +29,8 @@ class MetricsWriter:
     record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    import tensorflow as tf
-    with self._tb.as_default(step=step):
-      for name, value in scalars.items():
-        tf.summary.scalar(name, value)
+    for name, value in scalars.items():
+      self._tb.add_scalar(name, value, step)
     self._tb.flush()
 
   def progress(self, step: int, steps_per_s: float, scalars: dict):

@@ -34,21 +34,6 @@ class TrainState:
   opt_state: optax.OptState
 
 
-def batch_shapes(config, batch_size: int) -> dict:
-  """Shapes/dtypes of one batch (the contract of retromae_jax/data/pipeline.py)."""
-  seq_len = config.data.max_seq_length
-  positions = max(1, round(seq_len * config.data.encoder_mask_ratio))
-  shapes = {
-      "input_ids": (seq_len,), "attention_mask": (seq_len,), "encoder_input_ids": (seq_len,),
-      "encoder_positions": (positions,), "encoder_targets": (positions,),
-      "decoder_choice": (seq_len,), "decoder_targets": (seq_len,),
-  }
-  specs = {k: jax.ShapeDtypeStruct((batch_size, *s), jnp.int32) for k, s in shapes.items()}
-  specs["decoder_pool"] = jax.ShapeDtypeStruct(
-      (batch_size, config.data.decoder_pool_size, -(-seq_len // 8)), jnp.uint8)
-  return specs
-
-
 def tokenizer_files_dir(spec: str) -> str:
   """The directory whose tokenizer files an export copies."""
   if spec == "default":
@@ -86,7 +71,8 @@ def train_and_evaluate(config, workdir: str):
   # ---------------------------------------------------------------- Model and sharded state
   model = RetroMAE(model_cfg)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  example = batch_shapes(config, 1)
+  example = {name: jax.ShapeDtypeStruct(shape, dtype)
+             for name, (shape, dtype) in pipeline.batch_shapes(config, 1).items()}
 
   def init_variables(rng):
     return model.init({"params": rng, "dropout": rng}, example, deterministic=True)
@@ -172,7 +158,8 @@ def train_and_evaluate(config, workdir: str):
       state, step_metrics = train_step(state, global_batch(next(local_batches)))
       step += 1
       window.append(step_metrics)
-      checkpoints.save(mngr, step, state, meta)
+      if step % config.checkpoint_every == 0 or step == config.total_steps:
+        checkpoints.save(mngr, step, state, meta)
       if step == start_step + 1:
         jax.block_until_ready(step_metrics)  # the first step compiles: keep it out of the timing
         window, window_start = [], step
@@ -191,7 +178,6 @@ def train_and_evaluate(config, workdir: str):
         writer.progress(step, steps / seconds, scalars)
         window, window_start = [], step
         stopwatch.reset()
-  checkpoints.save(mngr, step, state, meta, force=step not in mngr.all_steps())
   mngr.wait_until_finished()
   writer.close()
 
