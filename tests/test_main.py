@@ -1,0 +1,87 @@
+"""The pretraining program end to end, through its command line, on real text."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Eight real sentences (from the Python tutorial's prose style), one short document each.
+DOCS = [
+    "Python is an easy to learn, powerful programming language with efficient data structures.",
+    "The interpreter and the extensive standard library are freely available in source form.",
+    "Lists might contain items of different types, but usually the items all have the same type.",
+    "A function definition associates a function name with the function object in the table.",
+    "Exceptions are raised when an error is detected during execution of a program statement.",
+    "Modules can import other modules, and it is customary to place all imports at the top.",
+    "The with statement allows objects like files to be used in a way that cleans them up.",
+    "Strings can be concatenated with the plus operator and repeated with the star operator.",
+]
+
+
+def _run(workdir, *overrides, check=True):
+  cmd = [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:smoke",
+         f"--workdir={workdir}", *overrides]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  if check and proc.returncode:
+    raise AssertionError(proc.stderr[-4000:])
+  return proc
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+SMALL = ["--config.batch_size=4", "--config.data.max_seq_length=64", "--config.log_every=2",
+         "--config.checkpoint_every=3", "--config.data.shuffle_buffer=100"]
+
+
+def test_train_checkpoint_resume_and_export(tmp_path):
+  workdir = str(tmp_path / "run")
+  _run(workdir, *SMALL, "--config.total_steps=6")
+  rows = _metrics(workdir)
+  assert [r["step"] for r in rows] == [2, 4, 6]
+  for key in ("loss", "enc_loss", "dec_loss", "enc_acc", "dec_acc", "lr", "grad_norm",
+              "tokens_per_s", "mfu"):
+    assert all(np.isfinite(r[key]) for r in rows), key
+  for r in rows:
+    assert r["loss"] == pytest.approx(r["enc_loss"] + r["dec_loss"], rel=1e-5)
+  assert 0 < rows[-1]["tokens_per_s"] and 0 < rows[-1]["mfu"] < 1
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+  export = os.path.join(workdir, "export", "encoder")
+  assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(export))
+
+  # The same command with more steps continues from step 6: no step is trained twice.
+  proc = _run(workdir, *SMALL, "--config.total_steps=8")
+  assert "Resuming from" in proc.stderr
+  assert [r["step"] for r in _metrics(workdir)] == [2, 4, 6, 8]
+
+
+def test_unknown_config_key_fails_with_its_name(tmp_path):
+  proc = _run(str(tmp_path / "run"), "--config.data.sourse=pydoc", check=False)
+  assert proc.returncode != 0
+  assert "sourse" in proc.stderr
+
+
+def test_mask_ratio_outside_unit_interval_fails_at_startup(tmp_path):
+  proc = _run(str(tmp_path / "run"), "--config.data.decoder_mask_ratio=1.5", check=False)
+  assert proc.returncode != 0
+  assert "config.data.decoder_mask_ratio: expected a ratio in (0, 1), got 1.5" in proc.stderr
+
+
+def test_overfitting_eight_real_examples_halves_the_decoder_loss(tmp_path):
+  data = tmp_path / "eight.jsonl"
+  data.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS), encoding="utf-8")
+  workdir = str(tmp_path / "overfit")
+  _run(workdir, f"--config.data.source=jsonl:{data}", "--config.batch_size=8",
+       "--config.data.max_seq_length=32", "--config.total_steps=100", "--config.log_every=10",
+       "--config.checkpoint_every=1000", "--config.model.dropout_rate=0",
+       "--config.model.attention_dropout_rate=0", "--config.optim.learning_rate=2e-3",
+       "--config.optim.warmup_ratio=0.05", "--config.data.min_chunk_tokens=1")
+  rows = _metrics(workdir)
+  assert rows[-1]["step"] == 100
+  assert rows[-1]["dec_loss"] <= 0.5 * rows[0]["dec_loss"], rows
