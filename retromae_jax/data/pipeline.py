@@ -23,8 +23,11 @@ retromae_jax.decoder_mask.decoder_attention(pool, choice, attention_mask) expand
 dense [B, L, L] visibility on the device.
 """
 
+import atexit
 import dataclasses
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
 
 import ml_collections
@@ -132,7 +135,10 @@ def chunk_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Token
 def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
                      process_index: int = 0, process_count: int = 1, start_step: int = 0,
                      stats: PipelineStats | None = None) -> tf.data.Dataset:
-  """Infinite per-host batches following the batch contract (module docstring)."""
+  """Infinite per-host batches following the batch contract (module docstring).
+
+  Iterate it with pretrain_batches (or close your own iterator before the program exits).
+  """
   batch_size = host_batch_size(config, process_count)
   spec = masking_spec(config, tokenizer)
   seq_len, seed = config.data.max_seq_length, config.seed
@@ -188,10 +194,43 @@ def batch_shapes(config: ml_collections.ConfigDict,
   }
 
 
+class Batches:
+  """Iterator of NumPy batches over a tf.data pipeline; closed at interpreter exit.
+
+  Why: a tf.data iterator still alive when Python finalizes deadlocks the exit (its threads,
+  running the pipeline's Python functions, wait forever for the GIL while the iterator's
+  destructor waits for them). Every Batches is closed by an atexit hook, while Python still runs.
+  """
+
+  _live: "weakref.WeakSet[Batches]" = weakref.WeakSet()
+
+  def __init__(self, dataset: tf.data.Dataset):
+    self._iterator = dataset.as_numpy_iterator()
+    Batches._live.add(self)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._iterator is None:
+      raise StopIteration
+    return next(self._iterator)
+
+  def close(self) -> None:
+    self._iterator = None
+
+
+@atexit.register
+def _close_all_batches():
+  for batches in list(Batches._live):
+    batches.close()
+  gc.collect()
+
+
 def pretrain_batches(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
                      process_index: int = 0, process_count: int = 1, start_step: int = 0,
-                     stats: PipelineStats | None = None) -> Iterator[dict[str, np.ndarray]]:
+                     stats: PipelineStats | None = None) -> Batches:
   """pretrain_dataset as an iterator of NumPy batches, starting at batch `start_step`."""
-  return pretrain_dataset(config, tokenizer, process_index=process_index,
-                          process_count=process_count, start_step=start_step,
-                          stats=stats).as_numpy_iterator()
+  return Batches(pretrain_dataset(config, tokenizer, process_index=process_index,
+                                  process_count=process_count, start_step=start_step,
+                                  stats=stats))

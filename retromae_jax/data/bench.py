@@ -1,0 +1,62 @@
+"""Throughput of the host input pipeline alone (no model).
+
+  python -m retromae_jax.data.bench --config=configs/base.py:minilm [--num_batches=50]
+
+The last stdout line is JSON:
+  examples_per_s, tokens_per_s   the whole pipeline (documents -> masked batches), after one
+                                 warm-up batch; tokens = real tokens (attention_mask)
+  masking_examples_per_s         masking.make_batch alone on already-tokenised batches: the
+                                 work FlagEmbedding's PyTorch collator does per batch
+"""
+
+import json
+import time
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import masking, pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 50, "batches to time")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  num_batches = _NUM_BATCHES.value
+  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
+  batch_size = pipeline.host_batch_size(config, 1)
+
+  batches = pipeline.pretrain_batches(config, tokenizer)
+  next(batches)  # warm-up: reading the source, filling the shuffle buffer
+  start = time.perf_counter()
+  tokens = sum(int(next(batches)["attention_mask"].sum()) for _ in range(num_batches))
+  elapsed = time.perf_counter() - start
+
+  # Masking alone, on the same kind of batches, tokenised beforehand.
+  chunks = pipeline.chunk_dataset(config, tokenizer).repeat().batch(batch_size)
+  raw = list(chunks.take(num_batches).as_numpy_iterator())
+  spec = pipeline.masking_spec(config, tokenizer)
+  rng = np.random.default_rng(config.seed)
+  masking.make_batch(*raw[0], spec, rng)  # warm-up
+  start = time.perf_counter()
+  for input_ids, lengths in raw:
+    masking.make_batch(input_ids, lengths, spec, rng)
+  mask_elapsed = time.perf_counter() - start
+
+  print(json.dumps({
+      "examples_per_s": round(num_batches * batch_size / elapsed, 1),
+      "tokens_per_s": round(tokens / elapsed, 1),
+      "masking_examples_per_s": round(len(raw) * batch_size / mask_elapsed, 1),
+      "batch_size": batch_size,
+      "max_seq_length": config.data.max_seq_length,
+      "num_batches": num_batches,
+  }))
+
+
+if __name__ == "__main__":
+  app.run(main)
