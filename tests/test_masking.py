@@ -1,0 +1,247 @@
+"""RetroMAE's masks against the spec (sections 1-2), on real text and against a loop reference."""
+
+import numpy as np
+import pytest
+
+from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import chunking, masking, sources
+
+L = 128
+
+
+def reference_mask(is_cont: list[bool], n: int, k: int, priority) -> set[int]:
+  """The references' loop, written independently: positions masked in one row.
+
+  Words: a token plus the following '##' tokens, over positions 1..n-2; walked by increasing
+  priority; a word is added while it fits in the budget, skipped if it overflows; stop at k.
+  """
+  words = []
+  for i in range(1, n - 1):
+    if words and is_cont[i]:
+      words[-1].append(i)
+    else:
+      words.append([i])
+  masked = []
+  for w in sorted(range(len(words)), key=lambda w: priority[w]):
+    if len(masked) >= k:
+      break
+    if len(masked) + len(words[w]) > k:
+      continue
+    masked.extend(words[w])
+  return set(masked)
+
+
+def reference_walk(lengths, budget) -> set[int]:
+  taken, left = set(), budget
+  for j, length in enumerate(lengths):
+    if left <= 0:
+      break
+    if 0 < length <= left:
+      taken.add(j)
+      left -= length
+  return taken
+
+
+def test_budget_rounds_half_to_even_like_python():
+  for ratio in (0.15, 0.25, 0.3, 0.5, 0.7, 0.125):
+    n = np.arange(1, 1025)
+    expected = [max(1, round(int(x) * ratio)) for x in n]
+    np.testing.assert_array_equal(masking.mask_budget(n, ratio), expected)
+  assert masking.mask_budget(np.array([10]), 0.25)[0] == 2  # 2.5 -> 2, not 3
+
+
+def test_greedy_walk_equals_loop_reference():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    rows, words = int(rng.integers(1, 30)), int(rng.integers(1, 60))
+    lengths = rng.integers(0, int(rng.integers(2, 9)), (rows, words))
+    budget = rng.integers(1, 3 * words, rows)
+    prefix, extra_rows, extra_cols = masking.greedy_walk(lengths, budget)
+    for r in range(rows):
+      got = {j for j in range(prefix[r]) if lengths[r, j] > 0}
+      got |= set(extra_cols[extra_rows == r].tolist())
+      assert got == reference_walk(lengths[r].tolist(), int(budget[r]))
+
+
+def test_whole_word_masks_equal_loop_reference_for_the_same_order():
+  rng = np.random.default_rng(1)
+  checked = 0
+  for _ in range(150):
+    examples, seq_len = 4, int(rng.integers(3, 48))
+    vocab = 40
+    is_cont = rng.random(vocab) < rng.random()  # from no '##' at all to almost all '##'
+    input_ids = rng.integers(0, vocab, (examples, seq_len)).astype(np.int32)
+    lengths = rng.integers(2, seq_len + 1, examples)
+    word_of_token, word_len = masking.word_spans(input_ids, lengths, is_cont)
+    num_masks, num_words = int(rng.integers(1, 20)), word_len.shape[1]
+    priority = np.stack([np.stack([rng.permutation(num_words) for _ in range(num_masks)])
+                         for _ in range(examples)])
+    budget = masking.mask_budget(lengths, float(rng.random()))
+    masks = masking.whole_word_masks(word_of_token, word_len, budget, num_masks,
+                                     priority=priority)
+    assert masks.shape == (examples, seq_len, num_masks)
+    for e in range(examples):
+      for g in range(num_masks):
+        expected = reference_mask(is_cont[input_ids[e]].tolist(), int(lengths[e]),
+                                  int(budget[e]), priority[e, g])
+        assert set(np.flatnonzero(masks[e, :, g]).tolist()) == expected
+        checked += 1
+  assert checked > 1000
+
+
+def test_pack_token_bits_equals_numpy_packbits():
+  rng = np.random.default_rng(2)
+  for num_masks in (1, 3, 8, 16, 128):
+    for seq_len in (1, 7, 8, 13, 64):
+      masks = rng.random((3, seq_len, num_masks)) < 0.5
+      np.testing.assert_array_equal(masking.pack_token_bits(masks),
+                                    np.packbits(masks.transpose(0, 2, 1), axis=-1))
+
+
+# ---------------------------------------------------------------- Real text (pydoc)
+
+@pytest.fixture(scope="module")
+def real():
+  """30 batches x 16 examples of the standard library's docstrings, masked as in training."""
+  tok = tokenizer_lib.load_tokenizer("default")
+  ids = tokenizer_lib.special_ids(tok)
+  is_cont = tokenizer_lib.continuation_table(tok)
+  chunks = list(chunking.chunk_documents(sources.pydoc_texts()[:800], tok, max_seq_length=L,
+                                         min_chunk_tokens=8, is_continuation=is_cont))
+  chunks = chunks[:480]
+  lengths = np.array([len(c) + 2 for c in chunks])
+  input_ids = np.full((len(chunks), L), ids.pad, np.int32)
+  for row, chunk in enumerate(chunks):
+    input_ids[row, :len(chunk) + 2] = [ids.cls, *chunk, ids.sep]
+  spec = masking.MaskingSpec(L, 0.3, 0.5, 128, ids.mask, ids.vocab_size, is_cont)
+  rng = np.random.default_rng(0)
+  batches = [masking.make_batch(input_ids[i:i + 16], lengths[i:i + 16], spec, rng)
+             for i in range(0, len(chunks), 16)]
+  batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  return batch, lengths, is_cont, ids, spec
+
+
+def _encoder_masked(batch):
+  masked = np.zeros(batch["input_ids"].shape, bool)
+  valid = batch["encoder_targets"] != masking.IGNORE
+  rows = np.broadcast_to(np.arange(len(masked))[:, None], valid.shape)
+  masked[rows[valid], batch["encoder_positions"][valid]] = True
+  return masked
+
+
+def _words(is_cont_row: np.ndarray, n: int) -> list[list[int]]:
+  words = []
+  for i in range(1, n - 1):
+    if words and is_cont_row[i]:
+      words[-1].append(i)
+    else:
+      words.append([i])
+  return words
+
+
+def test_encoder_masks_whole_words_within_the_exact_budget(real):
+  batch, lengths, is_cont, _, _ = real
+  masked = _encoder_masked(batch)
+  assert masked.sum() >= 10_000
+  budget = masking.mask_budget(lengths, 0.3)
+  reached = 0
+  for row, n in enumerate(lengths):
+    words = _words(is_cont[batch["input_ids"][row]], int(n))
+    for word in words:  # all or nothing: a masked '##' piece implies its whole word
+      assert masked[row, word].all() or not masked[row, word].any()
+    count = int(masked[row].sum())
+    assert count <= budget[row]
+    # With at least k one-token words the walk always reaches k exactly.
+    if sum(len(w) == 1 for w in words) >= budget[row]:
+      assert count == budget[row]
+      reached += 1
+  assert reached >= 0.9 * len(lengths)
+
+
+def test_encoder_never_masks_specials_or_padding(real):
+  batch, lengths, _, _, _ = real
+  masked = _encoder_masked(batch)
+  pos = np.arange(L)
+  outside = (pos == 0) | (pos >= lengths[:, None] - 1)
+  assert not masked[outside].any()
+  np.testing.assert_array_equal(batch["encoder_input_ids"][~masked], batch["input_ids"][~masked])
+  positions, targets = batch["encoder_positions"], batch["encoder_targets"]
+  valid = targets != masking.IGNORE
+  assert (positions[~valid] == 0).all()
+  np.testing.assert_array_equal(
+      targets[valid], np.take_along_axis(batch["input_ids"], positions, axis=1)[valid])
+  for row in range(len(positions)):  # ascending, valid ones first
+    p = positions[row][valid[row]]
+    assert (np.diff(p) > 0).all() and valid[row][:len(p)].all()
+
+
+def test_encoder_corruption_is_80_10_10(real):
+  batch, _, _, ids, _ = real
+  masked = _encoder_masked(batch)
+  original, corrupted = batch["input_ids"][masked], batch["encoder_input_ids"][masked]
+  to_mask = np.mean(corrupted == ids.mask)
+  kept = np.mean(corrupted == original)
+  random = np.mean((corrupted != ids.mask) & (corrupted != original))
+  assert abs(to_mask - 0.8) < 0.02, to_mask
+  assert abs(kept - 0.1) < 0.02, kept
+  assert abs(random - 0.1) < 0.02, random
+  assert corrupted.max() < ids.vocab_size and corrupted.min() >= 0
+
+
+def test_decoder_visibility_follows_the_spec(real):
+  from retromae_jax.decoder_mask import decoder_attention
+
+  batch, lengths, _, _, spec = real
+  visible = np.asarray(decoder_attention(batch["decoder_pool"], batch["decoder_choice"],
+                                         batch["attention_mask"]))
+  real_tok = batch["attention_mask"].astype(bool)
+  assert not visible[:, np.arange(L), np.arange(L)].any()  # never itself
+  rows_after_0 = real_tok.copy()
+  rows_after_0[:, 0] = False
+  assert visible[:, :, 0][rows_after_0].all()  # every real row but 0 sees [CLS] (= h)
+  assert not visible[~real_tok].any()  # padded query rows see nothing
+  assert not visible.transpose(0, 2, 1)[~real_tok].any()  # padding keys are never visible
+
+  pool = np.unpackbits(batch["decoder_pool"], axis=-1, count=L).astype(bool)
+  pool_rows = np.minimum(lengths, spec.decoder_pool_size)
+  budget = masking.mask_budget(lengths, 0.5)
+  sizes = pool.sum(-1)  # [E, P]
+  assert all(not pool[e, pool_rows[e]:].any() for e in range(len(lengths)))
+  assert (batch["decoder_choice"] < pool_rows[:, None]).all()
+  assert not pool[:, :, 0].any() and not pool[np.arange(len(lengths)), :, lengths - 1].any()
+  in_pool = np.arange(spec.decoder_pool_size) < pool_rows[:, None]
+  assert (sizes[in_pool] <= np.repeat(budget, pool_rows)).all()
+  assert np.mean(sizes[in_pool] == np.repeat(budget, pool_rows)) > 0.99
+
+  # Expected visible keys over an example's real rows, given its pool: row i sees
+  # n - |M_c| - 1 + [i in M_c] keys with c uniform over the pool, which sums over the n rows
+  # to n(n - 1) - (n - 1) * mean|M|; with |M| = k exactly: (n - 1)(n - k).
+  mean_size = np.array([sizes[e, :pool_rows[e]].mean() for e in range(len(lengths))])
+  expected = lengths * (lengths - 1) - (lengths - 1) * mean_size
+  observed = visible.sum(axis=(1, 2))
+  assert abs(observed.sum() / expected.sum() - 1) < 0.002
+  exact = (lengths - 1) * (lengths - budget)
+  assert abs(observed.sum() / exact.sum() - 1) < 0.002
+  fraction = observed.sum() / (lengths * lengths).sum()
+  assert abs(fraction - (1 - 0.5)) < 0.01, fraction
+
+
+def test_decoder_targets_skip_cls_and_sep(real):
+  batch, lengths, _, _, _ = real
+  targets = batch["decoder_targets"]
+  pos = np.arange(L)
+  inside = (pos >= 1) & (pos < lengths[:, None] - 1)
+  np.testing.assert_array_equal(targets[inside], batch["input_ids"][inside])
+  assert (targets[~inside] == masking.IGNORE).all()
+
+
+def test_same_rng_same_masks_different_rng_different(real):
+  _, _, _, _, spec = real
+  batch, lengths = real[0]["input_ids"][:16], real[1][:16]
+  a = masking.make_batch(batch, lengths, spec, np.random.default_rng([7, 0, 3]))
+  b = masking.make_batch(batch, lengths, spec, np.random.default_rng([7, 0, 3]))
+  c = masking.make_batch(batch, lengths, spec, np.random.default_rng([8, 0, 3]))
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(a["decoder_pool"], c["decoder_pool"])
+  assert not np.array_equal(a["encoder_positions"], c["encoder_positions"])
