@@ -105,9 +105,10 @@ def _tfds_texts(source, arg, data_dir, process_index, process_count):
   if "text" not in builder.info.features:
     raise ValueError(f"data.source {source!r}: TFDS dataset {name!r} has no 'text' feature "
                      f"(features: {sorted(builder.info.features)})")
-  split = tfds.even_splits(split or "train", n=process_count)[process_index]
+  split = split or "train"
   try:
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+    ds = builder.as_dataset(split=tfds.even_splits(split, n=process_count)[process_index],
+                            shuffle_files=False)
   except Exception as e:
     raise ValueError(f"data.source {source!r}: cannot read split {split!r} of {name!r} from "
                      f"data_dir {data_dir!r} ({type(e).__name__}); expected a prepared dataset "
