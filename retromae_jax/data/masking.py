@@ -9,7 +9,8 @@ and stops once the budget is reached.
 Vectorised form of the walk (exactly equivalent, see `greedy_walk`): in shuffled order, every
 word of the longest prefix whose total length fits is taken; after it, each further "round" takes
 the next word that fits in the remainder. Each round lowers the remainder, which after the prefix
-is shorter than the word that overflowed, so there are only a few rounds, each over all rows.
+is shorter than the word that overflowed, so there are only a few rounds, each over the rows
+still walking.
 
 The encoder draws one mask per example and corrupts it 80/10/10 ([MASK] / random id / kept).
 The decoder draws a pool of P = min(n, decoder_pool_size) independent masks per example, sent
