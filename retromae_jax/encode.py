@@ -158,27 +158,31 @@ def read_texts(path: str) -> list[str]:
   return texts
 
 
-_MODEL = flags.DEFINE_string("model", None, "HF BERT directory, or a workdir with export/encoder.")
-_INPUT = flags.DEFINE_string("input", None, "jsonl file; the `text` field of each line is embedded.")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the float32 [N, D] .npy array.")
-_POOLING = flags.DEFINE_enum("pooling", "cls", POOLINGS, "cls: [CLS] hidden state; mean: "
-                             "average over real tokens.")
-_NORMALIZE = flags.DEFINE_bool("normalize", False, "L2-normalise each embedding.")
-_MAX_LEN = flags.DEFINE_integer("max_len", 512, "Truncate texts to this many tokens, "
-                                "[CLS]/[SEP] included (capped at max_position_embeddings).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Texts per forward pass.")
+def _define_flags():
+  """Flags exist only when this module runs as a program, so that importing embed_texts does
+  not claim flag names (--input, --batch_size) that other CLIs define too."""
+  flags.DEFINE_string("model", None, "HF BERT directory, or a workdir with export/encoder.")
+  flags.DEFINE_string("input", None, "jsonl file; the `text` field of each line is embedded.")
+  flags.DEFINE_string("output", None, "Where to write the float32 [N, D] .npy array.")
+  flags.DEFINE_enum("pooling", "cls", POOLINGS, "cls: [CLS] hidden state; mean: average over "
+                    "real tokens.")
+  flags.DEFINE_bool("normalize", False, "L2-normalise each embedding.")
+  flags.DEFINE_integer("max_len", 512, "Truncate texts to this many tokens, [CLS]/[SEP] "
+                       "included (capped at max_position_embeddings).")
+  flags.DEFINE_integer("batch_size", 64, "Texts per forward pass.")
+  flags.mark_flags_as_required(["model", "input", "output"])
 
 
 def main(argv):
   del argv
-  texts = read_texts(_INPUT.value)
-  embeddings = embed_texts(_MODEL.value, texts, _POOLING.value, _NORMALIZE.value, _MAX_LEN.value,
-                           _BATCH_SIZE.value)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  np.save(_OUTPUT.value, embeddings)
-  logging.info("Wrote %s: %d x %d float32", _OUTPUT.value, *embeddings.shape)
+  f = flags.FLAGS
+  texts = read_texts(f.input)
+  embeddings = embed_texts(f.model, texts, f.pooling, f.normalize, f.max_len, f.batch_size)
+  os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
+  np.save(f.output, embeddings)
+  logging.info("Wrote %s: %d x %d float32", f.output, *embeddings.shape)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["model", "input", "output"])
+  _define_flags()
   app.run(main)

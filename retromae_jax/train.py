@@ -138,9 +138,10 @@ def train_and_evaluate(config, workdir: str):
     logging.info("Encoder initialised from %s", config.init.hf_dir)
 
   # ---------------------------------------------------------------- Input
-  local_batches = pipeline.pretrain_dataset(
+  # pretrain_batches closes its tf.data iterator at exit (a live one can hang TF's shutdown).
+  local_batches = pipeline.pretrain_batches(
       config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
-      start_step=start_step).as_numpy_iterator()
+      start_step=start_step)
 
   def global_batch(local):
     return {k: jax.make_array_from_process_local_data(batch_sharding[k], local[k])

@@ -18,12 +18,6 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from retromae_jax.data import sources
 
-_INPUT = flags.DEFINE_string("input", None, "GLOB of .jsonl[.gz] / text files, or a source spec")
-_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 30522, "vocabulary size, special tokens included")
-_OUT = flags.DEFINE_string("out", None, "output directory")
-_MIN_FREQUENCY = flags.DEFINE_integer("min_frequency", 2, "minimum count of a merged piece")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data_dir, for --input=tfds:NAME")
-
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in this order
 
 
@@ -68,17 +62,29 @@ def save(tok: tokenizers.Tokenizer, out: str) -> None:
   (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
+def _define_flags():
+  """Flags exist only when this module runs as a program: importing its functions (tests,
+  other modules) must not claim flag names such as --input that other CLIs use too."""
+  flags.DEFINE_string("input", None, "GLOB of .jsonl[.gz] / text files, or a source spec")
+  flags.DEFINE_integer("vocab_size", 30522, "vocabulary size, special tokens included")
+  flags.DEFINE_string("out", None, "output directory")
+  flags.DEFINE_integer("min_frequency", 2, "minimum count of a merged piece")
+  flags.DEFINE_string("data_dir", "", "TFDS data_dir, for --input=tfds:NAME")
+  flags.mark_flags_as_required(["input", "out"])
+
+
 def main(argv):
   del argv
+  f = flags.FLAGS
   skips = sources.SkipCounter()
-  docs = sources.documents(source_spec(_INPUT.value), _DATA_DIR.value, skips=skips)
+  docs = sources.documents(source_spec(f.input), f.data_dir, skips=skips)
   texts = (doc.decode("utf-8") for doc in docs.as_numpy_iterator())
-  tok = train(texts, _VOCAB_SIZE.value, _MIN_FREQUENCY.value)
-  save(tok, _OUT.value)
+  tok = train(texts, f.vocab_size, f.min_frequency)
+  save(tok, f.out)
   logging.info("skipped input lines: %s", skips.as_dict())
-  print(f"wrote {_OUT.value}: vocabulary of {tok.get_vocab_size()} tokens")
+  print(f"wrote {f.out}: vocabulary of {tok.get_vocab_size()} tokens")
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["input", "out"])
+  _define_flags()
   app.run(main)
