@@ -130,3 +130,12 @@ def test_tfds_text_feature(tmp_path):
     sources.documents("tfds:tiny_pretrain_texts:test", str(tmp_path))
   with pytest.raises(ValueError, match="expected a prepared dataset"):
     sources.documents("tfds:tiny_pretrain_texts", str(tmp_path / "elsewhere"))
+
+
+def test_pydoc_modules_holds_the_same_docstrings_grouped_by_module():
+  per_docstring = sources.pydoc_texts()
+  per_module = sources.pydoc_texts(per_module=True)
+  assert 0 < len(per_module) < len(per_docstring)
+  # Joined in order, the modules are exactly the docstrings with blank lines between them.
+  assert "\n\n".join(per_module) == "\n\n".join(per_docstring)
+  assert len(_docs("pydoc:modules")) == len(per_module)

@@ -4,7 +4,9 @@
   text:GLOB           one document per line; .gz accepted
   tfds:NAME[:SPLIT]   the 'text' feature of a prepared TFDS dataset in data.data_dir (gs:// works)
   pydoc               the docstrings of this Python's standard library (PSF licence): real English
-                      text found on every machine, so demos and tests need no download
+                      text found on every machine, so demos and tests need no download;
+                      one document per docstring
+  pydoc:modules       the same text, one document per module (long documents: full chunks)
 
 Unusable lines (empty, invalid JSON, no string "text", not UTF-8) are skipped, never fatal: a
 billion-line corpus always has a few. They are counted in a SkipCounter that the pipeline logs
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-_EXPECTED = "expected jsonl:GLOB, text:GLOB, tfds:NAME[:SPLIT] or pydoc"
+_EXPECTED = "expected jsonl:GLOB, text:GLOB, tfds:NAME[:SPLIT], pydoc or pydoc:modules"
 _PARSE_BATCH = 256  # lines per parser call: amortises the Python call, keeps memory bounded
 _PYDOC_MIN_CHARS = 200  # shorter docstrings are mostly one-liners ("Return x.")
 _PYDOC_SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages"})
@@ -59,8 +61,8 @@ def documents(source: str, data_dir: str = "", process_index: int = 0, process_c
     raise ValueError(f"process_index {process_index} not in [0, process_count={process_count})")
   skips = skips if skips is not None else SkipCounter()
   scheme, _, arg = source.partition(":")
-  if scheme == "pydoc" and not arg:
-    ds = tf.data.Dataset.from_tensor_slices(list(pydoc_texts()))
+  if scheme == "pydoc" and arg in ("", "modules"):
+    ds = tf.data.Dataset.from_tensor_slices(list(pydoc_texts(per_module=arg == "modules")))
     return ds.shard(process_count, process_index)
   if scheme in ("jsonl", "text") and arg:
     lines = _text_lines(source, arg, process_index, process_count)
@@ -174,10 +176,12 @@ def _jsonl_texts(lines, skips: SkipCounter) -> list[bytes]:
   return out
 
 
-@functools.lru_cache(maxsize=1)
-def pydoc_texts() -> tuple[str, ...]:
+@functools.lru_cache(maxsize=2)
+def pydoc_texts(per_module: bool = False) -> tuple[str, ...]:
   """Module, class and function docstrings of the standard library, longer than 200 characters.
 
+  One document per docstring, or with per_module=True one per module (its docstrings joined by
+  blank lines, in source order: long documents that fill whole chunks, as Wikipedia articles do).
   Read with `ast` (nothing is imported or executed), files in sorted order: deterministic.
   """
   root = Path(sysconfig.get_paths()["stdlib"])
@@ -189,9 +193,14 @@ def pydoc_texts() -> tuple[str, ...]:
       tree = ast.parse(path.read_bytes())
     except (SyntaxError, ValueError):  # Python 2 examples, odd encodings: not worth the text
       continue
+    docs = []
     for node in ast.walk(tree):
       if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
         doc = ast.get_docstring(node)
         if doc and len(doc) > _PYDOC_MIN_CHARS:
-          texts.append(doc)
+          docs.append(doc)
+    if per_module and docs:
+      texts.append("\n\n".join(docs))
+    else:
+      texts.extend(docs)
   return tuple(texts)
