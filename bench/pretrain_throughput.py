@@ -3,7 +3,8 @@
 Runs `python -m retromae_jax.main` for a few steps in a temporary workdir and reports the
 tokens/s and MFU that the run itself logs (compile excluded: the first step is not timed).
 
-  python bench/pretrain_throughput.py --preset=minilm --batch_size=16 --seq_len=128 --steps=40
+  python bench/pretrain_throughput.py --preset=minilm --batch_size=16 --seq_len=128 --steps=40 \
+      [--config.KEY=VALUE ...]
 """
 
 import argparse
@@ -20,14 +21,13 @@ def main():
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--seq_len", type=int, default=128)
   parser.add_argument("--steps", type=int, default=40)
-  parser.add_argument("--extra", nargs="*", default=[], help="more --config.KEY=VALUE flags")
-  args = parser.parse_args()
+  args, extra = parser.parse_known_args()  # the rest: --config.KEY=VALUE flags for main
   with tempfile.TemporaryDirectory() as workdir:
     cmd = [sys.executable, "-m", "retromae_jax.main", f"--config=configs/base.py:{args.preset}",
            f"--workdir={workdir}", f"--config.batch_size={args.batch_size}",
            f"--config.data.max_seq_length={args.seq_len}",
            f"--config.total_steps={args.steps}", f"--config.log_every={args.steps}",
-           f"--config.checkpoint_every={10 * args.steps}", *args.extra]
+           f"--config.checkpoint_every={10 * args.steps}", *extra]
     subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
       last = json.loads(f.readlines()[-1])
