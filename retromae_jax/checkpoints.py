@@ -8,6 +8,7 @@ read without the command line that made it.
 """
 
 import os
+import signal
 
 import jax
 import orbax.checkpoint as ocp
@@ -33,3 +34,25 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
   return restored.state, restored.meta
+
+
+class PreemptionWatch:
+  """Tells the loop when to save and stop: SIGTERM (a TPU maintenance event, a scheduler's stop).
+
+  Multi-process runs use JAX's preemption service through Orbax (every process reaches the same
+  sync step); a single process has no coordination service, so a SIGTERM handler sets a flag.
+  """
+
+  def __init__(self):
+    self._requested = False
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self._requested = True
+
+  def reached(self, mngr: ocp.CheckpointManager, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self._requested
+    return mngr.reached_preemption(step)

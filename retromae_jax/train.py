@@ -154,13 +154,20 @@ def train_and_evaluate(config, workdir: str):
   peak = flops.device_peak_flops(config) * jax.device_count()
   window, stopwatch, window_start = [], metrics_lib.Stopwatch(), start_step
   step = start_step
+  preemption = checkpoints.PreemptionWatch()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     while step < config.total_steps:
       state, step_metrics = train_step(state, global_batch(next(local_batches)))
       step += 1
       window.append(step_metrics)
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
+      preempted = preemption.reached(mngr, step)
+      if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
         checkpoints.save(mngr, step, state, meta)
+      if preempted:
+        mngr.wait_until_finished()
+        writer.close()
+        logging.warning("Preempted: saved step %d; the same command resumes from it", step)
+        return state
       if step == start_step + 1:
         jax.block_until_ready(step_metrics)  # the first step compiles: keep it out of the timing
         window, window_start = [], step

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -104,3 +106,26 @@ def test_init_from_hf_bert_directory(tmp_path):
     np.testing.assert_allclose(exported["bert." + name], original[name], atol=1e-6)
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["model"]["hidden_size"] == 384
+
+
+def test_sigterm_saves_at_the_step_reached_exits_0_and_resumes(tmp_path):
+  workdir = str(tmp_path / "preempted")
+  cmd = [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:smoke",
+         f"--workdir={workdir}", *SMALL, "--config.total_steps=100000",
+         "--config.checkpoint_every=100000"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 0, stderr[-3000:]
+  saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
+  assert len(saved) == 1 and saved[0] >= 2  # the step it had reached, not a scheduled one
+  assert not os.path.exists(os.path.join(workdir, "export"))  # preempted: not finished
+
+  proc = _run(workdir, *SMALL, f"--config.total_steps={saved[0] + 2}")
+  assert f"Resuming from {workdir}/checkpoints/{saved[0]}" in proc.stderr
+  assert _metrics(workdir)[-1]["step"] == saved[0] + 2
