@@ -9,6 +9,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from retromae_jax import config_check
+from retromae_jax import distributed
 from retromae_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -22,6 +23,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   config_check.validate(config)
+  distributed.initialize()
   workdir = _WORKDIR.value or f"workdirs/{config.preset}"
   logging.info("Workdir: %s", workdir)
   train.train_and_evaluate(config, workdir)
