@@ -97,6 +97,9 @@ def train_and_evaluate(config, workdir: str):
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("Parameters: %.1fM (decoder layer %.1fM)", num_params / 1e6,
                sum(x.size for x in jax.tree.leaves(state.params["decoder"])) / 1e6)
+  per_device = lambda tree: sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
+  logging.info("Per device: parameters %.1f MiB, optimizer state %.1f MiB",
+               per_device(state.params) / 2**20, per_device(state.opt_state) / 2**20)
 
   # ---------------------------------------------------------------- Update step
   batch_sharding = {k: sharding.batch_sharding(mesh) for k in example}
@@ -119,9 +122,18 @@ def train_and_evaluate(config, workdir: str):
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    global_example = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
+                      for k, v in example.items()}
+    # Compiled once, ahead of the loop, so that its memory needs are known before the first step.
     train_step = jax.jit(
         train_step, in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,),
+    ).lower(state, global_example).compile()
+  memory = train_step.memory_analysis()
+  if memory is not None:
+    logging.info("Compiled step per device: arguments %.1f MiB, outputs %.1f MiB, temporaries "
+                 "%.1f MiB", memory.argument_size_in_bytes / 2**20,
+                 memory.output_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20)
 
   # ---------------------------------------------------------------- Checkpoint restore / init
   mngr = checkpoints.manager(workdir, config)
