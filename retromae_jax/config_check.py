@@ -2,8 +2,10 @@
 
 import functools
 
+from retromae_jax import sharding
 
-def validate(config, num_data_parallel: int | None = None):
+
+def validate(config, num_data_parallel: int | None = None, num_processes: int = 1):
   """Raises ValueError('config.KEY: ...') on the first invalid setting."""
   d, m = config.data, config.model
   for key in ("encoder_mask_ratio", "decoder_mask_ratio"):
@@ -25,6 +27,8 @@ def validate(config, num_data_parallel: int | None = None):
       ("model.dtype", m.dtype in ("auto", "float32", "bfloat16", "float16"),
        "expected auto, float32, bfloat16 or float16"),
       ("optim.warmup_ratio", 0.0 <= config.optim.warmup_ratio < 1.0, "expected [0, 1)"),
+      ("sharding_rules", config.sharding_rules in sharding.LOGICAL_AXIS_RULES,
+       f"expected one of {sorted(sharding.LOGICAL_AXIS_RULES)}"),
   ]
   for key, ok, expected in checks:
     if not ok:
@@ -33,3 +37,8 @@ def validate(config, num_data_parallel: int | None = None):
   if num_data_parallel and config.batch_size % num_data_parallel:
     raise ValueError(f"config.batch_size: {config.batch_size} is not divisible by the "
                      f"{num_data_parallel} data-parallel devices of the mesh (data x fsdp)")
+  if num_data_parallel and num_data_parallel % num_processes:
+    # Each process feeds whole batch shards; a shard split across processes would get two
+    # different halves of data.
+    raise ValueError(f"config.mesh: data x fsdp = {num_data_parallel} is not a multiple of the "
+                     f"{num_processes} processes")

@@ -8,6 +8,7 @@ live. A mesh axis can serve one array dimension only: when a rule's mesh axis is
 unsharded, which is what activations want.
 """
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
@@ -50,13 +51,16 @@ def make_mesh(mesh_config) -> jax.sharding.Mesh:
   return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
-def batch_sharding(mesh) -> NamedSharding:
-  """Leading (example) dimension split over every data-parallel device."""
-  return NamedSharding(mesh, P(("data", "fsdp")))
+def batch_sharding(mesh, rules) -> NamedSharding:
+  """Where the leading (example) dimension of a batch lives: the rules table's `batch` entry."""
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))
 
 
-def data_parallel_size(mesh) -> int:
-  return mesh.shape["data"] * mesh.shape["fsdp"]
+def data_parallel_size(mesh, rules) -> int:
+  """How many ways a global batch is split (the mesh axes that `batch` maps to)."""
+  axes = batch_sharding(mesh, rules).spec[0]
+  axes = (axes,) if isinstance(axes, str) else (axes or ())
+  return int(np.prod([mesh.shape[a] for a in axes]))
 
 
 def replicated(mesh) -> NamedSharding:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from retromae_jax import checkpoints
 from retromae_jax import config_check
@@ -50,39 +51,22 @@ def _resolve_model_shape(config, vocab_size: int):
   return model_config_from(config, vocab_size)
 
 
-def train_and_evaluate(config, workdir: str):
-  # ---------------------------------------------------------------- Workdir, tokenizer, shape
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
-  model_cfg = _resolve_model_shape(config, tokenizer.get_vocab_size())
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  logging.info("Model: %s", model_cfg)
+def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
+  """Initialises the TrainState directly into its shardings (no full copy on any one device).
 
-  # ---------------------------------------------------------------- Mesh
-  mesh = sharding.make_mesh(config.mesh)
-  config_check.validate(config, sharding.data_parallel_size(mesh))
-  rules = sharding.LOGICAL_AXIS_RULES[config.sharding_rules]
-  logging.info("Mesh %s over %d devices (%s), %d process(es)", dict(mesh.shape),
-               jax.device_count(), jax.devices()[0].device_kind, jax.process_count())
-
-  # ---------------------------------------------------------------- Model and sharded state
-  model = RetroMAE(model_cfg)
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  example = {name: jax.ShapeDtypeStruct(shape, dtype)
-             for name, (shape, dtype) in pipeline.batch_shapes(config, 1).items()}
-
+  The parameters' shardings come from their logical axis names through `rules`; optimizer
+  moments follow the parameter they belong to; scalars are replicated.
+  Returns (state, state_shardings).
+  """
   def init_variables(rng):
-    return model.init({"params": rng, "dropout": rng}, example, deterministic=True)
+    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
+    return model.init({"params": rng, "dropout": rng}, zeros, deterministic=True)
 
   def init_state(rng):
     params = nn.unbox(init_variables(rng)["params"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    example = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
     boxed = jax.eval_shape(init_variables, jax.random.key(0))
     param_shardings = nn.logical_to_mesh_sharding(
         nn.get_partition_spec(boxed)["params"], mesh, rules)
@@ -92,8 +76,38 @@ def train_and_evaluate(config, workdir: str):
         opt_state=optax.tree_map_params(
             tx, lambda _, s: s, abstract_state.opt_state, param_shardings,
             transform_non_params=lambda _: sharding.replicated(mesh)))
-    state = jax.jit(init_state, out_shardings=state_shardings)(
-        jax.random.key(config.seed))
+    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(seed))
+  return state, state_shardings
+
+
+def train_and_evaluate(config, workdir: str):
+  # ---------------------------------------------------------------- Workdir, tokenizer, shape
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
+  model_cfg = _resolve_model_shape(config, tokenizer.get_vocab_size())
+  if tokenizer.get_vocab_size() > model_cfg.vocab_size:
+    raise ValueError(f"config.tokenizer: {tokenizer.get_vocab_size()} tokens, more than the "
+                     f"model's vocabulary ({model_cfg.vocab_size}, config.model.vocab_size)")
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  logging.info("Model: %s", model_cfg)
+
+  # ---------------------------------------------------------------- Mesh
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.LOGICAL_AXIS_RULES[config.sharding_rules]
+  config_check.validate(config, sharding.data_parallel_size(mesh, rules), jax.process_count())
+  logging.info("Mesh %s over %d devices (%s), %d process(es)", dict(mesh.shape),
+               jax.device_count(), jax.devices()[0].device_kind, jax.process_count())
+
+  # ---------------------------------------------------------------- Model and sharded state
+  model = RetroMAE(model_cfg)
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  example = {name: jax.ShapeDtypeStruct(shape, dtype)
+             for name, (shape, dtype) in pipeline.batch_shapes(config, 1).items()}
+
+  state, state_shardings = create_sharded_state(model, tx, example, mesh, rules, config.seed)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("Parameters: %.1fM (decoder layer %.1fM)", num_params / 1e6,
                sum(x.size for x in jax.tree.leaves(state.params["decoder"])) / 1e6)
@@ -102,7 +116,7 @@ def train_and_evaluate(config, workdir: str):
                per_device(state.params) / 2**20, per_device(state.opt_state) / 2**20)
 
   # ---------------------------------------------------------------- Update step
-  batch_sharding = {k: sharding.batch_sharding(mesh) for k in example}
+  batch_sharding = {k: sharding.batch_sharding(mesh, rules) for k in example}
   dropout_root = jax.random.key(config.seed + 1)
 
   def loss_fn(params, batch, dropout_key):
@@ -145,8 +159,8 @@ def train_and_evaluate(config, workdir: str):
     logging.info("Resuming from %s/checkpoints/%d", workdir, start_step)
     state, _ = checkpoints.restore(mngr, start_step, state)
   elif config.init.hf_dir:
-    params = hf_interop.load_hf_bert(config.init.hf_dir, jax.device_get(state.params))
-    state = state.replace(params=jax.device_put(params, param_shardings))
+    # The target's leaves carry their shardings: each process places only its own shards.
+    state = state.replace(params=hf_interop.load_hf_bert(config.init.hf_dir, state.params))
     logging.info("Encoder initialised from %s", config.init.hf_dir)
 
   # ---------------------------------------------------------------- Input
@@ -169,22 +183,13 @@ def train_and_evaluate(config, workdir: str):
   preemption = checkpoints.PreemptionWatch()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     while step < config.total_steps:
-      state, step_metrics = train_step(state, global_batch(next(local_batches)))
+      batch = global_batch(next(local_batches))
+      if step == start_step:
+        stopwatch.reset()  # the pipeline's start-up (first documents read and tokenised) is no step
+      state, step_metrics = train_step(state, batch)
       step += 1
       window.append(step_metrics)
-      preempted = preemption.reached(mngr, step)
-      if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
-        checkpoints.save(mngr, step, state, meta)
-      if preempted:
-        mngr.wait_until_finished()
-        writer.close()
-        logging.warning("Preempted: saved step %d; the same command resumes from it", step)
-        return state
-      if step == start_step + 1:
-        jax.block_until_ready(step_metrics)  # the first step compiles: keep it out of the timing
-        window, window_start = [], step
-        stopwatch.reset()
-      elif step % config.log_every == 0 or step == config.total_steps:
+      if step % config.log_every == 0 or step == config.total_steps:
         window = jax.device_get(window)
         seconds, steps = stopwatch.elapsed(), step - window_start
         scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]
@@ -197,14 +202,25 @@ def train_and_evaluate(config, workdir: str):
         writer.write(step, scalars)
         writer.progress(step, steps / seconds, scalars)
         window, window_start = [], step
-        stopwatch.reset()
+      preempted = preemption.reached(mngr, step)
+      if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
+        checkpoints.save(mngr, step, state, meta)
+      if preempted:
+        mngr.wait_until_finished()
+        writer.close()
+        logging.warning("Preempted: saved step %d; the same command resumes from it", step)
+        return state
+      if window_start == step:
+        stopwatch.reset()  # after logging and saving: neither counts towards the next window
   mngr.wait_until_finished()
   writer.close()
 
   # ---------------------------------------------------------------- Export
+  # Every process takes part in gathering parameters that may span hosts; process 0 writes.
+  params = multihost_utils.process_allgather(state.params, tiled=True)
   if is_main:
     out = os.path.join(workdir, "export", "encoder")
-    hf_interop.save_hf_bert(jax.device_get(state.params), model_cfg, out,
+    hf_interop.save_hf_bert(params, model_cfg, out,
                             tokenizer_dir=tokenizer_files_dir(config.tokenizer))
     logging.info("Encoder exported to %s (HF BERT format)", out)
   return state

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,27 +41,40 @@ def _metrics(workdir):
 
 SMALL = ["--config.batch_size=4", "--config.data.max_seq_length=64", "--config.log_every=2",
          "--config.checkpoint_every=3", "--config.data.shuffle_buffer=100"]
+TIMING = ("tokens_per_s", "steps_per_s", "mfu")
 
 
 def test_train_checkpoint_resume_and_export(tmp_path):
   workdir = str(tmp_path / "run")
-  _run(workdir, *SMALL, "--config.total_steps=6")
+  _run(workdir, *SMALL, "--config.total_steps=6", "--config.log_every=1")
   rows = _metrics(workdir)
-  assert [r["step"] for r in rows] == [2, 4, 6]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
   for key in ("loss", "enc_loss", "dec_loss", "enc_acc", "dec_acc", "lr", "grad_norm",
               "tokens_per_s", "mfu"):
     assert all(np.isfinite(r[key]) for r in rows), key
   for r in rows:
     assert r["loss"] == pytest.approx(r["enc_loss"] + r["dec_loss"], rel=1e-5)
-  assert 0 < rows[-1]["tokens_per_s"] and 0 < rows[-1]["mfu"] < 1
+  assert rows[-1]["tokens_per_s"] > 0 and rows[-1]["mfu"] > 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
   export = os.path.join(workdir, "export", "encoder")
   assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(export))
 
-  # The same command with more steps continues from step 6: no step is trained twice.
-  proc = _run(workdir, *SMALL, "--config.total_steps=8")
-  assert "Resuming from" in proc.stderr
-  assert [r["step"] for r in _metrics(workdir)] == [2, 4, 6, 8]
+  # Lose everything after step 3 and run the same command again: it resumes from step 3 and
+  # steps 4-6 reproduce the uninterrupted run exactly (same batches, masks, dropout, updates).
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
+  shutil.rmtree(os.path.join(workdir, "export"))
+  with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows[:3])
+  proc = _run(workdir, *SMALL, "--config.total_steps=6", "--config.log_every=1")
+  assert f"Resuming from {workdir}/checkpoints/3" in proc.stderr
+  resumed = _metrics(workdir)
+  assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+  strip = lambda r: {k: v for k, v in r.items() if k not in TIMING}
+  assert [strip(r) for r in resumed[3:]] == [strip(r) for r in rows[3:]]
+
+  # More steps than before: training continues from the last checkpoint.
+  _run(workdir, *SMALL, "--config.total_steps=8")
+  assert [r["step"] for r in _metrics(workdir)][-2:] == [6, 8]
 
 
 def test_unknown_config_key_fails_with_its_name(tmp_path):
