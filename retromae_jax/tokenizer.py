@@ -106,3 +106,12 @@ def continuation_table(tokenizer: tokenizers.Tokenizer) -> np.ndarray:
            if token.startswith(prefix)]
     table[ids] = True
   return table
+
+
+def special_table(tokenizer: tokenizers.Tokenizer) -> np.ndarray:
+  """bool[vocab_size]: True for the tokenizer's special tokens ([CLS], [SEP], [PAD], [UNK], ...)."""
+  table = np.zeros(tokenizer.get_vocab_size(), bool)
+  for token in tokenizer.get_added_tokens_decoder().values():
+    if token.special:
+      table[tokenizer.token_to_id(token.content)] = True
+  return table

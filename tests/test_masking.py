@@ -245,3 +245,24 @@ def test_same_rng_same_masks_different_rng_different(real):
     np.testing.assert_array_equal(a[k], b[k])
   assert not np.array_equal(a["decoder_pool"], c["decoder_pool"])
   assert not np.array_equal(a["encoder_positions"], c["encoder_positions"])
+
+
+def test_special_tokens_inside_the_text_are_never_corrupted_or_predicted():
+  tok = tokenizer_lib.load_tokenizer("default")
+  ids = tokenizer_lib.special_ids(tok)
+  unk = tok.token_to_id("[UNK]")
+  is_cont = tokenizer_lib.continuation_table(tok)
+  spec = masking.MaskingSpec(32, 0.5, 0.5, 128, ids.mask, ids.vocab_size, is_cont,
+                             is_special=tokenizer_lib.special_table(tok))
+  rng = np.random.default_rng(0)
+  words = np.array([tok.token_to_id(w) for w in ("the", "module", "returns", "a", "list")])
+  input_ids = np.full((64, 32), ids.pad, np.int32)
+  body = rng.choice(np.append(words, [unk, ids.mask]), (64, 30))
+  input_ids[:, 0], input_ids[:, 1:31], input_ids[:, 31] = ids.cls, body, ids.sep
+  batch = masking.make_batch(input_ids, np.full(64, 32), spec, rng)
+  specials = (input_ids == unk) | (input_ids == ids.mask)
+  chosen = np.zeros_like(specials)
+  np.put_along_axis(chosen, batch["encoder_positions"], batch["encoder_targets"] != -100, axis=1)
+  assert specials.sum() > 500 and chosen.sum() > 500
+  assert not (chosen & specials).any()
+  assert (batch["encoder_input_ids"][specials] == input_ids[specials]).all()

@@ -35,6 +35,10 @@ class MaskingSpec:
   mask_id: int
   vocab_size: int
   is_continuation: np.ndarray  # bool[vocab_size]: the token continues a word ('##')
+  # bool[vocab_size]: special tokens ([UNK], a literal [MASK], ...) met inside the text. As in
+  # the references' collator, a chosen word spends its budget but such tokens are never corrupted
+  # nor predicted. None: no such tokens.
+  is_special: np.ndarray | None = None
 
   @property
   def encoder_capacity(self) -> int:
@@ -183,6 +187,8 @@ def make_batch(input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec,
   # ---- Encoder: one whole-word mask per example, corrupted 80/10/10 ----
   enc_budget = mask_budget(lengths, spec.encoder_mask_ratio)
   enc_masked = whole_word_masks(word_of_token, word_len, enc_budget, 1, rng=rng)[:, :, 0]
+  if spec.is_special is not None:
+    enc_masked &= ~spec.is_special[input_ids]
   draw = rng.random((batch, seq_len))
   random_ids = rng.integers(0, spec.vocab_size, (batch, seq_len), dtype=np.int32)
   corrupted = np.where(draw < 0.8, np.int32(spec.mask_id),

@@ -5,8 +5,8 @@
   -> shuffle(config.data.shuffle_buffer, seed=config.seed), reshuffled every epoch -> repeat
   -> batch(config.batch_size // process_count, drop_remainder)
   -> masks (masking.py, vectorised NumPy on the whole batch), seeded by
-     (config.seed, process_index, batch index): the same seed gives the same batches whatever
-     the parallelism
+     (config.seed, process_index, batch index): the same seed and process count give the same
+     batches whatever tf.data's parallelism (a different process count reads other shards)
   -> prefetch
 
 THE BATCH CONTRACT (fixed shapes; L = data.max_seq_length, B = per-host batch,
@@ -67,7 +67,8 @@ def masking_spec(config: ml_collections.ConfigDict,
       decoder_pool_size=config.data.decoder_pool_size,
       mask_id=ids.mask,
       vocab_size=ids.vocab_size,
-      is_continuation=tokenizer_lib.continuation_table(tokenizer))
+      is_continuation=tokenizer_lib.continuation_table(tokenizer),
+      is_special=tokenizer_lib.special_table(tokenizer))
 
 
 def host_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
