@@ -33,6 +33,9 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
 
   # ---- Schedule (paper, Wiki+Book run: 256 x 512 tokens, lr 1e-4, 10% warmup) ----
   c.batch_size = 256  # global, over all hosts and devices
+  # Microbatches per step (gradients accumulated inside the jitted step: same global batch,
+  # 1/k of the activation memory).
+  c.grad_accum_steps = 1
   c.total_steps = 100_000
   c.log_every = 50
   c.checkpoint_every = 1000
@@ -72,6 +75,9 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # Decoder query stream: 'embeddings' = LayerNorm(h + pos_i + type_0) (FlagEmbedding, DupMAE;
   # works for RoBERTa-style backbones) or 'raw' = h + pos_i (the RetroMAE repository).
   c.model.query_stream = "embeddings"
+  # Rematerialisation of encoder layers in the backward pass: 'none', 'full' (recompute
+  # everything: least memory), 'dots' (keep matmul outputs without batch dimensions).
+  c.model.remat = "none"
 
   # ---- Optimizer (AdamW, warmup then linear decay, clip 1.0) ----
   c.optim = ml_collections.ConfigDict()

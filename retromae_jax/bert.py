@@ -33,6 +33,7 @@ class ModelConfig:
   dtype: Any = jnp.float32  # compute dtype
   param_dtype: Any = jnp.float32
   query_stream: str = "embeddings"  # decoder query stream: 'embeddings' | 'raw'
+  remat: str = "none"  # encoder layers in the backward pass: 'none' | 'full' | 'dots'
 
   @property
   def head_dim(self) -> int:
@@ -165,8 +166,15 @@ class BertModel(nn.Module):
   def setup(self):
     cfg = self.cfg
     self.embeddings = Embeddings(cfg)
+    layer = _ScannedLayer
+    if cfg.remat != "none":
+      # Recompute the layer in the backward pass instead of keeping its activations; 'dots'
+      # keeps the weight matmuls' outputs (cheap to store, costly to redo).
+      policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable if cfg.remat == "dots"
+                else None)
+      layer = nn.remat(_ScannedLayer, policy=policy, prevent_cse=False, static_argnums=(3,))
     self.encoder = nn.scan(
-        _ScannedLayer, variable_axes={"params": 0},
+        layer, variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast, nn.broadcast),
         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="encoder")

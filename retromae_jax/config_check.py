@@ -27,6 +27,8 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
       ("model.dtype", m.dtype in ("auto", "float32", "bfloat16", "float16"),
        "expected auto, float32, bfloat16 or float16"),
       ("optim.warmup_ratio", 0.0 <= config.optim.warmup_ratio < 1.0, "expected [0, 1)"),
+      ("grad_accum_steps", config.grad_accum_steps >= 1, "expected >= 1"),
+      ("model.remat", m.remat in ("none", "full", "dots"), "expected none, full or dots"),
       ("sharding_rules", config.sharding_rules in sharding.LOGICAL_AXIS_RULES,
        f"expected one of {sorted(sharding.LOGICAL_AXIS_RULES)}"),
   ]
@@ -37,6 +39,10 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
   if num_data_parallel and config.batch_size % num_data_parallel:
     raise ValueError(f"config.batch_size: {config.batch_size} is not divisible by the "
                      f"{num_data_parallel} data-parallel devices of the mesh (data x fsdp)")
+  if config.batch_size % (config.grad_accum_steps * (num_data_parallel or 1)):
+    raise ValueError(f"config.grad_accum_steps: batch_size {config.batch_size} is not divisible "
+                     f"into {config.grad_accum_steps} microbatches over {num_data_parallel or 1} "
+                     "data-parallel devices")
   if num_data_parallel and num_data_parallel % num_processes:
     # Each process feeds whole batch shards; a shard split across processes would get two
     # different halves of data.

@@ -75,4 +75,4 @@ def model_config_from(config, vocab_size: int) -> ModelConfig:
       type_vocab_size=m.type_vocab_size, dropout_rate=m.dropout_rate,
       attention_dropout_rate=m.attention_dropout_rate, initializer_range=m.initializer_range,
       layer_norm_eps=m.layer_norm_eps, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(m.param_dtype),
-      query_stream=m.query_stream)
+      query_stream=m.query_stream, remat=m.remat)

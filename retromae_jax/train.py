@@ -119,16 +119,43 @@ def train_and_evaluate(config, workdir: str):
   batch_sharding = {k: sharding.batch_sharding(mesh, rules) for k in example}
   dropout_root = jax.random.key(config.seed + 1)
 
-  def loss_fn(params, batch, dropout_key):
+  def loss_fn(params, batch, dropout_key, denominators=(None, None)):
     encoder_logits, decoder_logits = model.apply(
         {"params": params}, batch, deterministic=False, rngs={"dropout": dropout_key})
-    return losses.retromae_loss(encoder_logits, decoder_logits, batch)
+    return losses.retromae_loss(encoder_logits, decoder_logits, batch, denominators)
+
+  def accumulated_grads(params, batch, dropout_key):
+    """Loss and gradients of the whole batch from config.grad_accum_steps microbatches.
+
+    Microbatch i takes rows i, i+k, i+2k, ...: with the batch split over devices in contiguous
+    blocks, every microbatch is spread over all of them.
+    """
+    k = config.grad_accum_steps
+    denominators = (losses.labelled_tokens(batch["encoder_targets"]),
+                    losses.labelled_tokens(batch["decoder_targets"]))
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1),
+                         batch)
+
+    def add_microbatch(totals, inputs):
+      i, microbatch = inputs
+      out = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, microbatch, jax.random.fold_in(dropout_key, i), denominators)
+      return jax.tree.map(jnp.add, totals, out), None
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+        jax.value_and_grad(loss_fn, has_aux=True), params,
+        jax.tree.map(lambda x: x[0], micro), dropout_key, denominators))
+    totals, _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(k), micro))
+    return totals
 
   def train_step(state, batch):
     # Dropout depends only on (seed, step): not on the mesh or on where the run resumed.
     dropout_key = jax.random.fold_in(dropout_root, state.step)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, dropout_key)
+    if config.grad_accum_steps == 1:
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, batch, dropout_key)
+    else:
+      (loss, aux), grads = accumulated_grads(state.params, batch, dropout_key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step_metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step),

@@ -1,5 +1,6 @@
 """Sharding on 8 fake CPU devices: the rules table really places parameters and optimizer state,
-and training losses do not depend on the mesh (dropout keys depend only on seed and step)."""
+and training losses do not depend on the mesh (dropout keys depend only on seed and step) nor on
+the memory levers (remat, gradient accumulation)."""
 
 import json
 import os
@@ -61,13 +62,13 @@ def test_parameters_and_optimizer_state_are_sharded_as_the_rules_say():
   assert 1 / 8 <= got["fraction"] < 1 / 8 + 0.02
 
 
-def _losses(workdir, devices, mesh):
+def _losses(workdir, devices, mesh, *extra):
   env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices))
   cmd = [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:smoke",
          f"--workdir={workdir}", "--config.batch_size=8", "--config.data.max_seq_length=32",
          "--config.total_steps=3", "--config.log_every=1", "--config.checkpoint_every=100",
          f"--config.mesh.data={mesh[0]}", f"--config.mesh.fsdp={mesh[1]}",
-         f"--config.mesh.tensor={mesh[2]}"]
+         f"--config.mesh.tensor={mesh[2]}", *extra]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
@@ -86,5 +87,20 @@ def test_losses_do_not_depend_on_the_mesh(tmp_path, mesh, one_device_losses):
   sharded = _losses(str(tmp_path / "mesh"), 8, mesh)
   assert len(reference) == len(sharded) == 3
   for (ref_enc, ref_dec), (enc, dec) in zip(reference, sharded):
+    assert enc == pytest.approx(ref_enc, rel=1e-5)
+    assert dec == pytest.approx(ref_dec, rel=1e-5)
+
+
+NO_DROPOUT = ("--config.model.dropout_rate=0", "--config.model.attention_dropout_rate=0")
+
+
+@pytest.mark.parametrize("lever", ["--config.model.remat=full", "--config.model.remat=dots",
+                                   "--config.grad_accum_steps=2"])
+def test_memory_levers_keep_the_losses(tmp_path, lever):
+  # Without dropout (microbatches draw their own dropout keys), remat and gradient accumulation
+  # must give the plain step's losses at every step, the updates included.
+  plain = _losses(str(tmp_path / "plain"), 1, (1, 1, 1), *NO_DROPOUT)
+  levered = _losses(str(tmp_path / "lever"), 1, (1, 1, 1), *NO_DROPOUT, lever)
+  for (ref_enc, ref_dec), (enc, dec) in zip(plain, levered):
     assert enc == pytest.approx(ref_enc, rel=1e-5)
     assert dec == pytest.approx(ref_dec, rel=1e-5)
