@@ -94,12 +94,17 @@ def test_losses_do_not_depend_on_the_mesh(tmp_path, mesh, one_device_losses):
 NO_DROPOUT = ("--config.model.dropout_rate=0", "--config.model.attention_dropout_rate=0")
 
 
+@pytest.fixture(scope="module")
+def plain_losses(tmp_path_factory):
+  return _losses(str(tmp_path_factory.mktemp("plain")), 1, (1, 1, 1), *NO_DROPOUT)
+
+
 @pytest.mark.parametrize("lever", ["--config.model.remat=full", "--config.model.remat=dots",
                                    "--config.grad_accum_steps=2"])
-def test_memory_levers_keep_the_losses(tmp_path, lever):
+def test_memory_levers_keep_the_losses(tmp_path, lever, plain_losses):
   # Without dropout (microbatches draw their own dropout keys), remat and gradient accumulation
   # must give the plain step's losses at every step, the updates included.
-  plain = _losses(str(tmp_path / "plain"), 1, (1, 1, 1), *NO_DROPOUT)
+  plain = plain_losses
   levered = _losses(str(tmp_path / "lever"), 1, (1, 1, 1), *NO_DROPOUT, lever)
   for (ref_enc, ref_dec), (enc, dec) in zip(plain, levered):
     assert enc == pytest.approx(ref_enc, rel=1e-5)
