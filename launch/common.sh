@@ -62,3 +62,50 @@ split_option() {
     OPT_HAS_VALUE=0
   fi
 }
+
+# Parses the front ends' command lines: parse_options "VALUED OPTIONS" "FLAGS" ON_WORD ARGS...
+# - a valued option (--name=VALUE or --name VALUE) sets the variable of the same name;
+# - a flag (--dry-run) sets its variable to 1, and --help prints `usage` and exits 0;
+# - --config.* and everything after -- are appended to the caller's main_flags array;
+# - any other word is handed to the function ON_WORD (the caller's positional arguments).
+parse_options() {
+  local valued=" $1 " flags=" $2 " on_word=$3
+  shift 3
+  while (($# > 0)); do
+    case $1 in
+      --)
+        shift
+        main_flags+=("$@")
+        break
+        ;;
+      --config.*)
+        main_flags+=("$1")
+        shift
+        ;;
+      --*)
+        split_option "$1"
+        shift
+        if [[ $valued == *" $OPT_NAME "* ]]; then
+          if ((OPT_HAS_VALUE == 0)); then
+            # "--zone --dry-run" is a forgotten value, not a zone named "--dry-run".
+            (($# > 0)) && [[ $1 != --* ]] || die "--$OPT_NAME needs a value (--$OPT_NAME=VALUE)"
+            OPT_VALUE=$1
+            shift
+          fi
+          [[ -n $OPT_VALUE ]] || die "--$OPT_NAME needs a non-empty value"
+          printf -v "$OPT_NAME" '%s' "$OPT_VALUE"
+        elif [[ $flags == *" $OPT_NAME "* ]]; then
+          ((OPT_HAS_VALUE == 0)) || die "--$OPT_NAME takes no value"
+          [[ $OPT_NAME != help ]] || { usage; exit 0; }
+          printf -v "$OPT_NAME" 1
+        else
+          die "unknown option --$OPT_NAME (see --help)"
+        fi
+        ;;
+      *)
+        "$on_word" "$1"
+        shift
+        ;;
+    esac
+  done
+}

@@ -91,49 +91,14 @@ detach=0
 dry_run=0
 main_flags=() # --config.* and everything after --, passed to retromae_jax.main as is
 
+take_subcommand() {
+  [[ -z $subcommand ]] ||
+    die "unexpected argument '$1' (flags for the program go after --, or as --config.KEY=VALUE)"
+  subcommand=$1
+}
+
 parse_args() {
-  while (($# > 0)); do
-    case $1 in
-      --)
-        shift
-        main_flags+=("$@")
-        break
-        ;;
-      --config.*)
-        main_flags+=("$1")
-        shift
-        ;;
-      --*)
-        split_option "$1"
-        shift
-        case $OPT_NAME in
-          zone | project | name | accelerator_type | runtime_version | commit | python_version | \
-            config | workdir | bucket | data_dir)
-            if ((OPT_HAS_VALUE == 0)); then
-              # "--zone --dry-run" is a forgotten value, not a zone named "--dry-run".
-              (($# > 0)) && [[ $1 != --* ]] || die "--$OPT_NAME needs a value (--$OPT_NAME=VALUE)"
-              OPT_VALUE=$1
-              shift
-            fi
-            [[ -n $OPT_VALUE ]] || die "--$OPT_NAME needs a non-empty value"
-            printf -v "$OPT_NAME" '%s' "$OPT_VALUE"
-            ;;
-          help | dry_run | queued | spot | detach)
-            ((OPT_HAS_VALUE == 0)) || die "--$OPT_NAME takes no value"
-            [[ $OPT_NAME != help ]] || { usage; exit 0; }
-            printf -v "$OPT_NAME" 1
-            ;;
-          *) die "unknown option --$OPT_NAME (see --help)" ;;
-        esac
-        ;;
-      *)
-        [[ -z $subcommand ]] ||
-          die "unexpected argument '$1' (flags for the program go after --, or as --config.KEY=VALUE)"
-        subcommand=$1
-        shift
-        ;;
-    esac
-  done
+  parse_options "zone project name accelerator_type runtime_version commit python_version config workdir bucket data_dir" "help dry_run queued spot detach" take_subcommand "$@"
   validate_args
 }
 
