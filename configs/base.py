@@ -36,6 +36,9 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # Microbatches per step (gradients accumulated inside the jitted step: same global batch,
   # 1/k of the activation memory).
   c.grad_accum_steps = 1
+  # If the compiled step needs more memory than a device has, use more microbatches instead of
+  # running out of memory (logged; the loss is the same).
+  c.auto_microbatch = True
   c.total_steps = 100_000
   c.log_every = 50
   c.checkpoint_every = 1000

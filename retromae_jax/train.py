@@ -4,6 +4,7 @@ Sections: workdir and tokenizer, mesh, input, model and sharded state, update st
 restore, loop, export. Everything comes from the config (configs/base.py).
 """
 
+import functools
 import os
 
 from absl import logging
@@ -80,6 +81,17 @@ def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
   return state, state_shardings
 
 
+def device_memory_bytes() -> int:
+  """Memory one device may use: its own (accelerators), or its share of 80% of the host's RAM
+  (CPU devices share it with each other and with the input pipeline). 0 = unknown."""
+  device = jax.local_devices()[0]
+  if device.platform == "cpu":
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(0.8 * ram / jax.local_device_count())
+  stats = device.memory_stats() or {}
+  return int(stats.get("bytes_limit", 0))
+
+
 def train_and_evaluate(config, workdir: str):
   # ---------------------------------------------------------------- Workdir, tokenizer, shape
   is_main = jax.process_index() == 0
@@ -124,13 +136,12 @@ def train_and_evaluate(config, workdir: str):
         {"params": params}, batch, deterministic=False, rngs={"dropout": dropout_key})
     return losses.retromae_loss(encoder_logits, decoder_logits, batch, denominators)
 
-  def accumulated_grads(params, batch, dropout_key):
-    """Loss and gradients of the whole batch from config.grad_accum_steps microbatches.
+  def accumulated_grads(params, batch, dropout_key, k):
+    """Loss and gradients of the whole batch from k microbatches.
 
     Microbatch i takes rows i, i+k, i+2k, ...: with the batch split over devices in contiguous
     blocks, every microbatch is spread over all of them.
     """
-    k = config.grad_accum_steps
     denominators = (losses.labelled_tokens(batch["encoder_targets"]),
                     losses.labelled_tokens(batch["decoder_targets"]))
     micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1),
@@ -148,33 +159,56 @@ def train_and_evaluate(config, workdir: str):
     totals, _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(k), micro))
     return totals
 
-  def train_step(state, batch):
+  def update_step(state, batch, accum_steps):
     # Dropout depends only on (seed, step): not on the mesh or on where the run resumed.
     dropout_key = jax.random.fold_in(dropout_root, state.step)
-    if config.grad_accum_steps == 1:
+    if accum_steps == 1:
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
           state.params, batch, dropout_key)
     else:
-      (loss, aux), grads = accumulated_grads(state.params, batch, dropout_key)
+      (loss, aux), grads = accumulated_grads(state.params, batch, dropout_key, accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step_metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step),
                         tokens=batch["attention_mask"].sum(), **aux)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    global_example = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
-                      for k, v in example.items()}
-    # Compiled once, ahead of the loop, so that its memory needs are known before the first step.
-    train_step = jax.jit(
-        train_step, in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,),
-    ).lower(state, global_example).compile()
-  memory = train_step.memory_analysis()
-  if memory is not None:
-    logging.info("Compiled step per device: arguments %.1f MiB, outputs %.1f MiB, temporaries "
-                 "%.1f MiB", memory.argument_size_in_bytes / 2**20,
-                 memory.output_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20)
+  global_example = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
+                    for k, v in example.items()}
+
+  def compile_step(accum_steps: int):
+    # Compiled ahead of the loop, so that its memory needs are known before the first step.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      compiled = jax.jit(
+          functools.partial(update_step, accum_steps=accum_steps), in_shardings=(state_shardings, batch_sharding),
+          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,),
+      ).lower(state, global_example).compile()
+    memory = compiled.memory_analysis()
+    needed = memory.argument_size_in_bytes + memory.temp_size_in_bytes if memory else 0
+    if memory:
+      logging.info("Compiled step per device (%d microbatch(es)): arguments %.1f MiB, outputs "
+                   "%.1f MiB, temporaries %.1f MiB", accum_steps,
+                   memory.argument_size_in_bytes / 2**20, memory.output_size_in_bytes / 2**20,
+                   memory.temp_size_in_bytes / 2**20)
+    return compiled, needed
+
+  train_step, needed = compile_step(config.grad_accum_steps)
+  available = device_memory_bytes()
+  if config.auto_microbatch and available and needed > available:
+    # Activation memory shrinks with the microbatch: split the step further (same global batch,
+    # same loss) rather than run out of memory, e.g. the BERT-base default on a CPU.
+    per_device = config.batch_size // sharding.data_parallel_size(mesh, rules)
+    wanted = config.grad_accum_steps * needed / available
+    accum = next((k for k in range(1, per_device + 1) if per_device % k == 0 and k >= wanted),
+                 per_device)
+    logging.warning("The step needs %.1f GiB per device, %.1f GiB available: %d microbatches "
+                    "instead of %d (config.auto_microbatch)", needed / 2**30, available / 2**30,
+                    accum, config.grad_accum_steps)
+    train_step, needed = compile_step(accum)
+    if needed > available:
+      raise ValueError(f"config.batch_size: even {accum} microbatches need "
+                       f"{needed / 2**30:.1f} GiB per device, more than the {available / 2**30:.1f}"
+                       " GiB available: lower the batch, set model.remat, or add devices")
 
   # ---------------------------------------------------------------- Checkpoint restore / init
   mngr = checkpoints.manager(workdir, config)
@@ -216,7 +250,8 @@ def train_and_evaluate(config, workdir: str):
       state, step_metrics = train_step(state, batch)
       step += 1
       window.append(step_metrics)
-      if step % config.log_every == 0 or step == config.total_steps:
+      # The first step is logged too: its progress line gives the ETA of a slow run at once.
+      if step % config.log_every == 0 or step in (start_step + 1, config.total_steps):
         window = jax.device_get(window)
         seconds, steps = stopwatch.elapsed(), step - window_start
         scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]
