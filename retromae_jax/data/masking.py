@@ -22,7 +22,8 @@ import dataclasses
 
 import numpy as np
 
-IGNORE = -100  # label of positions without a loss
+from retromae_jax.losses import IGNORE  # one label value for "no loss here", host and device
+
 _GROUP_ELEMENTS = 1 << 17  # (example, mask, word) cells of the decoder pool computed at once
 
 
@@ -43,7 +44,12 @@ class MaskingSpec:
   @property
   def encoder_capacity(self) -> int:
     """Width of encoder_positions: the budget for n = L, which no example can exceed."""
-    return int(mask_budget(np.array([self.max_seq_length]), self.encoder_mask_ratio)[0])
+    return encoder_capacity(self.max_seq_length, self.encoder_mask_ratio)
+
+
+def encoder_capacity(max_seq_length: int, ratio: float) -> int:
+  """Encoder-masked slots per example: the budget of a full-length example, never exceeded."""
+  return int(mask_budget(np.array([max_seq_length]), ratio)[0])
 
 
 def mask_budget(lengths: np.ndarray, ratio: float) -> np.ndarray:

@@ -180,7 +180,7 @@ def batch_shapes(config: ml_collections.ConfigDict,
                  batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """name -> (shape, dtype) of every array of the batch contract."""
   seq_len = config.data.max_seq_length
-  capacity = int(masking.mask_budget(np.array([seq_len]), config.data.encoder_mask_ratio)[0])
+  capacity = masking.encoder_capacity(seq_len, config.data.encoder_mask_ratio)
   pool = (batch_size, config.data.decoder_pool_size, (seq_len + 7) // 8)
   rows = (batch_size, seq_len)
   return {
