@@ -42,7 +42,8 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.total_steps = 100_000
   c.log_every = 50
   c.checkpoint_every = 1000
-  c.checkpoint_keep = 3
+  c.checkpoint_keep = 3  # the last N checkpoints...
+  c.checkpoint_keep_period = 0  # ...plus, forever, every step that is a multiple of this (0: none)
 
   # ---- Data (host-side tf.data; see retromae_jax/data) ----
   c.data = ml_collections.ConfigDict()
@@ -95,6 +96,10 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # ---- Initialisation ----
   c.init = ml_collections.ConfigDict()
   c.init.hf_dir = ""  # HF BERT directory (config.json + model.safetensors); '' = from scratch
+  # A workdir / checkpoints dir / step dir of ours: encoder, MLM head and decoder (fresh optimizer).
+  c.init.checkpoint = ""
+  # A decoder/ written by `python -m retromae_jax.export` (with init.hf_dir = its encoder/).
+  c.init.decoder_dir = ""
 
   # ---- Mesh (axes data x fsdp x tensor; -1 = the remaining devices) ----
   c.mesh = ml_collections.ConfigDict()

@@ -36,6 +36,12 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
     if not ok:
       value = functools.reduce(getattr, key.split("."), config)
       raise ValueError(f"config.{key}: {expected}, got {value!r}")
+  if config.checkpoint_keep < 1 or config.checkpoint_keep_period < 0:
+    raise ValueError(f"config.checkpoint_keep / checkpoint_keep_period: expected >= 1 / >= 0, got "
+                     f"{config.checkpoint_keep} / {config.checkpoint_keep_period}")
+  if config.init.checkpoint and config.init.hf_dir:
+    raise ValueError("config.init.checkpoint and config.init.hf_dir: set one (the checkpoint "
+                     "already holds an encoder)")
   if num_data_parallel and config.batch_size % num_data_parallel:
     raise ValueError(f"config.batch_size: {config.batch_size} is not divisible by the "
                      f"{num_data_parallel} data-parallel devices of the mesh (data x fsdp)")

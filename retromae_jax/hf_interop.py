@@ -265,7 +265,7 @@ def _prefix(ckpt: _Checkpoint, hf_dir: str) -> str:
               f"`embeddings.word_embeddings.weight`; is this a BERT checkpoint? (first keys: {sample})")
 
 
-def _place(value: np.ndarray, target) -> Any:
+def place(value: np.ndarray, target) -> Any:
   """`value` with the target's dtype, and on the target's devices/sharding if it is a jax.Array."""
   value = np.asarray(value).astype(target.dtype, copy=False)
   if isinstance(target, jax.Array):
@@ -342,7 +342,7 @@ def load_hf_bert(hf_dir: str, target_params: dict) -> dict:
   if at_init:
     why = " (the checkpoint has no cls.predictions.* MLM head)" if "mlm_head" in at_init else ""
     logging.info("%s: left at initialisation: %s%s", where, ", ".join(at_init), why)
-  out = {k: (_place(loaded[k], v) if k in loaded else v) for k, v in flat.items()}
+  out = {k: (place(loaded[k], v) if k in loaded else v) for k, v in flat.items()}
   return traverse_util.unflatten_dict(out, sep="/")
 
 

@@ -13,14 +13,19 @@ import tensorboardX
 
 class MetricsWriter:
 
-  def __init__(self, workdir: str, total_steps: int):
+  def __init__(self, workdir: str, total_steps: int, resume_step: int | None = None):
+    """`resume_step`: drop the lines of steps after it (logged, then lost with the process,
+    before a checkpoint saved them), so that the resumed run's lines replace them."""
     self.total_steps = total_steps
     self.enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      path = os.path.join(workdir, "metrics.jsonl")
+      if resume_step is not None and os.path.exists(path):
+        _truncate_after(path, resume_step)
+      self._jsonl = open(path, "a", encoding="utf-8")
       self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: dict):
@@ -49,6 +54,18 @@ class MetricsWriter:
     if self._jsonl:
       self._jsonl.close()
       self._tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  # A line cut short by a kill mid-write is dropped with the rest.
+  kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
+  if len(kept) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
 
 
 class Stopwatch:

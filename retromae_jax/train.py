@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from retromae_jax import checkpoints
 from retromae_jax import config_check
+from retromae_jax import export as export_lib
 from retromae_jax import flops
 from retromae_jax import hf_interop
 from retromae_jax import losses
@@ -43,13 +44,37 @@ def tokenizer_files_dir(spec: str) -> str:
   return spec if os.path.isdir(spec) else os.path.dirname(spec)
 
 
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                 "max_position_embeddings", "type_vocab_size")
+
+
 def _resolve_model_shape(config, vocab_size: int):
-  """An HF init directory fixes the model's shape; the config's model section follows it."""
+  """An HF init directory or an init checkpoint fixes the model's shape; the config's model
+  section follows it."""
+  overrides = {}
   if config.init.hf_dir:
     overrides = hf_interop.model_overrides(hf_interop.read_hf_config(config.init.hf_dir))
-    with config.unlocked():
-      config.model.update(overrides)
+  elif config.init.checkpoint:
+    meta, _ = checkpoints.read_meta(config.init.checkpoint)
+    overrides = {k: v for k, v in meta["model"].items() if k in _SHAPE_FIELDS}
+  with config.unlocked():
+    config.model.update(overrides)
   return model_config_from(config, vocab_size)
+
+
+def checkpoint_meta(model_cfg, tokenizer_spec: str) -> dict:
+  """The JSON saved beside every state: the model's shape and the tokenizer's files, so that a
+  checkpoint alone can be exported or continued (python -m retromae_jax.export)."""
+  directory = tokenizer_files_dir(tokenizer_spec)
+  names = ([os.path.basename(tokenizer_spec)] if os.path.isfile(tokenizer_spec)
+           else [n for n in hf_interop.TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))])
+  files = {}
+  for name in names:
+    with open(os.path.join(directory, name), encoding="utf-8") as f:
+      files[name] = f.read()
+  return {"model": {k: str(v) if k in ("dtype", "param_dtype") else v
+                    for k, v in vars(model_cfg).items()},
+          "tokenizer": directory, "tokenizer_files": files}
 
 
 def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
@@ -211,18 +236,27 @@ def train_and_evaluate(config, workdir: str):
                        " GiB available: lower the batch, set model.remat, or add devices")
 
   # ---------------------------------------------------------------- Checkpoint restore / init
+  # Every restore reads onto the shardings of the freshly built state: a checkpoint written on
+  # another mesh or process count loads all the same (Orbax reads each device's slice).
   mngr = checkpoints.manager(workdir, config)
-  meta = {"model": {k: str(v) if k in ("dtype", "param_dtype") else v
-                    for k, v in vars(model_cfg).items()},
-          "tokenizer": tokenizer_files_dir(config.tokenizer)}
+  meta = checkpoint_meta(model_cfg, config.tokenizer)
   start_step = mngr.latest_step() or 0
   if start_step:
     logging.info("Resuming from %s/checkpoints/%d", workdir, start_step)
     state, _ = checkpoints.restore(mngr, start_step, state)
-  elif config.init.hf_dir:
-    # The target's leaves carry their shardings: each process places only its own shards.
-    state = state.replace(params=hf_interop.load_hf_bert(config.init.hf_dir, state.params))
-    logging.info("Encoder initialised from %s", config.init.hf_dir)
+  else:
+    params = state.params
+    if config.init.checkpoint:  # encoder, MLM head and decoder; a fresh optimizer at step 0
+      params, _, step_dir = checkpoints.restore_params(config.init.checkpoint, params)
+      logging.info("Parameters initialised from %s", step_dir)
+    if config.init.hf_dir:
+      params = hf_interop.load_hf_bert(config.init.hf_dir, params)
+      logging.info("Encoder initialised from %s", config.init.hf_dir)
+    if config.init.decoder_dir:
+      params = {**params, "decoder": export_lib.load_decoder(config.init.decoder_dir,
+                                                             params["decoder"])}
+      logging.info("Decoder initialised from %s", config.init.decoder_dir)
+    state = state.replace(params=params)
 
   # ---------------------------------------------------------------- Input
   # pretrain_batches closes its tf.data iterator at exit (a live one can hang TF's shutdown).
@@ -235,7 +269,9 @@ def train_and_evaluate(config, workdir: str):
             for k in example}
 
   # ---------------------------------------------------------------- Loop
-  writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
+  # A resumed run rewrites the metrics logged after its checkpoint (a killed run may have logged
+  # steps it never saved): metrics.jsonl always reads as one uninterrupted run.
+  writer = metrics_lib.MetricsWriter(workdir, config.total_steps, resume_step=start_step)
   flops_per_step = config.batch_size * flops.retromae_train_flops_per_example(
       model_cfg, config.data.max_seq_length, example["encoder_positions"].shape[1])
   peak = flops.device_peak_flops(config) * jax.device_count()
@@ -281,9 +317,12 @@ def train_and_evaluate(config, workdir: str):
   # Every process takes part in gathering parameters that may span hosts; process 0 writes.
   params = multihost_utils.process_allgather(state.params, tiled=True)
   if is_main:
-    out = os.path.join(workdir, "export", "encoder")
-    hf_interop.save_hf_bert(params, model_cfg, out,
-                            tokenizer_dir=tokenizer_files_dir(config.tokenizer))
-    logging.info("Encoder exported to %s (HF BERT format)", out)
+    out = os.path.join(workdir, "export")
+    encoder = export_lib.export_encoder(params, model_cfg, meta, os.path.join(out, "encoder"))
+    export_lib.export_sentence_transformers(encoder, os.path.join(out, "sentence-transformers"),
+                                            model_cfg.hidden_size, config.data.max_seq_length)
+    if "decoder" in params:
+      export_lib.save_decoder(params["decoder"], meta, os.path.join(out, "decoder"))
+    logging.info("Exported to %s: encoder/ (HF BERT), sentence-transformers/, decoder/", out)
   return state
 

@@ -4,6 +4,7 @@ the memory levers (remat, gradient accumulation)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -66,7 +67,7 @@ def _losses(workdir, devices, mesh, *extra):
   env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices))
   cmd = [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:smoke",
          f"--workdir={workdir}", "--config.batch_size=8", "--config.data.max_seq_length=32",
-         "--config.total_steps=3", "--config.log_every=1", "--config.checkpoint_every=100",
+         "--config.total_steps=3", "--config.log_every=1", "--config.checkpoint_every=2",
          f"--config.mesh.data={mesh[0]}", f"--config.mesh.fsdp={mesh[1]}",
          f"--config.mesh.tensor={mesh[2]}", *extra]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -80,15 +81,35 @@ def one_device_losses(tmp_path_factory):
   return _losses(str(tmp_path_factory.mktemp("one_device")), 1, (1, 1, 1))
 
 
+@pytest.fixture(scope="module")
+def run_2x2x2(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("mesh_2x2x2"))
+  return workdir, _losses(workdir, 8, (2, 2, 2))
+
+
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2), (1, 8, 1)])
-def test_losses_do_not_depend_on_the_mesh(tmp_path, mesh, one_device_losses):
+def test_losses_do_not_depend_on_the_mesh(tmp_path, mesh, one_device_losses, run_2x2x2):
   # (1, 1, 8) needs the vocabulary (30522) and heads divisible by 8: see the issue notes.
   reference = one_device_losses
-  sharded = _losses(str(tmp_path / "mesh"), 8, mesh)
+  sharded = run_2x2x2[1] if mesh == (2, 2, 2) else _losses(str(tmp_path / "mesh"), 8, mesh)
   assert len(reference) == len(sharded) == 3
   for (ref_enc, ref_dec), (enc, dec) in zip(reference, sharded):
     assert enc == pytest.approx(ref_enc, rel=1e-5)
     assert dec == pytest.approx(ref_dec, rel=1e-5)
+
+
+@pytest.mark.parametrize("devices,mesh", [(1, (1, 1, 1)), (8, (1, 8, 1))])
+def test_checkpoint_of_one_mesh_resumes_on_another(tmp_path, devices, mesh, run_2x2x2):
+  """The step-2 checkpoint of the (2,2,2) run restores on 1 device and on (1,8,1), and step 3
+  gives the (2,2,2) run's step-3 losses (parameters, Adam moments and step all came through)."""
+  workdir = str(tmp_path / "moved")
+  shutil.copytree(run_2x2x2[0], workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "3"))
+  resumed = _losses(workdir, devices, mesh)
+  assert len(resumed) == 3  # steps 1-2 from the first run, step 3 rewritten by the resumed one
+  (ref_enc, ref_dec), (enc, dec) = run_2x2x2[1][2], resumed[2]
+  assert enc == pytest.approx(ref_enc, rel=1e-5)
+  assert dec == pytest.approx(ref_dec, rel=1e-5)
 
 
 NO_DROPOUT = ("--config.model.dropout_rate=0", "--config.model.attention_dropout_rate=0")

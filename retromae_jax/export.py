@@ -1,0 +1,186 @@
+"""Exports a training checkpoint for use outside this codebase.
+
+  python -m retromae_jax.export --checkpoint=WORKDIR_OR_STEP_DIR --out=DIR [--max_seq_length=N]
+
+writes
+  DIR/encoder/                HF BERT (`BertForMaskedLM`: encoder + MLM head, config, tokenizer);
+                              `transformers.AutoModel(ForMaskedLM)` loads it
+  DIR/sentence-transformers/  the same encoder plus modules.json, CLS pooling and normalisation:
+                              `SentenceTransformer(DIR/sentence-transformers)` embeds like
+                              `python -m retromae_jax.encode --pooling=cls --normalize`
+  DIR/decoder/                the RetroMAE decoder's own parameters (safetensors, names are our
+                              parameter paths) and decoder.json; `--config.init.decoder_dir=`
+                              re-imports it (with `--config.init.hf_dir=DIR/encoder`) to continue
+                              pretraining with the trained decoder
+
+Only the parameters are read (not the optimizer state), onto the host. The checkpoint's `meta`
+item carries the model shape and the tokenizer files, so nothing else from the training run is
+needed.
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from flax import traverse_util
+from safetensors.numpy import load_file, save_file
+
+from retromae_jax import checkpoints
+from retromae_jax import hf_interop
+from retromae_jax.bert import ModelConfig
+
+DECODER_CONFIG = "decoder.json"
+DECODER_WEIGHTS = "decoder.safetensors"
+_DECODER_FORMAT = "retromae_jax.decoder/1"
+
+
+def model_config_from_meta(meta: dict, where: str) -> ModelConfig:
+  fields = dict(meta.get("model") or {})
+  if not fields:
+    raise ValueError(f"{where}: the checkpoint's meta has no 'model' section")
+  known = {f for f in ModelConfig.__dataclass_fields__}
+  fields = {k: v for k, v in fields.items() if k in known}
+  for key in ("dtype", "param_dtype"):
+    if key in fields:
+      fields[key] = jnp.dtype(fields[key])
+  return ModelConfig(**fields)
+
+
+def write_tokenizer(meta: dict, out_dir: str) -> None:
+  """Writes the tokenizer files the checkpoint carries (meta['tokenizer_files'])."""
+  files = meta.get("tokenizer_files") or {}
+  if not files:
+    raise ValueError("the checkpoint's meta carries no tokenizer files")
+  os.makedirs(out_dir, exist_ok=True)
+  for name, text in files.items():
+    with open(os.path.join(out_dir, os.path.basename(name)), "w", encoding="utf-8") as f:
+      f.write(text)
+
+
+def export_encoder(params: dict, cfg: ModelConfig, meta: dict, out_dir: str) -> str:
+  hf_interop.save_hf_bert({k: v for k, v in params.items() if k in ("bert", "mlm_head")}, cfg,
+                          out_dir)
+  write_tokenizer(meta, out_dir)
+  return out_dir
+
+
+def export_sentence_transformers(encoder_dir: str, out_dir: str, hidden_size: int,
+                                 max_seq_length: int) -> str:
+  """A sentence-transformers folder: the HF encoder at its root, then CLS pooling and L2
+  normalisation (RetroMAE's / BGE's sentence vector). Written as plain JSON: sentence-transformers
+  (and torch) are not dependencies of this package."""
+  os.makedirs(out_dir, exist_ok=True)
+  for name in os.listdir(encoder_dir):
+    shutil.copyfile(os.path.join(encoder_dir, name), os.path.join(out_dir, name))
+  modules = [
+      {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+      {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+      {"idx": 2, "name": "2", "path": "2_Normalize",
+       "type": "sentence_transformers.models.Normalize"},
+  ]
+  pooling = {"word_embedding_dimension": hidden_size, "pooling_mode_cls_token": True,
+             "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+             "pooling_mode_mean_sqrt_len_tokens": False,
+             "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False,
+             "include_prompt": True}
+  files = {
+      "modules.json": modules,
+      "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
+      "config_sentence_transformers.json": {"similarity_fn_name": "cosine",
+                                            "prompts": {}, "default_prompt_name": None},
+      os.path.join("1_Pooling", "config.json"): pooling,
+  }
+  os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
+  os.makedirs(os.path.join(out_dir, "2_Normalize"), exist_ok=True)
+  for name, content in files.items():
+    with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+      json.dump(content, f, indent=2)
+  return out_dir
+
+
+def save_decoder(decoder_params: dict, meta: dict, out_dir: str) -> str:
+  """The decoder's parameters by path (e.g. 'attention/query/kernel') plus what built them."""
+  flat = traverse_util.flatten_dict(decoder_params, sep="/")
+  os.makedirs(out_dir, exist_ok=True)
+  save_file({k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in flat.items()},
+            os.path.join(out_dir, DECODER_WEIGHTS))
+  with open(os.path.join(out_dir, DECODER_CONFIG), "w", encoding="utf-8") as f:
+    json.dump({"format": _DECODER_FORMAT, "model": meta.get("model", {}),
+               "objective": meta.get("objective", {})}, f, indent=2)
+  return out_dir
+
+
+def load_decoder(decoder_dir: str, target: dict) -> dict:
+  """The decoder saved by save_decoder, checked against and placed like `target` (the model's
+  freshly initialised params['decoder'])."""
+  config_path = os.path.join(decoder_dir, DECODER_CONFIG)
+  weights_path = os.path.join(decoder_dir, DECODER_WEIGHTS)
+  for path in (config_path, weights_path):
+    if not os.path.isfile(path):
+      raise ValueError(f"init.decoder_dir: {path} does not exist (expected a directory written "
+                       "by `python -m retromae_jax.export`)")
+  with open(config_path, encoding="utf-8") as f:
+    found = json.load(f).get("format")
+  if found != _DECODER_FORMAT:
+    raise ValueError(f"{config_path}: format {found!r}, expected {_DECODER_FORMAT!r}")
+  stored = load_file(weights_path)
+  wanted = traverse_util.flatten_dict(target, sep="/")
+  problems = [f"missing {k}" for k in sorted(set(wanted) - set(stored))]
+  problems += [f"unexpected {k}" for k in sorted(set(stored) - set(wanted))]
+  problems += [f"{k}: stored {stored[k].shape}, model {tuple(wanted[k].shape)}"
+               for k in sorted(set(stored) & set(wanted)) if stored[k].shape != wanted[k].shape]
+  if problems:
+    raise ValueError(f"{weights_path}: does not fit this model's decoder: "
+                     + "; ".join(problems[:8]))
+  # Each value goes where the target leaf lives (its sharding) with its dtype.
+  placed = {k: hf_interop.place(stored[k], v) for k, v in wanted.items()}
+  return traverse_util.unflatten_dict(placed, sep="/")
+
+
+def export_checkpoint(path: str, out_dir: str, max_seq_length: int | None = None) -> dict:
+  """Writes encoder/, sentence-transformers/ and (when the model has one) decoder/ under
+  out_dir from the checkpoint named by `path`; returns {name: directory}."""
+  meta, step_dir = checkpoints.read_meta(path)
+  cfg = model_config_from_meta(meta, step_dir)
+  stored = checkpoints.stored_shapes(step_dir)
+  # Shapes and dtypes without shardings: the parameters restore as host NumPy arrays.
+  target = traverse_util.unflatten_dict(
+      {k[len("params/"):]: jax.ShapeDtypeStruct(shape, dtype)
+       for k, (shape, dtype) in stored.items() if k.startswith("params/")}, sep="/")
+  params, meta, step_dir = checkpoints.restore_params(path, target)
+  written = {}
+  written["encoder"] = export_encoder(params, cfg, meta, os.path.join(out_dir, "encoder"))
+  written["sentence-transformers"] = export_sentence_transformers(
+      written["encoder"], os.path.join(out_dir, "sentence-transformers"), cfg.hidden_size,
+      max_seq_length or cfg.max_position_embeddings)
+  if "decoder" in params:
+    written["decoder"] = save_decoder(params["decoder"], meta, os.path.join(out_dir, "decoder"))
+  logging.info("Exported %s to %s: %s", step_dir, out_dir, ", ".join(written))
+  return written
+
+
+def _define_flags():
+  flags.DEFINE_string("checkpoint", None, "A workdir (its latest checkpoint), its checkpoints/ "
+                      "directory, or one step directory <workdir>/checkpoints/<step>.")
+  flags.DEFINE_string("out", None, "Directory to write encoder/, sentence-transformers/, "
+                      "decoder/ into.")
+  flags.DEFINE_integer("max_seq_length", None, "sentence-transformers' truncation length "
+                       "(default: the model's max_position_embeddings).")
+  flags.mark_flags_as_required(["checkpoint", "out"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  for name, directory in export_checkpoint(f.checkpoint, f.out, f.max_seq_length).items():
+    print(f"{name}: {directory}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
