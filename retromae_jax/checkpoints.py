@@ -86,10 +86,14 @@ def stored_shapes(step_dir: str) -> dict[str, tuple[tuple[int, ...], str]]:
     raise ValueError(f"{step_dir}: the checkpoint has no 'state' item (found: {present}); it is "
                      "incomplete or not one of ours")
   try:
-    tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
+    item = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
   except Exception as e:  # a corrupted or foreign metadata file: say where, keep the cause
     raise ValueError(f"{state_dir}: cannot read the checkpoint's metadata ({type(e).__name__}: "
                      f"{e})") from e
+  if item is None:
+    raise ValueError(f"{state_dir}: cannot read the checkpoint's metadata (missing or corrupted "
+                     "files)")
+  tree = item.tree
   return _shapes(tree)
 
 

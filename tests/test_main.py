@@ -44,7 +44,7 @@ SMALL = ["--config.batch_size=4", "--config.data.max_seq_length=64", "--config.l
 TIMING = ("tokens_per_s", "steps_per_s", "mfu")
 
 
-def test_train_checkpoint_resume_and_export(tmp_path):
+def test_train_checkpoint_and_export(tmp_path):
   workdir = str(tmp_path / "run")
   _run(workdir, *SMALL, "--config.total_steps=6", "--config.log_every=1")
   rows = _metrics(workdir)
@@ -58,19 +58,8 @@ def test_train_checkpoint_resume_and_export(tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
   export = os.path.join(workdir, "export", "encoder")
   assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(export))
-
-  # Lose everything after step 3 and run the same command again: it resumes from step 3 and
-  # steps 4-6 reproduce the uninterrupted run exactly (same batches, masks, dropout, updates).
-  shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
-  shutil.rmtree(os.path.join(workdir, "export"))
-  with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows[:3])
-  proc = _run(workdir, *SMALL, "--config.total_steps=6", "--config.log_every=1")
-  assert f"Resuming from {workdir}/checkpoints/3" in proc.stderr
-  resumed = _metrics(workdir)
-  assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
-  strip = lambda r: {k: v for k, v in r.items() if k not in TIMING}
-  assert [strip(r) for r in resumed[3:]] == [strip(r) for r in rows[3:]]
+  assert {"encoder", "sentence-transformers", "decoder"} == set(
+      os.listdir(os.path.join(workdir, "export")))
 
   # More steps than before: training continues from the last checkpoint.
   _run(workdir, *SMALL, "--config.total_steps=8")
@@ -120,26 +109,3 @@ def test_init_from_hf_bert_directory(tmp_path):
     np.testing.assert_allclose(exported["bert." + name], original[name], atol=1e-6)
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["model"]["hidden_size"] == 384
-
-
-def test_sigterm_saves_at_the_step_reached_exits_0_and_resumes(tmp_path):
-  workdir = str(tmp_path / "preempted")
-  cmd = [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:smoke",
-         f"--workdir={workdir}", *SMALL, "--config.total_steps=100000",
-         "--config.checkpoint_every=100000"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 300
-  while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
-    time.sleep(0.5)
-  proc.send_signal(signal.SIGTERM)
-  _, stderr = proc.communicate(timeout=120)
-  assert proc.returncode == 0, stderr[-3000:]
-  saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
-  assert len(saved) == 1 and saved[0] >= 1  # the step it had reached, not a scheduled one
-  assert not os.path.exists(os.path.join(workdir, "export"))  # preempted: not finished
-
-  proc = _run(workdir, *SMALL, f"--config.total_steps={saved[0] + 2}")
-  assert f"Resuming from {workdir}/checkpoints/{saved[0]}" in proc.stderr
-  assert _metrics(workdir)[-1]["step"] == saved[0] + 2
