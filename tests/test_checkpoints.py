@@ -3,7 +3,6 @@ uninterrupted run's metrics line for line; exports load in transformers / senten
 and re-import; a checkpoint that does not fit says exactly why."""
 
 import glob
-import json
 import os
 import shutil
 import signal
