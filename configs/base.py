@@ -55,9 +55,13 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.encoder_mask_ratio = 0.30
   c.data.decoder_mask_ratio = 0.50
   c.data.decoder_pool_size = 128  # FlagEmbedding: min(n, 128) pool masks per example
-  c.data.shuffle_buffer = 10_000
+  c.data.shuffle_buffer = 10_000  # chunks, per data shard (see num_shards)
   c.data.min_chunk_tokens = 8  # chunks shorter than this (in tokens) are dropped and counted
   c.data.prefetch = 2
+  # Logical shards of the corpus (each a fixed slice with its own seeds and its own rows of every
+  # batch). 0 = one per process. Fix it (a multiple of every process count you will use) to make
+  # the batches, and so the run, independent of the number of hosts.
+  c.data.num_shards = 0
 
   # ---- Model ----
   layers, hidden, heads, ffn = MODEL_SHAPES[preset]

@@ -187,6 +187,23 @@ def test_per_host_batch_and_disjoint_process_shards(corpus, tok):
   assert shards[0] | shards[1] == everything
 
 
+def test_fixed_shards_make_the_global_batch_independent_of_the_process_count(corpus, tok):
+  """With data.num_shards fixed, process i of 2 hosts exactly rows [4i, 4i+4) of the batch
+  that 1 process makes (same chunks, same masks), from the start and after a resume."""
+  config = _config(corpus, data__num_shards=2)
+  for start in (0, 3):
+    one = _take(config, tok, 2, start_step=start)
+    two = [_take(config, tok, 2, start_step=start, process_index=i, process_count=2)
+           for i in range(2)]
+    for step, batch in enumerate(one):
+      for name, value in batch.items():
+        np.testing.assert_array_equal(
+            value, np.concatenate([two[0][step][name], two[1][step][name]]), err_msg=name)
+  with pytest.raises(ValueError, match="config.data.num_shards: 2 shards must be a multiple of "
+                                       "the 4 processes"):
+    pipeline.pretrain_dataset(config, tok, process_index=0, process_count=4)
+
+
 def test_epoch_log_counts_skipped_lines(corpus, tok, caplog):
   caplog.set_level(logging.INFO)
   stats = pipeline.PipelineStats()

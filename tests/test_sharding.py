@@ -63,7 +63,7 @@ def test_parameters_and_optimizer_state_are_sharded_as_the_rules_say():
   assert 1 / 8 <= got["fraction"] < 1 / 8 + 0.02
 
 
-def _losses(workdir, devices, mesh, *extra):
+def _losses(workdir, devices, mesh, *extra, return_log=False):
   env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices))
   cmd = [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:smoke",
          f"--workdir={workdir}", "--config.batch_size=8", "--config.data.max_seq_length=32",
@@ -73,7 +73,8 @@ def _losses(workdir, devices, mesh, *extra):
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [(r["enc_loss"], r["dec_loss"]) for r in map(json.loads, f)]
+    losses = [(r["enc_loss"], r["dec_loss"]) for r in map(json.loads, f)]
+  return (losses, proc.stderr) if return_log else losses
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,8 @@ def test_checkpoint_of_one_mesh_resumes_on_another(tmp_path, devices, mesh, run_
   workdir = str(tmp_path / "moved")
   shutil.copytree(run_2x2x2[0], workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "3"))
-  resumed = _losses(workdir, devices, mesh)
+  resumed, log = _losses(workdir, devices, mesh, return_log=True)
+  assert f"Resuming from {workdir}/checkpoints/2" in log  # not a fresh run that agrees anyway
   assert len(resumed) == 3  # steps 1-2 from the first run, step 3 rewritten by the resumed one
   (ref_enc, ref_dec), (enc, dec) = run_2x2x2[1][2], resumed[2]
   assert enc == pytest.approx(ref_enc, rel=1e-5)

@@ -2,12 +2,14 @@
 
   documents (sources.py, this process's share)
   -> tokenise and chunk in a Python generator (chunking.py; HF tokenizers, batch-encoded)
-  -> shuffle(config.data.shuffle_buffer, seed=config.seed), reshuffled every epoch -> repeat
-  -> batch(config.batch_size // process_count, drop_remainder)
+  -> shuffle(config.data.shuffle_buffer per shard, seed=config.seed + shard), reshuffled every
+     epoch -> repeat
+  -> batch(config.batch_size // num_shards, drop_remainder)
   -> masks (masking.py, vectorised NumPy on the whole batch), seeded by
-     (config.seed, process_index, batch index): the same seed and process count give the same
-     batches whatever tf.data's parallelism (a different process count reads other shards)
-  -> prefetch
+     (config.seed, shard, batch index): the same seed gives the same batches whatever tf.data's
+     parallelism
+  -> the process's shards side by side (data_shards: a fixed config.data.num_shards makes the
+     global batch independent of the process count) -> prefetch
 
 THE BATCH CONTRACT (fixed shapes; L = data.max_seq_length, B = per-host batch,
 C = max(1, round(L * encoder_mask_ratio)), P = data.decoder_pool_size):
@@ -111,11 +113,12 @@ def chunk_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Token
     stats.epochs += 1
     produced = stats.chunks.chunks - chunks_at_epoch_start[0]
     chunks_at_epoch_start[0] = stats.chunks.chunks
-    logging.info("data: process %d finished epoch %d: %d chunks; totals %s; skipped lines %s",
-                 process_index, stats.epochs, produced, stats.chunks, stats.skips.as_dict())
+    logging.info("data: shard %d/%d finished epoch %d: %d chunks; totals %s; skipped lines %s",
+                 process_index, process_count, stats.epochs, produced, stats.chunks, stats.skips.as_dict())
     if not produced:
       raise ValueError(f"data.source {config.data.source!r}: no chunk of at least "
-                       f"{config.data.min_chunk_tokens} tokens in process {process_index}'s share")
+                       f"{config.data.min_chunk_tokens} tokens in shard {process_index} of "
+                       f"{process_count} (too few documents for data.num_shards?)")
     return np.zeros((0, seq_len), np.int32), np.zeros((0,), np.int32)
 
   def as_blocks(fn, *args):
@@ -133,46 +136,76 @@ def chunk_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Token
   return blocks.concatenate(marker).unbatch()
 
 
+def data_shards(config: ml_collections.ConfigDict, process_count: int) -> int:
+  """How many logical shards the corpus is read as (config.data.num_shards; 0 = one per process).
+
+  A shard is a fixed slice of the documents with its own shuffle and mask seeds, and it fills a
+  fixed block of rows of every global batch; each process reads the shards whose rows it hosts.
+  So with a fixed number of shards, the global batches do not depend on the process count: 1
+  process with 8 devices trains on exactly what 2 processes x 4 devices do.
+  """
+  shards = config.data.num_shards or process_count
+  if shards % process_count or config.batch_size % shards:
+    raise ValueError(f"config.data.num_shards: {shards} shards must be a multiple of the "
+                     f"{process_count} processes and divide batch_size {config.batch_size}")
+  return shards
+
+
 def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
                      process_index: int = 0, process_count: int = 1, start_step: int = 0,
                      stats: PipelineStats | None = None) -> tf.data.Dataset:
-  """Infinite per-host batches following the batch contract (module docstring).
+  """Infinite per-host batches following the batch contract (module docstring): the rows of
+  this process's shards, shard after shard (see data_shards).
 
   Iterate it with pretrain_batches (or close your own iterator before the program exits).
   """
-  batch_size = host_batch_size(config, process_count)
+  host_batch_size(config, process_count)  # validates the split
+  num_shards = data_shards(config, process_count)
+  per_process = num_shards // process_count
+  rows = config.batch_size // num_shards
   spec = masking_spec(config, tokenizer)
-  seq_len, seed = config.data.max_seq_length, config.seed
-  ds = chunk_dataset(config, tokenizer, process_index=process_index,
-                     process_count=process_count, stats=stats)
-  if config.data.shuffle_buffer > 1:
-    ds = ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-  ds = ds.repeat().batch(batch_size, drop_remainder=True)
-  ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
-  # Resume: exact (the stream is a function of the config and the process layout), but the
-  # skipped batches are still read and tokenised (not masked); issue 4 makes this exact and
-  # cheap.
-  ds = ds.skip(start_step)
-
-  shapes = batch_shapes(config, batch_size)
+  seed = config.seed & (2**63 - 1)
+  shapes = batch_shapes(config, rows)
   names = tuple(shapes)
 
-  def mask_numpy(input_ids, lengths, index):
-    rng = np.random.default_rng([seed & (2**64 - 1), process_index, int(index)])
-    batch = masking.make_batch(input_ids, lengths, spec, rng)
-    return tuple(batch[name] for name in names)
+  def shard_batches(shard: int) -> tf.data.Dataset:
+    ds = chunk_dataset(config, tokenizer, process_index=shard, process_count=num_shards,
+                       stats=stats)
+    if config.data.shuffle_buffer > 1:
+      # The buffer is per shard, so that a shard's order does not depend on who reads it.
+      ds = ds.shuffle(config.data.shuffle_buffer, seed=seed + shard,
+                      reshuffle_each_iteration=True)
+    ds = ds.repeat().batch(rows, drop_remainder=True)
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
+    # Resume: exact (the stream is a function of the config, the shard and the step). The
+    # skipped batches are read and tokenised again, not masked: about as fast as the input
+    # pipeline without masking (see bench/RESULTS.md).
+    ds = ds.skip(start_step)
 
-  def mask(batch, index):
-    input_ids, lengths = batch
-    outs = tf.numpy_function(mask_numpy, [input_ids, lengths, index],
-                             [tf.as_dtype(shapes[n][1]) for n in names], stateful=False)
-    for out, name in zip(outs, names):
-      out.set_shape(shapes[name][0])
-    return dict(zip(names, outs))
+    def mask_numpy(input_ids, lengths, index):
+      rng = np.random.default_rng([seed, shard, int(index)])
+      batch = masking.make_batch(input_ids, lengths, spec, rng)
+      return tuple(batch[name] for name in names)
 
-  # Parallel calls cannot change the result (each batch has its own seed); deterministic=True
-  # keeps the order.
-  ds = ds.map(mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def mask(batch, index):
+      input_ids, lengths = batch
+      outs = tf.numpy_function(mask_numpy, [input_ids, lengths, index],
+                               [tf.as_dtype(shapes[n][1]) for n in names], stateful=False)
+      for out, name in zip(outs, names):
+        out.set_shape(shapes[name][0])
+      return dict(zip(names, outs))
+
+    # Parallel calls cannot change the result (each batch has its own seed); deterministic=True
+    # keeps the order.
+    return ds.map(mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  first = process_index * per_process
+  shards = [shard_batches(s) for s in range(first, first + per_process)]
+  if len(shards) == 1:
+    ds = shards[0]
+  else:
+    ds = tf.data.Dataset.zip(tuple(shards)).map(
+        lambda *parts: {n: tf.concat([p[n] for p in parts], axis=0) for n in names})
   return ds.prefetch(config.data.prefetch)
 
 

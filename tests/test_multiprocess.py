@@ -1,0 +1,69 @@
+"""Two JAX processes (launch/local_multiprocess.sh, 4 CPU devices each) train exactly what one
+process with 8 devices trains, and their checkpoint resumes in a single process.
+
+A 1,000-token vocabulary keeps every gradient buffer under 1 MiB: the CPU backend's gloo
+collectives are known to corrupt large reduce-scatters, which has nothing to do with us.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def small_vocab(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("vocab"))
+  subprocess.run([sys.executable, "-m", "retromae_jax.train_tokenizer", "--input=pydoc",
+                  "--vocab_size=1000", f"--out={out}"], cwd=ROOT, check=True,
+                 capture_output=True, timeout=600)
+  return out
+
+
+def _args(workdir, vocab):
+  return ["-m", "retromae_jax.main", "--config=configs/base.py:smoke", f"--workdir={workdir}",
+          f"--config.tokenizer={vocab}", "--config.batch_size=8",
+          "--config.data.max_seq_length=32", "--config.data.num_shards=2",
+          "--config.total_steps=3", "--config.log_every=1", "--config.checkpoint_every=2"]
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [(r["step"], r["enc_loss"], r["dec_loss"]) for r in map(json.loads, f)]
+
+
+def _run(cmd):
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="8")
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+  return proc.stderr
+
+
+def _assert_close(got, expected):
+  assert [s for s, *_ in got] == [s for s, *_ in expected]
+  for (_, enc, dec), (_, ref_enc, ref_dec) in zip(got, expected):
+    assert enc == pytest.approx(ref_enc, rel=1e-5)
+    assert dec == pytest.approx(ref_dec, rel=1e-5)
+
+
+def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_path, small_vocab):
+  one = str(tmp_path / "one_process")
+  _run([sys.executable, *_args(one, small_vocab)])
+  two = str(tmp_path / "two_processes")
+  _run(["bash", "launch/local_multiprocess.sh", "2", "--", sys.executable,
+        *_args(two, small_vocab)])
+  assert os.path.isdir(os.path.join(two, "export", "encoder"))  # process 0 exported
+  _assert_close(_losses(two), _losses(one))
+
+  # The 2-process step-2 checkpoint, restored by 1 process: step 3 as both runs had it.
+  moved = str(tmp_path / "moved")
+  shutil.copytree(two, moved)
+  shutil.rmtree(os.path.join(moved, "checkpoints", "3"))
+  log = _run([sys.executable, *_args(moved, small_vocab)])
+  assert f"Resuming from {moved}/checkpoints/2" in log  # not a fresh run that happens to agree
+  _assert_close(_losses(moved), _losses(one))
