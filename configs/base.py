@@ -66,7 +66,10 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # ---- Model ----
   layers, hidden, heads, ffn = MODEL_SHAPES[preset]
   c.model = ml_collections.ConfigDict()
-  c.model.vocab_size = -1  # -1: the tokenizer's vocabulary size
+  c.model.vocab_size = -1  # -1: the tokenizer's vocabulary size, rounded up to vocab_multiple
+  # 1 = the tokenizer's size exactly (as the references). Tensor parallelism needs the vocabulary
+  # divisible by the mesh's tensor axis: 128 suits any power-of-two axis and TPU/GPU tiles.
+  c.model.vocab_multiple = 1
   c.model.num_layers = layers
   c.model.hidden_size = hidden
   c.model.num_heads = heads

@@ -39,6 +39,9 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
   if config.checkpoint_keep < 1 or config.checkpoint_keep_period < 0:
     raise ValueError(f"config.checkpoint_keep / checkpoint_keep_period: expected >= 1 / >= 0, got "
                      f"{config.checkpoint_keep} / {config.checkpoint_keep_period}")
+  if config.model.vocab_multiple < 1:
+    raise ValueError(f"config.model.vocab_multiple: expected >= 1, got "
+                     f"{config.model.vocab_multiple}")
   if config.data.num_shards < 0:
     raise ValueError(f"config.data.num_shards: expected >= 0 (0 = one per process), got "
                      f"{config.data.num_shards}")

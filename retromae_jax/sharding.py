@@ -65,3 +65,21 @@ def data_parallel_size(mesh, rules) -> int:
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def check_divisible(params, shardings, logical_specs) -> None:
+  """Raises a one-line error naming the first parameter dimension that its mesh axes do not
+  divide (jax.Array shardings must split every dimension evenly)."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, leaf), sharding, logical in zip(
+      flat, jax.tree.leaves(shardings), jax.tree.leaves(
+          logical_specs, is_leaf=lambda x: isinstance(x, P))):
+    for dim, (size, axes, name) in enumerate(zip(leaf.shape, sharding.spec, logical)):
+      axes = (axes,) if isinstance(axes, str) else (axes or ())
+      parts = int(np.prod([sharding.mesh.shape[a] for a in axes]))
+      if size % parts:
+        hint = ("; set config.model.vocab_multiple to a multiple of it" if name == "vocab"
+                else "; pick model sizes it divides or another mesh")
+        raise ValueError(
+            f"config.mesh: {jax.tree_util.keystr(path)} dimension {dim} ({name}, {size}) is "
+            f"not divisible by mesh axes {'x'.join(axes)} = {parts}{hint}")

@@ -97,6 +97,8 @@ def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
     param_shardings = nn.logical_to_mesh_sharding(
         nn.get_partition_spec(boxed)["params"], mesh, rules)
     abstract_state = jax.eval_shape(init_state, jax.random.key(0))
+    sharding.check_divisible(abstract_state.params, param_shardings,
+                             nn.get_partition_spec(boxed)["params"])
     state_shardings = TrainState(
         step=sharding.replicated(mesh), params=param_shardings,
         opt_state=optax.tree_map_params(
@@ -122,7 +124,11 @@ def train_and_evaluate(config, workdir: str):
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
-  model_cfg = _resolve_model_shape(config, tokenizer.get_vocab_size())
+  # Tensor parallelism splits the vocabulary: model.vocab_multiple pads it (Megatron-style; the
+  # extra rows are never a target nor an input, their logits just learn to stay low).
+  multiple = config.model.vocab_multiple
+  model_cfg = _resolve_model_shape(
+      config, -(-tokenizer.get_vocab_size() // multiple) * multiple)
   if tokenizer.get_vocab_size() > model_cfg.vocab_size:
     raise ValueError(f"config.tokenizer: {tokenizer.get_vocab_size()} tokens, more than the "
                      f"model's vocabulary ({model_cfg.vocab_size}, config.model.vocab_size)")

@@ -90,13 +90,39 @@ def run_2x2x2(tmp_path_factory):
 
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2), (1, 8, 1)])
 def test_losses_do_not_depend_on_the_mesh(tmp_path, mesh, one_device_losses, run_2x2x2):
-  # (1, 1, 8) needs the vocabulary (30522) and heads divisible by 8: see the issue notes.
+  # (1, 1, 8) needs the vocabulary and the heads divisible by 8: the next test.
   reference = one_device_losses
   sharded = run_2x2x2[1] if mesh == (2, 2, 2) else _losses(str(tmp_path / "mesh"), 8, mesh)
   assert len(reference) == len(sharded) == 3
   for (ref_enc, ref_dec), (enc, dec) in zip(reference, sharded):
     assert enc == pytest.approx(ref_enc, rel=1e-5)
     assert dec == pytest.approx(ref_dec, rel=1e-5)
+
+
+TENSOR_SIZES = ("--config.model.num_heads=8", "--config.model.vocab_multiple=128")
+
+
+def test_tensor_parallel_losses_equal_one_device(tmp_path):
+  """Mesh (1,1,8): heads, MLP and the (padded) vocabulary split 8 ways; the same losses as one
+  device with the same (padded) model."""
+  reference = _losses(str(tmp_path / "one"), 1, (1, 1, 1), *TENSOR_SIZES)
+  sharded = _losses(str(tmp_path / "tensor"), 8, (1, 1, 8), *TENSOR_SIZES)
+  assert len(reference) == len(sharded) == 3
+  for (ref_enc, ref_dec), (enc, dec) in zip(reference, sharded):
+    assert enc == pytest.approx(ref_enc, rel=1e-5)
+    assert dec == pytest.approx(ref_dec, rel=1e-5)
+
+
+def test_a_mesh_that_does_not_divide_the_model_fails_naming_the_parameter(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:smoke",
+       f"--workdir={tmp_path}", "--config.batch_size=8", "--config.mesh.data=1",
+       "--config.mesh.tensor=8"], cwd=ROOT, env=dict(os.environ, JAX_NUM_CPU_DEVICES="8"),
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode != 0
+  assert ("config.mesh: ['bert']['embeddings']['word_embeddings']['embedding'] dimension 0 "
+          "(vocab, 30522) is not divisible by mesh axes tensor = 8; set "
+          "config.model.vocab_multiple") in proc.stderr
 
 
 @pytest.mark.parametrize("devices,mesh", [(1, (1, 1, 1)), (8, (1, 8, 1))])
