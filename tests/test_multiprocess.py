@@ -8,8 +8,10 @@ collectives are known to corrupt large reduce-scatters, which has nothing to do 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -67,3 +69,25 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_pa
   log = _run([sys.executable, *_args(moved, small_vocab)])
   assert f"Resuming from {moved}/checkpoints/2" in log  # not a fresh run that happens to agree
   _assert_close(_losses(moved), _losses(one))
+
+
+def test_sigterm_to_two_processes_saves_one_agreed_step_and_exits_0(tmp_path, small_vocab):
+  """The launcher forwards SIGTERM to both processes; Orbax's preemption sync makes them stop
+  and save at the same step (a checkpoint both wrote), and every process exits 0."""
+  workdir = str(tmp_path / "preempted")
+  args = _args(workdir, small_vocab) + ["--config.total_steps=100000",
+                                        "--config.checkpoint_every=100000"]
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="8")
+  proc = subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", "--", sys.executable,
+                           *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 600
+  while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, output[-4000:]
+  saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+  assert len(saved) == 1 and saved[0] == _losses(workdir)[-1][0]
+  assert output.count(f"Preempted: saved step {saved[0]}") == 2  # [p0] and [p1]
