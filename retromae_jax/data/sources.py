@@ -15,7 +15,10 @@ at the end of every epoch.
 
 import ast
 import functools
+import hashlib
 import json
+import os
+import sys
 import sysconfig
 import threading
 from pathlib import Path
@@ -185,10 +188,32 @@ def pydoc_texts(per_module: bool = False) -> tuple[str, ...]:
   Read with `ast` (nothing is imported or executed), files in sorted order: deterministic.
   """
   root = Path(sysconfig.get_paths()["stdlib"])
+  paths = [p for p in sorted(root.rglob("*.py"))
+           if not _PYDOC_SKIP_DIRS.intersection(p.relative_to(root).parts)]
+  # Parsing the whole standard library takes seconds; every process start would pay them. The
+  # texts are cached on disk under a key made of everything they depend on.
+  key = hashlib.sha256(repr((sys.version, str(root), per_module, _PYDOC_MIN_CHARS, [
+      (str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths])).encode()).hexdigest()
+  cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "retromae_jax" / (
+      f"pydoc_{key[:24]}.json")
+  try:
+    return tuple(json.loads(cache.read_text(encoding="utf-8")))
+  except (OSError, ValueError):
+    pass
+  texts = _parse_docstrings(paths, per_module)
+  try:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(texts), encoding="utf-8")
+    os.replace(tmp, cache)
+  except OSError:  # a read-only home: no cache, same texts
+    pass
+  return texts
+
+
+def _parse_docstrings(paths: list[Path], per_module: bool) -> tuple[str, ...]:
   texts = []
-  for path in sorted(root.rglob("*.py")):
-    if _PYDOC_SKIP_DIRS.intersection(path.relative_to(root).parts):
-      continue
+  for path in paths:
     try:
       tree = ast.parse(path.read_bytes())
     except (SyntaxError, ValueError):  # Python 2 examples, odd encodings: not worth the text
