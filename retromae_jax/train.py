@@ -26,7 +26,8 @@ from retromae_jax import optim
 from retromae_jax import sharding
 from retromae_jax import tokenizer as tokenizer_lib
 from retromae_jax.data import pipeline
-from retromae_jax.retromae import RetroMAE, model_config_from
+from retromae_jax.objectives.config import objective_config_from
+from retromae_jax.retromae import make_model, model_config_from
 
 
 @flax.struct.dataclass
@@ -114,15 +115,17 @@ def train_and_evaluate(config, workdir: str):
                jax.device_count(), jax.devices()[0].device_kind, jax.process_count())
 
   # ---------------------------------------------------------------- Model and sharded state
-  model = RetroMAE(model_cfg)
+  objective = objective_config_from(config)
+  model = make_model(model_cfg, objective)
+  logging.info("Objective: %s", objective)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
   example = {name: jax.ShapeDtypeStruct(shape, dtype)
              for name, (shape, dtype) in pipeline.batch_shapes(config, 1).items()}
 
   state, state_shardings = create_sharded_state(model, tx, example, mesh, rules, config.seed)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("Parameters: %.1fM (decoder layer %.1fM)", num_params / 1e6,
-               sum(x.size for x in jax.tree.leaves(state.params["decoder"])) / 1e6)
+  logging.info("Parameters: %.1fM (decoder %.1fM)", num_params / 1e6,
+               sum(x.size for x in jax.tree.leaves(state.params.get("decoder", {}))) / 1e6)
   per_device = lambda tree: sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
   logging.info("Per device: parameters %.1f MiB, optimizer state %.1f MiB",
                per_device(state.params) / 2**20, per_device(state.opt_state) / 2**20)
@@ -131,10 +134,10 @@ def train_and_evaluate(config, workdir: str):
   batch_sharding = {k: sharding.batch_sharding(mesh, rules) for k in example}
   dropout_root = jax.random.key(config.seed + 1)
 
-  def loss_fn(params, batch, dropout_key, denominators=(None, None)):
-    encoder_logits, decoder_logits = model.apply(
-        {"params": params}, batch, deterministic=False, rngs={"dropout": dropout_key})
-    return losses.retromae_loss(encoder_logits, decoder_logits, batch, denominators)
+  def loss_fn(params, batch, dropout_key, denominators=None):
+    outputs = model.apply({"params": params}, batch, deterministic=False,
+                          rngs={"dropout": dropout_key}, method="outputs")
+    return losses.objective_loss(outputs, batch, objective.bow_weight, denominators)
 
   def accumulated_grads(params, batch, dropout_key, k):
     """Loss and gradients of the whole batch from k microbatches.
@@ -142,8 +145,7 @@ def train_and_evaluate(config, workdir: str):
     Microbatch i takes rows i, i+k, i+2k, ...: with the batch split over devices in contiguous
     blocks, every microbatch is spread over all of them.
     """
-    denominators = (losses.labelled_tokens(batch["encoder_targets"]),
-                    losses.labelled_tokens(batch["decoder_targets"]))
+    denominators = losses.loss_denominators(batch)
     micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1),
                          batch)
 
@@ -236,8 +238,11 @@ def train_and_evaluate(config, workdir: str):
 
   # ---------------------------------------------------------------- Loop
   writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
-  flops_per_step = config.batch_size * flops.retromae_train_flops_per_example(
-      model_cfg, config.data.max_seq_length, example["encoder_positions"].shape[1])
+  flops_per_step = config.batch_size * flops.train_flops_per_example(
+      model_cfg, objective, config.data.max_seq_length,
+      encoder_len=example["encoder_input_ids"].shape[1],
+      encoder_positions=example["encoder_positions"].shape[1] if "encoder_positions" in example
+      else 0)
   peak = flops.device_peak_flops(config) * jax.device_count()
   window, stopwatch, window_start = [], metrics_lib.Stopwatch(), start_step
   step = start_step

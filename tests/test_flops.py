@@ -9,6 +9,7 @@ import numpy as np
 
 from retromae_jax import flops, optim
 from retromae_jax.bert import ModelConfig
+from retromae_jax.objectives.config import ObjectiveConfig
 from retromae_jax.retromae import RetroMAE
 
 
@@ -41,7 +42,7 @@ def test_forward_flops_match_the_jaxpr():
   params = nn.unbox(model.init(jax.random.key(0), batch, deterministic=True))["params"]
   jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, batch, deterministic=True))(params)
   counted = _matmul_flops(jaxpr.jaxpr)
-  analytic = b * flops.retromae_train_flops_per_example(cfg, seq, c) / 3  # forward only
+  analytic = b * flops.train_flops_per_example(cfg, ObjectiveConfig(), seq, seq, c) / 3  # forward
   assert counted == analytic
 
 
