@@ -65,7 +65,8 @@ class MaskedLM(nn.Module):
       key_mask = batch["attention_mask"]
       hidden = self.bert(batch["encoder_input_ids"], key_mask, deterministic)
     outputs = {}
-    positions = batch.get("encoder_positions")
+    # Under drop no state exists at a masked position: no L_enc.
+    positions = batch["encoder_positions"] if obj.encoder_masking == "corrupt" else None
     if obj.bag_of_words:
       # Every position's logits are needed for the max-pool: [B, Le, V] in memory.
       logits = self.mlm_head(hidden, self.word_embeddings)
