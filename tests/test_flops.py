@@ -51,7 +51,8 @@ def test_forward_flops_match_the_jaxpr():
     ObjectiveConfig(decoder_layers=3, bow_weight=0.1),
     ObjectiveConfig(decoder_kind="basic", decoder_layers=2),
     ObjectiveConfig(decoder_kind="cross_attention", cross_attend_to="sentence"),
-    ObjectiveConfig(decoder_kind="cross_attention", cross_attend_to="tokens", encoder_masking="drop"),
+    ObjectiveConfig(decoder_kind="cross_attention", cross_attend_to="tokens",
+                    encoder_masking="drop"),
     ObjectiveConfig(decoder_kind="autoregressive", attention_span=4),
     ObjectiveConfig(kind="mlm"),
 ], ids=lambda o: f"{o.kind}-{o.decoder_kind}-{o.cross_attend_to}-{o.encoder_masking}")

@@ -42,7 +42,8 @@ def _ln(x, p, eps=1e-12):
 def _attend(p, prefix, query, kv, visible):
   """LN(query + W_o attention(query -> kv)); visible[i, j]: may query i see key j."""
   dh = D // H
-  proj = lambda name, x: np.einsum("ld,dhk->lhk", x, p[prefix + name]["kernel"]) + p[prefix + name]["bias"]
+  def proj(name, x):
+    return np.einsum("ld,dhk->lhk", x, p[prefix + name]["kernel"]) + p[prefix + name]["bias"]
   q, k, v = proj("query", query), proj("key", kv), proj("value", kv)
   ctx = np.zeros_like(q)
   for h in range(H):
@@ -65,14 +66,19 @@ def _layer(p, query, kv, visible):
 
 def _head(params, x):
   p, word = params["mlm_head"], params["bert"]["embeddings"]["word_embeddings"]["embedding"]
-  return _ln(_gelu(x @ p["dense"]["kernel"] + p["dense"]["bias"]), p["LayerNorm"]) @ word.T + p["bias"]
+  x = _ln(_gelu(x @ p["dense"]["kernel"] + p["dense"]["bias"]), p["LayerNorm"])
+  return x @ word.T + p["bias"]
 
 
-def _embed(params, ids, positions=None):
+def _embed_vectors(params, vectors):
+  """LN(vectors + pos + type_0): BERT's embedding module from given word vectors."""
   e = params["bert"]["embeddings"]
-  positions = np.arange(len(ids)) if positions is None else positions
-  return _ln(e["word_embeddings"]["embedding"][ids] + e["position_embeddings"]["embedding"][positions]
+  return _ln(vectors + e["position_embeddings"]["embedding"][:L]
              + e["token_type_embeddings"]["embedding"][0], e["LayerNorm"])
+
+
+def _embed(params, ids):
+  return _embed_vectors(params, params["bert"]["embeddings"]["word_embeddings"]["embedding"][ids])
 
 
 def _layer_params(tree, i):
@@ -90,15 +96,15 @@ def _encoder(params, ids, real):
 def reference_decoder_logits(params, batch, objective):
   """[B, L, V] decoder logits, computed from each decoder's description, per example."""
   out = []
-  num = objective.decoder_layers
+  kind, num, dec = objective.decoder_kind, objective.decoder_layers, params["decoder"]
+
+  def layer(i):  # one enhanced layer is a plain layer (the spec's layout), else a stack
+    return dec if kind == "enhanced" and num == 1 else _layer_params(dec["layers"], i)
+
   for b in range(B):
     real = batch["attention_mask"][b].astype(bool)
     hidden = _encoder(params, batch["encoder_input_ids"][b], real)
     h = hidden[0]
-    dec = params["decoder"]
-    layer = (lambda i: dec) if objective.decoder_kind == "enhanced" and num == 1 else (
-        lambda i: _layer_params(dec["layers"], i))
-    kind = objective.decoder_kind
     if kind == "enhanced":  # queries LN(h + pos + type); keys H2; later queries: previous output
       kv = _embed(params, batch["input_ids"][b])
       kv[0] = h
@@ -137,12 +143,6 @@ def reference_decoder_logits(params, batch, objective):
         x = _ffn(p, x)
     out.append(_head(params, x))
   return np.stack(out)
-
-
-def _embed_vectors(params, vectors):
-  e = params["bert"]["embeddings"]
-  return _ln(vectors + e["position_embeddings"]["embedding"][:L]
-             + e["token_type_embeddings"]["embedding"][0], e["LayerNorm"])
 
 
 # ---------------------------------------------------------------- Shared fixtures
@@ -377,7 +377,9 @@ def test_default_objective_is_the_spec_model():
     ({"decoder.kind": "causal"}, "config.decoder.kind: expected one of enhanced, basic"),
     ({"decoder.num_layers": 13}, "config.decoder.num_layers: expected 1..12"),
     ({"decoder.num_layers": 0}, "config.decoder.num_layers: expected 1..12"),
-    ({"decoder.cross_attend_to": "all"}, "config.decoder.cross_attend_to: expected one of"),
+    ({"decoder.kind": "cross_attention", "decoder.cross_attend_to": "all"},
+     "config.decoder.cross_attend_to: expected one of"),
+    ({"decoder.cross_attend_to": "tokens"}, "config.decoder.cross_attend_to: only the cross_att"),
     ({"decoder.kind": "autoregressive", "decoder.attention_span": -1},
      "config.decoder.attention_span: expected >= 0"),
     ({"decoder.attention_span": 2}, "config.decoder.attention_span: only the autoregressive"),

@@ -11,8 +11,8 @@ from retromae_jax.bert import (ModelConfig, TransformerLayer, attention_sublayer
 class TwoStreamBody(TransformerLayer):
   """The enhanced decoder's layer: the query stream is carried, keys/values stay H2."""
 
-  def __call__(self, query_stream, kv_stream, mask, deterministic):  # pytype: disable=signature-mismatch
-    return super().__call__(query_stream, kv_stream, mask, deterministic), None
+  def __call__(self, query, kv_stream, mask, deterministic):  # pytype: disable=signature-mismatch
+    return super().__call__(query, kv_stream, mask, deterministic), None
 
 
 class SelfAttentionBody(TransformerLayer):
