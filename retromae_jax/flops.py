@@ -10,8 +10,6 @@ Padding positions are counted (the device computes them); element-wise work is n
 from absl import logging
 import jax
 
-from retromae_jax.objectives.config import ObjectiveConfig
-
 # Dense bf16 peak FLOP/s per device (vendor figures). Device kinds as jax reports them.
 PEAK_FLOPS = {
     "TPU v4": 275e12,

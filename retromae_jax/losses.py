@@ -36,13 +36,8 @@ def masked_cross_entropy(logits, labels, denominator=None):
 
 def retromae_loss(encoder_logits, decoder_logits, batch, denominators=(None, None)):
   """L = L_enc + L_dec (equal weights, spec section 2); both parts are returned for logging."""
-  enc_loss, enc_acc, enc_tokens = masked_cross_entropy(
-      encoder_logits, batch["encoder_targets"], denominators[0])
-  dec_loss, dec_acc, dec_tokens = masked_cross_entropy(
-      decoder_logits, batch["decoder_targets"], denominators[1])
-  metrics = dict(enc_loss=enc_loss, dec_loss=dec_loss, enc_acc=enc_acc, dec_acc=dec_acc,
-                 enc_tokens=enc_tokens, dec_tokens=dec_tokens)
-  return enc_loss + dec_loss, metrics
+  return objective_loss({"encoder_logits": encoder_logits, "decoder_logits": decoder_logits},
+                        batch, denominators={"enc": denominators[0], "dec": denominators[1]})
 
 
 def bag_of_words_loss(bow_logits, input_ids, bow_weights, denominator=None):
