@@ -70,13 +70,20 @@ class Embeddings(nn.Module):
     self.layer_norm = _layer_norm(cfg, "LayerNorm")
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
-  def __call__(self, input_ids: Array, deterministic: bool) -> Array:
-    return self.from_vectors(self.word_embeddings(input_ids), deterministic)
+  def __call__(self, input_ids: Array, deterministic: bool,
+               position_ids: Array | None = None) -> Array:
+    return self.from_vectors(self.word_embeddings(input_ids), deterministic, position_ids)
 
-  def from_vectors(self, vectors: Array, deterministic: bool) -> Array:
-    """HF's `embeddings(inputs_embeds=vectors)`: adds position and type-0 embeddings."""
-    seq_len = vectors.shape[-2]
-    x = vectors + self.position_embeddings(jnp.arange(seq_len))
+  def from_vectors(self, vectors: Array, deterministic: bool,
+                   position_ids: Array | None = None) -> Array:
+    """HF's `embeddings(inputs_embeds=vectors)`: adds position and type-0 embeddings.
+
+    Positions are 0..L-1 unless `position_ids` [B, L] says otherwise (an encoder that reads only
+    the unmasked tokens keeps their original positions).
+    """
+    if position_ids is None:
+      position_ids = jnp.arange(vectors.shape[-2])
+    x = vectors + self.position_embeddings(position_ids)
     x = x + self.token_type_embeddings(jnp.zeros((), jnp.int32))
     x = self.layer_norm(x)
     return self.dropout(x, deterministic=deterministic)
@@ -105,6 +112,50 @@ class _Projection(nn.Module):
     return jnp.einsum(self.equation, x, kernel) + bias
 
 
+def attention_sublayer(module: nn.Module, cfg: ModelConfig, query_stream: Array, kv_stream: Array,
+                       mask: Array, deterministic: bool, prefix: str = "") -> Array:
+  """Multi-head attention, output projection, dropout, residual on the QUERY stream, LayerNorm.
+
+  Called from a compact method: its parameters live in `module`'s scope, named `{prefix}query`,
+  `{prefix}key`, `{prefix}value`, `{prefix}attention_output`, `{prefix}attention_LayerNorm`
+  (with no prefix, the names HF BERT weights map onto).
+  """
+  heads = (cfg.num_heads, cfg.head_dim)
+  proj = lambda name: _Projection(cfg, (cfg.hidden_size, *heads), ("embed", "heads", "kv"),
+                                  "...d,dhk->...hk", bias_ndim=2, name=prefix + name)
+  q = proj("query")(query_stream)
+  k = proj("key")(kv_stream)
+  v = proj("value")(kv_stream)
+  q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+  dropout_rng = None
+  if not deterministic and cfg.attention_dropout_rate > 0:
+    dropout_rng = module.make_rng("dropout")
+  # Masked entries get finfo.min (finite), so fully masked rows (padding queries) stay finite.
+  ctx = nn.dot_product_attention(
+      q, k, v, mask=mask, dropout_rng=dropout_rng, dropout_rate=cfg.attention_dropout_rate,
+      broadcast_dropout=False, deterministic=deterministic, dtype=cfg.dtype)
+  attn_out = _Projection(cfg, (*heads, cfg.hidden_size), ("heads", "kv", "embed"),
+                         "...hk,hkd->...d", bias_ndim=1, name=prefix + "attention_output")(ctx)
+  attn_out = nn.Dropout(cfg.dropout_rate)(attn_out, deterministic=deterministic)
+  x = _layer_norm(cfg, prefix + "attention_LayerNorm")(attn_out + query_stream)
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def feed_forward_sublayer(cfg: ModelConfig, x: Array, deterministic: bool) -> Array:
+  """BERT's feed-forward block with its residual and LayerNorm (called from a compact method)."""
+  h = nn.Dense(cfg.intermediate_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+               kernel_init=_normal(cfg, ("embed", "mlp")), bias_init=_zeros(("mlp",)),
+               name="intermediate")(x)
+  h = nn.gelu(h, approximate=False)  # HF 'gelu' is the exact erf form
+  h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+  h = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+               kernel_init=_normal(cfg, ("mlp", "embed")), bias_init=_zeros(("embed",)),
+               name="output")(h)
+  h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+  x = _layer_norm(cfg, "output_LayerNorm")(h + x)
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
 class TransformerLayer(nn.Module):
   """A post-LayerNorm BERT layer whose queries may come from a different stream than keys/values.
 
@@ -117,38 +168,8 @@ class TransformerLayer(nn.Module):
   @nn.compact
   def __call__(self, query_stream: Array, kv_stream: Array, mask: Array,
                deterministic: bool) -> Array:
-    cfg = self.cfg
-    heads = (cfg.num_heads, cfg.head_dim)
-    proj = lambda name: _Projection(cfg, (cfg.hidden_size, *heads), ("embed", "heads", "kv"),
-                                    "...d,dhk->...hk", bias_ndim=2, name=name)
-    q = proj("query")(query_stream)
-    k = proj("key")(kv_stream)
-    v = proj("value")(kv_stream)
-    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-    dropout_rng = None
-    if not deterministic and cfg.attention_dropout_rate > 0:
-      dropout_rng = self.make_rng("dropout")
-    # Masked entries get finfo.min (finite), so fully masked rows (padding queries) stay finite.
-    ctx = nn.dot_product_attention(
-        q, k, v, mask=mask, dropout_rng=dropout_rng, dropout_rate=cfg.attention_dropout_rate,
-        broadcast_dropout=False, deterministic=deterministic, dtype=cfg.dtype)
-    attn_out = _Projection(cfg, (*heads, cfg.hidden_size), ("heads", "kv", "embed"),
-                           "...hk,hkd->...d", bias_ndim=1, name="attention_output")(ctx)
-    attn_out = nn.Dropout(cfg.dropout_rate)(attn_out, deterministic=deterministic)
-    x = _layer_norm(cfg, "attention_LayerNorm")(attn_out + query_stream)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-
-    h = nn.Dense(cfg.intermediate_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                 kernel_init=_normal(cfg, ("embed", "mlp")), bias_init=_zeros(("mlp",)),
-                 name="intermediate")(x)
-    h = nn.gelu(h, approximate=False)  # HF 'gelu' is the exact erf form
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    h = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                 kernel_init=_normal(cfg, ("mlp", "embed")), bias_init=_zeros(("embed",)),
-                 name="output")(h)
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    x = _layer_norm(cfg, "output_LayerNorm")(h + x)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = attention_sublayer(self, self.cfg, query_stream, kv_stream, mask, deterministic)
+    return feed_forward_sublayer(self.cfg, x, deterministic)
 
 
 class _ScannedLayer(TransformerLayer):
@@ -179,9 +200,10 @@ class BertModel(nn.Module):
         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="encoder")
 
-  def __call__(self, input_ids: Array, attention_mask: Array, deterministic: bool) -> Array:
+  def __call__(self, input_ids: Array, attention_mask: Array, deterministic: bool,
+               position_ids: Array | None = None) -> Array:
     """Returns the last hidden states [B, L, D] (no pooler: RetroMAE and BGE use CLS directly)."""
-    x = self.embeddings(input_ids, deterministic)
+    x = self.embeddings(input_ids, deterministic, position_ids)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     key_mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1 head, 1 query, L keys]
     x, _ = self.encoder(x, key_mask, deterministic)

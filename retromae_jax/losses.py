@@ -1,4 +1,5 @@
-"""Token-level cross-entropy and accuracy over labelled positions (label -100 = ignored).
+"""Token-level cross-entropy and accuracy over labelled positions (label -100 = ignored), DupMAE's
+bag-of-words loss, and the objective's total.
 
 The mean is over the labelled tokens of the whole (global) batch, as HF's CrossEntropyLoss with
 ignore_index=-100 computes it: under jit on a sharded batch the sums are global. With gradient
@@ -6,6 +7,7 @@ accumulation each microbatch divides by the WHOLE batch's token count (`denomina
 the microbatch losses and gradients add up to exactly the full batch's.
 """
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -34,10 +36,53 @@ def masked_cross_entropy(logits, labels, denominator=None):
 
 def retromae_loss(encoder_logits, decoder_logits, batch, denominators=(None, None)):
   """L = L_enc + L_dec (equal weights, spec section 2); both parts are returned for logging."""
-  enc_loss, enc_acc, enc_tokens = masked_cross_entropy(
-      encoder_logits, batch["encoder_targets"], denominators[0])
-  dec_loss, dec_acc, dec_tokens = masked_cross_entropy(
-      decoder_logits, batch["decoder_targets"], denominators[1])
-  metrics = dict(enc_loss=enc_loss, dec_loss=dec_loss, enc_acc=enc_acc, dec_acc=dec_acc,
-                 enc_tokens=enc_tokens, dec_tokens=dec_tokens)
-  return enc_loss + dec_loss, metrics
+  return objective_loss({"encoder_logits": encoder_logits, "decoder_logits": decoder_logits},
+                        batch, denominators={"enc": denominators[0], "dec": denominators[1]})
+
+
+def bag_of_words_loss(bow_logits, input_ids, bow_weights, denominator=None):
+  """DupMAE's L_bow (spec section 4), mean over examples.
+
+  bow_logits [B, V]: the encoder's MLM logits max-pooled over positions 1..L-1
+  (objectives/mlm.bag_of_words_pool); bow_weights [B, L]: 1/len(text ids) at one position per
+  distinct non-special id of the text (data/objective_fields.py), so that
+  -sum_j w_j log_softmax(bow_logits)[x_j] = -sum over the text's id set of log p(id) / len.
+  `denominator` (default: this batch's examples) is what the sum over examples is divided by.
+  """
+  log_probs = jax.nn.log_softmax(bow_logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_probs, input_ids, axis=1)  # [B, L]
+  per_example = -(bow_weights * picked).sum(axis=-1)
+  denom = input_ids.shape[0] if denominator is None else denominator
+  return per_example.sum() / jnp.asarray(denom, jnp.float32)
+
+
+def loss_denominators(batch) -> dict:
+  """What each loss term of the WHOLE batch divides by (gradient accumulation passes these to
+  every microbatch): labelled tokens for L_enc and L_dec, examples for L_bow."""
+  out = {"bow": batch["input_ids"].shape[0]}
+  for term, targets in (("enc", "encoder_targets"), ("dec", "decoder_targets")):
+    if targets in batch:
+      out[term] = labelled_tokens(batch[targets])
+  return out
+
+
+def objective_loss(outputs, batch, bow_weight: float = 0.0, denominators=None):
+  """L = L_enc + L_dec + bow_weight * L_bow over the terms the objective has; each term logged.
+
+  outputs: the model's `outputs` (encoder_logits, decoder_logits, bow_logits, where present).
+  """
+  denominators = denominators or {}
+  terms, metrics = [], {}
+  for term, logits, targets in (("enc", "encoder_logits", "encoder_targets"),
+                                ("dec", "decoder_logits", "decoder_targets")):
+    if logits in outputs:
+      loss, acc, count = masked_cross_entropy(outputs[logits], batch[targets],
+                                              denominators.get(term))
+      terms.append(loss)
+      metrics.update({f"{term}_loss": loss, f"{term}_acc": acc, f"{term}_tokens": count})
+  if "bow_logits" in outputs:
+    bow = bag_of_words_loss(outputs["bow_logits"], batch["input_ids"], batch["bow_weights"],
+                            denominators.get("bow"))
+    terms.append(bow_weight * bow)
+    metrics["bow_loss"] = bow
+  return sum(terms[1:], terms[0]), metrics

@@ -43,11 +43,15 @@ class MetricsWriter:
       return
     left = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else float("nan")
     eta = str(datetime.timedelta(seconds=int(left))) if left == left else "?"
+    # Only the objective's own terms: the MLM baseline has no decoder, drop no encoder loss.
+    terms = ", ".join(f"{t} {scalars[t + '_loss']:.4f}" for t in ("enc", "dec", "bow")
+                      if t + "_loss" in scalars)
+    accs = " ".join(f"{t} {scalars[t + '_acc']:.3f}" for t in ("enc", "dec")
+                    if t + "_acc" in scalars)
     logging.info(
-        "step %d/%d | loss %.4f (enc %.4f, dec %.4f) | acc enc %.3f dec %.3f | lr %.2e | "
-        "%.2f steps/s | %.0f tok/s | MFU %.1f%% | ETA %s", step, self.total_steps,
-        scalars["loss"], scalars["enc_loss"], scalars["dec_loss"], scalars["enc_acc"],
-        scalars["dec_acc"], scalars["lr"], steps_per_s, scalars["tokens_per_s"],
+        "step %d/%d | loss %.4f (%s) | acc %s | lr %.2e | %.2f steps/s | %.0f tok/s | "
+        "MFU %.1f%% | ETA %s", step, self.total_steps, scalars["loss"], terms, accs,
+        scalars["lr"], steps_per_s, scalars["tokens_per_s"],
         100 * scalars.get("mfu", float("nan")), eta)
 
   def close(self):

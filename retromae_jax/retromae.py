@@ -1,4 +1,4 @@
-"""RetroMAE: a BERT encoder with its MLM head, plus the one-layer enhanced decoder.
+"""RetroMAE: a BERT encoder with its MLM head, plus the enhanced decoder (the default objective).
 
 What is computed follows ../shared/spec/retromae.md section 2 (FlagEmbedding's pretraining code):
 - the encoder reads the 80/10/10-corrupted sequence; its MLM head runs only at the
@@ -10,6 +10,11 @@ What is computed follows ../shared/spec/retromae.md section 2 (FlagEmbedding's p
   type_0) ('embeddings', default) or h + pos_i ('raw', the RetroMAE repository);
 - each query row sees the positions its drawn pool mask leaves visible (retromae_jax/decoder_mask.py).
 Gradients of the decoder loss reach the encoder through h (not detached).
+
+decoder.num_layers > 1 (the seed's deeper decoder, not in the references): layer l's queries are
+layer l-1's output, while keys/values stay H2 and the mask stays M in every layer. Query rows
+never attend to each other, so no row ever sees its own token, however deep the stack.
+The other objectives (retromae_jax/objectives) share the encoder side; make_model picks one.
 """
 
 import flax.linen as nn
@@ -17,36 +22,35 @@ import jax
 import jax.numpy as jnp
 
 from retromae_jax import decoder_mask
-from retromae_jax.bert import BertModel, MLMHead, ModelConfig, TransformerLayer
+from retromae_jax.bert import ModelConfig, TransformerLayer
+from retromae_jax.objectives.autoregressive import AutoregressiveDecoding
+from retromae_jax.objectives.basic import BasicDecoding
+from retromae_jax.objectives.config import ObjectiveConfig
+from retromae_jax.objectives.cross_attention import CrossAttentionDecoding
+from retromae_jax.objectives.layers import Stack, TwoStreamBody
+from retromae_jax.objectives.mlm import MaskedLM
 
 
-class RetroMAE(nn.Module):
-  """Parameters: {'bert': encoder, 'mlm_head': shared head, 'decoder': the one decoder layer}."""
-  cfg: ModelConfig
+class RetroMAE(MaskedLM):
+  """Parameters: {'bert': encoder, 'mlm_head': shared head, 'decoder': the decoder layer(s)}.
 
-  def setup(self):
-    self.bert = BertModel(self.cfg)
-    self.mlm_head = MLMHead(self.cfg)
-    self.decoder = TransformerLayer(self.cfg)
+  One layer (the spec) is a plain TransformerLayer; deeper decoders stack theirs on a `layers`
+  axis under decoder/layers.
+  """
 
-  def encode(self, input_ids, attention_mask, deterministic: bool = True):
-    """Last hidden states [B, L, D] of the encoder alone (for embedding and fine-tuning)."""
-    return self.bert(input_ids, attention_mask, deterministic)
+  def make_decoder(self):
+    if self.objective.decoder_layers == 1:
+      return TransformerLayer(self.cfg)
+    return Stack(TwoStreamBody, self.cfg, self.objective.decoder_layers)
 
-  def __call__(self, batch, deterministic: bool = False):
-    """Returns (encoder logits [B, C, V] at batch['encoder_positions'], decoder logits [B, L, V])."""
+  def decode(self, hidden, key_mask, batch, deterministic: bool):
+    del key_mask  # the decoder attends to h and to the original tokens' embeddings only
     cfg = self.cfg
-    hidden = self.bert(batch["encoder_input_ids"], batch["attention_mask"], deterministic)
-    word_embeddings = self.bert.embeddings.word_embeddings.embedding
-
-    masked_hidden = jnp.take_along_axis(hidden, batch["encoder_positions"][..., None], axis=1)
-    encoder_logits = self.mlm_head(masked_hidden, word_embeddings)
-
     h = hidden[:, :1]  # [B, 1, D]: the sentence vector
-    seq_len = hidden.shape[1]
+    seq_len = batch["input_ids"].shape[1]
     kv_stream = self.bert.embeddings(batch["input_ids"], deterministic)
     kv_stream = jnp.concatenate([h.astype(kv_stream.dtype), kv_stream[:, 1:]], axis=1)
-    h_everywhere = jnp.broadcast_to(h, hidden.shape)
+    h_everywhere = jnp.broadcast_to(h, kv_stream.shape)
     if cfg.query_stream == "embeddings":
       query_stream = self.bert.embeddings.from_vectors(h_everywhere, deterministic)
     elif cfg.query_stream == "raw":
@@ -58,8 +62,16 @@ class RetroMAE(nn.Module):
     visible = decoder_mask.decoder_attention(
         batch["decoder_pool"], batch["decoder_choice"], batch["attention_mask"])
     decoded = self.decoder(query_stream, kv_stream, visible[:, None], deterministic)
-    decoder_logits = self.mlm_head(decoded, word_embeddings)
-    return encoder_logits, decoder_logits
+    return self.mlm_head(decoded, self.word_embeddings)
+
+
+def make_model(cfg: ModelConfig, objective: ObjectiveConfig = ObjectiveConfig()) -> MaskedLM:
+  """The model of `objective` (config objective.kind / decoder.kind)."""
+  if objective.kind == "mlm":
+    return MaskedLM(cfg, objective)
+  models = {"enhanced": RetroMAE, "basic": BasicDecoding, "cross_attention": CrossAttentionDecoding,
+            "autoregressive": AutoregressiveDecoding}
+  return models[objective.decoder_kind](cfg, objective)
 
 
 def model_config_from(config, vocab_size: int) -> ModelConfig:

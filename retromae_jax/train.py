@@ -4,6 +4,7 @@ Sections: workdir and tokenizer, mesh, input, model and sharded state, update st
 restore, loop, export. Everything comes from the config (configs/base.py).
 """
 
+import dataclasses
 import functools
 import os
 
@@ -27,7 +28,8 @@ from retromae_jax import optim
 from retromae_jax import sharding
 from retromae_jax import tokenizer as tokenizer_lib
 from retromae_jax.data import pipeline
-from retromae_jax.retromae import RetroMAE, model_config_from
+from retromae_jax.objectives.config import objective_config_from
+from retromae_jax.retromae import make_model, model_config_from
 
 
 @flax.struct.dataclass
@@ -62,9 +64,9 @@ def _resolve_model_shape(config, vocab_size: int):
   return model_config_from(config, vocab_size)
 
 
-def checkpoint_meta(model_cfg, tokenizer_spec: str) -> dict:
-  """The JSON saved beside every state: the model's shape and the tokenizer's files, so that a
-  checkpoint alone can be exported or continued (python -m retromae_jax.export)."""
+def checkpoint_meta(model_cfg, objective, tokenizer_spec: str) -> dict:
+  """The JSON saved beside every state: the model's shape, the objective and the tokenizer's
+  files, so that a checkpoint alone can be exported or continued (python -m retromae_jax.export)."""
   directory = tokenizer_files_dir(tokenizer_spec)
   names = ([os.path.basename(tokenizer_spec)] if os.path.isfile(tokenizer_spec)
            else [n for n in hf_interop.TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))])
@@ -74,6 +76,7 @@ def checkpoint_meta(model_cfg, tokenizer_spec: str) -> dict:
       files[name] = f.read()
   return {"model": {k: str(v) if k in ("dtype", "param_dtype") else v
                     for k, v in vars(model_cfg).items()},
+          "objective": dataclasses.asdict(objective),
           "tokenizer": directory, "tokenizer_files": files}
 
 
@@ -145,15 +148,17 @@ def train_and_evaluate(config, workdir: str):
                jax.device_count(), jax.devices()[0].device_kind, jax.process_count())
 
   # ---------------------------------------------------------------- Model and sharded state
-  model = RetroMAE(model_cfg)
+  objective = objective_config_from(config)
+  model = make_model(model_cfg, objective)
+  logging.info("Objective: %s", objective)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
   example = {name: jax.ShapeDtypeStruct(shape, dtype)
              for name, (shape, dtype) in pipeline.batch_shapes(config, 1).items()}
 
   state, state_shardings = create_sharded_state(model, tx, example, mesh, rules, config.seed)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("Parameters: %.1fM (decoder layer %.1fM)", num_params / 1e6,
-               sum(x.size for x in jax.tree.leaves(state.params["decoder"])) / 1e6)
+  logging.info("Parameters: %.1fM (decoder %.1fM)", num_params / 1e6,
+               sum(x.size for x in jax.tree.leaves(state.params.get("decoder", {}))) / 1e6)
   per_device = lambda tree: sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
   logging.info("Per device: parameters %.1f MiB, optimizer state %.1f MiB",
                per_device(state.params) / 2**20, per_device(state.opt_state) / 2**20)
@@ -162,10 +167,10 @@ def train_and_evaluate(config, workdir: str):
   batch_sharding = {k: sharding.batch_sharding(mesh, rules) for k in example}
   dropout_root = jax.random.key(config.seed + 1)
 
-  def loss_fn(params, batch, dropout_key, denominators=(None, None)):
-    encoder_logits, decoder_logits = model.apply(
-        {"params": params}, batch, deterministic=False, rngs={"dropout": dropout_key})
-    return losses.retromae_loss(encoder_logits, decoder_logits, batch, denominators)
+  def loss_fn(params, batch, dropout_key, denominators=None):
+    outputs = model.apply({"params": params}, batch, deterministic=False,
+                          rngs={"dropout": dropout_key}, method="outputs")
+    return losses.objective_loss(outputs, batch, objective.bow_weight, denominators)
 
   def accumulated_grads(params, batch, dropout_key, k):
     """Loss and gradients of the whole batch from k microbatches.
@@ -173,8 +178,7 @@ def train_and_evaluate(config, workdir: str):
     Microbatch i takes rows i, i+k, i+2k, ...: with the batch split over devices in contiguous
     blocks, every microbatch is spread over all of them.
     """
-    denominators = (losses.labelled_tokens(batch["encoder_targets"]),
-                    losses.labelled_tokens(batch["decoder_targets"]))
+    denominators = losses.loss_denominators(batch)
     micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1),
                          batch)
 
@@ -245,7 +249,7 @@ def train_and_evaluate(config, workdir: str):
   # Every restore reads onto the shardings of the freshly built state: a checkpoint written on
   # another mesh or process count loads all the same (Orbax reads each device's slice).
   mngr = checkpoints.manager(workdir, config)
-  meta = checkpoint_meta(model_cfg, config.tokenizer)
+  meta = checkpoint_meta(model_cfg, objective, config.tokenizer)
   start_step = mngr.latest_step() or 0
   if start_step:
     logging.info("Resuming from %s/checkpoints/%d", workdir, start_step)
@@ -278,8 +282,11 @@ def train_and_evaluate(config, workdir: str):
   # A resumed run rewrites the metrics logged after its checkpoint (a killed run may have logged
   # steps it never saved): metrics.jsonl always reads as one uninterrupted run.
   writer = metrics_lib.MetricsWriter(workdir, config.total_steps, resume_step=start_step)
-  flops_per_step = config.batch_size * flops.retromae_train_flops_per_example(
-      model_cfg, config.data.max_seq_length, example["encoder_positions"].shape[1])
+  flops_per_step = config.batch_size * flops.train_flops_per_example(
+      model_cfg, objective, config.data.max_seq_length,
+      encoder_len=example["encoder_input_ids"].shape[1],
+      encoder_positions=example["encoder_positions"].shape[1] if "encoder_positions" in example
+      else 0)
   peak = flops.device_peak_flops(config) * jax.device_count()
   window, stopwatch, window_start = [], metrics_lib.Stopwatch(), start_step
   step = start_step

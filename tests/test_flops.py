@@ -6,10 +6,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from retromae_jax import flops, optim
 from retromae_jax.bert import ModelConfig
-from retromae_jax.retromae import RetroMAE
+from retromae_jax.objectives.config import ObjectiveConfig
+from retromae_jax.retromae import RetroMAE, make_model
 
 
 def _matmul_flops(jaxpr) -> int:
@@ -41,8 +43,41 @@ def test_forward_flops_match_the_jaxpr():
   params = nn.unbox(model.init(jax.random.key(0), batch, deterministic=True))["params"]
   jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, batch, deterministic=True))(params)
   counted = _matmul_flops(jaxpr.jaxpr)
-  analytic = b * flops.retromae_train_flops_per_example(cfg, seq, c) / 3  # forward only
+  analytic = b * flops.train_flops_per_example(cfg, ObjectiveConfig(), seq, seq, c) / 3  # forward
   assert counted == analytic
+
+
+@pytest.mark.parametrize("objective", [
+    ObjectiveConfig(decoder_layers=3, bow_weight=0.1),
+    ObjectiveConfig(decoder_kind="basic", decoder_layers=2),
+    ObjectiveConfig(decoder_kind="cross_attention", cross_attend_to="sentence"),
+    ObjectiveConfig(decoder_kind="cross_attention", cross_attend_to="tokens",
+                    encoder_masking="drop"),
+    ObjectiveConfig(decoder_kind="autoregressive", attention_span=4),
+    ObjectiveConfig(kind="mlm"),
+], ids=lambda o: f"{o.kind}-{o.decoder_kind}-{o.cross_attend_to}-{o.encoder_masking}")
+def test_forward_flops_of_every_objective_match_the_jaxpr(objective):
+  # The same count for the other objectives: a drop encoder is narrower (width w), the bag of
+  # words runs the head everywhere, decoders differ in depth and memory.
+  cfg = ModelConfig(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4,
+                    intermediate_size=256, max_position_embeddings=64)
+  b, seq, c, w = 4, 64, 19, 45
+  enc = w if objective.encoder_masking == "drop" else seq
+  shapes = {"input_ids": seq, "attention_mask": seq, "encoder_input_ids": enc,
+            "encoder_position_ids": enc, "encoder_attention_mask": enc, "encoder_positions": c,
+            "encoder_targets": c, "decoder_choice": seq, "decoder_targets": seq,
+            "decoder_input_ids": seq}
+  batch = {k: jnp.zeros((b, n), jnp.int32) for k, n in shapes.items()}
+  batch["decoder_pool"] = jnp.zeros((b, 8, seq // 8), jnp.uint8)
+  batch["bow_weights"] = jnp.zeros((b, seq), jnp.float32)
+  model = make_model(cfg, objective)
+  params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), batch,
+                                                      deterministic=True))["params"])
+  jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, batch, deterministic=True,
+                                               method="outputs"))(params)
+  positions = c if objective.encoder_masking == "corrupt" else 0
+  analytic = b * flops.train_flops_per_example(cfg, objective, seq, enc, positions) / 3
+  assert _matmul_flops(jaxpr.jaxpr) == analytic
 
 
 def test_weight_decay_mask_on_the_real_parameter_tree():

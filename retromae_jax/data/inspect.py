@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from retromae_jax import tokenizer as tokenizer_lib
 from retromae_jax.data import masking, pipeline
+from retromae_jax.objectives.config import ObjectiveConfig, objective_config_from
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _OUT = flags.DEFINE_string("out", None, "the .npz file to write")
@@ -50,6 +51,10 @@ def dense_view(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def main(argv):
   del argv
   config = _CONFIG.value
+  objective = objective_config_from(config)
+  if objective != ObjectiveConfig(decoder_layers=objective.decoder_layers):
+    raise app.UsageError("the dense view is the default objective's (enhanced decoder, corrupt "
+                         f"encoder, no bag of words); got {objective}")
   batches = pipeline.pretrain_batches(config, tokenizer_lib.load_tokenizer(config.tokenizer))
   views = [dense_view(next(batches)) for _ in range(_NUM_BATCHES.value)]
   arrays = {name: np.concatenate([v[name] for v in views]) for name in views[0]}

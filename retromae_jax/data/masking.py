@@ -16,12 +16,17 @@ The encoder draws one mask per example and corrupts it 80/10/10 ([MASK] / random
 The decoder draws a pool of P = min(n, decoder_pool_size) independent masks per example, sent
 bit-packed, and for each query row the pool row it uses (retromae_jax/decoder_mask.py expands
 them on the device).
+Other objectives (retromae_jax/objectives) change only their share of the batch: under
+encoder.masking=drop the encoder's mask is not corrupted but dropped; the basic and
+cross-attention decoders draw one whole-word mask at the decoder ratio instead of a pool; the
+autoregressive decoder and the MLM baseline draw none (data/objective_fields.py).
 """
 
 import dataclasses
 
 import numpy as np
 
+from retromae_jax.data import objective_fields
 from retromae_jax.losses import IGNORE  # one label value for "no loss here", host and device
 
 _GROUP_ELEMENTS = 1 << 17  # (example, mask, word) cells of the decoder pool computed at once
@@ -40,11 +45,24 @@ class MaskingSpec:
   # the references' collator, a chosen word spends its budget but such tokens are never corrupted
   # nor predicted. None: no such tokens.
   is_special: np.ndarray | None = None
+  # The objective's share of the batch (retromae_jax/objectives/config.py): 'corrupt' | 'drop';
+  # the decoder's fields 'pool' | 'masked' | 'next_token' | 'none'; bag-of-words weights or not.
+  encoder_masking: str = "corrupt"
+  decoder_fields: str = "pool"
+  bag_of_words: bool = False
+  pad_id: int = 0
 
   @property
   def encoder_capacity(self) -> int:
     """Width of encoder_positions: the budget for n = L, which no example can exceed."""
     return encoder_capacity(self.max_seq_length, self.encoder_mask_ratio)
+
+  @property
+  def encoder_width(self) -> int:
+    """Width of the encoder's input: L, or under drop only what a full example leaves visible."""
+    if self.encoder_masking == "drop":
+      return objective_fields.drop_width(self.max_seq_length, self.encoder_capacity)
+    return self.max_seq_length
 
 
 def encoder_capacity(max_seq_length: int, ratio: float) -> int:
@@ -181,20 +199,52 @@ def pack_token_bits(masks: np.ndarray) -> np.ndarray:
 
 def make_batch(input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec,
                rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """The batch contract (see retromae_jax/data/pipeline.py) from padded ids and true lengths."""
+  """The batch contract (see retromae_jax/data/pipeline.py) from padded ids and true lengths.
+
+  Draws, in this order: the encoder's mask, its corruption (corrupt only), then the decoder's
+  masks (pool, or one [MASK]-ed copy): the default objective's stream is the same as ever.
+  """
   input_ids = np.asarray(input_ids, np.int32)
   lengths = np.asarray(lengths, np.int64)
   batch, seq_len = input_ids.shape
   pos = np.arange(seq_len)
   real = pos < lengths[:, None]
   word_of_token, word_len = word_spans(input_ids, lengths, spec.is_continuation)
-  num_words = word_len.shape[1]
+  out = {"input_ids": input_ids, "attention_mask": real.astype(np.int32)}
 
-  # ---- Encoder: one whole-word mask per example, corrupted 80/10/10 ----
+  # ---- Encoder: one whole-word mask per example, corrupted 80/10/10 or dropped ----
   enc_budget = mask_budget(lengths, spec.encoder_mask_ratio)
   enc_masked = whole_word_masks(word_of_token, word_len, enc_budget, 1, rng=rng)[:, :, 0]
   if spec.is_special is not None:
     enc_masked &= ~spec.is_special[input_ids]
+  if spec.encoder_masking == "drop":
+    fields, _ = objective_fields.dropped_encoder_input(input_ids, lengths, enc_masked,
+                                                       spec.encoder_width, spec.pad_id)
+    out.update(fields)
+  else:
+    out.update(_corrupted_encoder_input(input_ids, enc_masked, spec, rng))
+
+  # ---- Decoder ----
+  if spec.decoder_fields == "pool":
+    out.update(_decoder_pool(input_ids, lengths, word_of_token, word_len, spec, rng))
+  elif spec.decoder_fields == "masked":
+    dec_budget = mask_budget(lengths, spec.decoder_mask_ratio)
+    dec_masked = whole_word_masks(word_of_token, word_len, dec_budget, 1, rng=rng)[:, :, 0]
+    if spec.is_special is not None:
+      dec_masked &= ~spec.is_special[input_ids]
+    out.update(objective_fields.masked_decoder_input(input_ids, dec_masked, spec.mask_id))
+  elif spec.decoder_fields == "next_token":
+    out["decoder_targets"] = objective_fields.next_token_targets(input_ids, lengths)
+  if spec.bag_of_words:
+    out["bow_weights"] = objective_fields.bag_of_words_weights(input_ids, lengths,
+                                                               spec.is_special)
+  return out
+
+
+def _corrupted_encoder_input(input_ids, enc_masked, spec: MaskingSpec, rng):
+  """80/10/10 corruption of the masked tokens, and their positions and targets."""
+  batch, seq_len = input_ids.shape
+  pos = np.arange(seq_len)
   draw = rng.random((batch, seq_len))
   random_ids = rng.integers(0, spec.vocab_size, (batch, seq_len), dtype=np.int32)
   corrupted = np.where(draw < 0.8, np.int32(spec.mask_id),
@@ -207,8 +257,18 @@ def make_batch(input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec,
   valid = positions < seq_len
   positions = np.where(valid, positions, 0)
   encoder_targets = np.where(valid, np.take_along_axis(input_ids, positions, axis=1), IGNORE)
+  return {
+      "encoder_input_ids": encoder_input_ids.astype(np.int32),
+      "encoder_positions": positions.astype(np.int32),
+      "encoder_targets": encoder_targets.astype(np.int32),
+  }
 
-  # ---- Decoder: pool of P = min(n, pool_size) masks, and a pool row per query row ----
+
+def _decoder_pool(input_ids, lengths, word_of_token, word_len, spec: MaskingSpec, rng):
+  """The enhanced decoder: pool of P = min(n, pool_size) masks, and a pool row per query row."""
+  batch, seq_len = input_ids.shape
+  real = np.arange(seq_len) < lengths[:, None]
+  num_words = word_len.shape[1]
   pool_rows = np.minimum(lengths, spec.decoder_pool_size)
   # Only as many masks as the longest example needs, rounded up to a multiple of 8 (the fast
   # path of the gather and the bit packing); rows past an example's P are zeroed.
@@ -227,15 +287,8 @@ def make_batch(input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec,
     pool &= (np.arange(num_masks) < pool_rows[rows, None])[:, None, :]
     packed[rows, :num_masks] = pack_token_bits(pool)
   choice = rng.integers(0, np.maximum(pool_rows, 1)[:, None], (batch, seq_len))
-  decoder_targets = np.where(word_of_token >= 0, input_ids, IGNORE)
-
   return {
-      "input_ids": input_ids,
-      "attention_mask": real.astype(np.int32),
-      "encoder_input_ids": encoder_input_ids.astype(np.int32),
-      "encoder_positions": positions.astype(np.int32),
-      "encoder_targets": encoder_targets.astype(np.int32),
       "decoder_pool": packed,
       "decoder_choice": np.where(real, choice, 0).astype(np.int32),
-      "decoder_targets": decoder_targets.astype(np.int32),
+      "decoder_targets": np.where(word_of_token >= 0, input_ids, IGNORE).astype(np.int32),
   }
