@@ -44,7 +44,6 @@ import dataclasses
 import gc
 import threading
 import weakref
-from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
