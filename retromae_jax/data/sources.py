@@ -16,17 +16,16 @@ at the end of every epoch.
 import ast
 import functools
 import json
-import sysconfig
 import threading
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from retromae_jax.data import stdlib_docs
+
 _EXPECTED = "expected jsonl:GLOB, text:GLOB, tfds:NAME[:SPLIT], pydoc or pydoc:modules"
 _PARSE_BATCH = 256  # lines per parser call: amortises the Python call, keeps memory bounded
 _PYDOC_MIN_CHARS = 200  # shorter docstrings are mostly one-liners ("Return x.")
-_PYDOC_SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages"})
 
 
 class SkipCounter:
@@ -182,17 +181,11 @@ def pydoc_texts(per_module: bool = False) -> tuple[str, ...]:
 
   One document per docstring, or with per_module=True one per module (its docstrings joined by
   blank lines, in source order: long documents that fill whole chunks, as Wikipedia articles do).
-  Read with `ast` (nothing is imported or executed), files in sorted order: deterministic.
+  Read with `ast` (nothing is imported or executed), files in sorted order: deterministic
+  (data/stdlib_docs.py).
   """
-  root = Path(sysconfig.get_paths()["stdlib"])
   texts = []
-  for path in sorted(root.rglob("*.py")):
-    if _PYDOC_SKIP_DIRS.intersection(path.relative_to(root).parts):
-      continue
-    try:
-      tree = ast.parse(path.read_bytes())
-    except (SyntaxError, ValueError):  # Python 2 examples, odd encodings: not worth the text
-      continue
+  for _, tree in stdlib_docs.parsed_modules():
     docs = []
     for node in ast.walk(tree):
       if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
