@@ -51,6 +51,7 @@ def _cut(run, k):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_metrics_equal_trec_eval(seed):
   qrels, run = _random_case(np.random.default_rng(seed))
+  qrels["q0"], run["q0"] = {}, {"D1": 1.0}  # no judgments at all: trec_eval skips the query
   reference = pytrec_eval.RelevanceEvaluator(qrels, set(TREC_NAMES.values())).evaluate(run)
   reference_rr = {k: pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(_cut(run, k))
                   for k in (1, 10)}

@@ -12,8 +12,8 @@ What trec_eval does, and so what we do:
     discount 1 / log2(rank + 1), its ideal ranking every judged document sorted by relevance.
   - recall and MAP divide by all relevant documents of the query, retrieved or not; P@k divides
     by k even when fewer were retrieved. A query without relevant documents scores 0 everywhere.
-  - Queries are scored when they are in both the qrels and the run (an empty run counts), and
-    means are taken over those.
+  - Queries are scored when they are in both the run (an empty run counts) and the qrels with
+    at least one judgment, and means are taken over those.
 
 API:
   per_query(qrels, run, measures) -> (query_ids, {measure: float64 [Q]})
@@ -83,7 +83,7 @@ def per_query(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[
               measures: Sequence[str] = DEFAULT_MEASURES):
   """(query ids scored, {measure: float64 [Q]}), queries in the order of the qrels."""
   parsed = [parse_measure(m) for m in measures]
-  query_ids = [q for q in qrels if q in run]
+  query_ids = [q for q in qrels if q in run and qrels[q]]
   depth = max([k for _, k in parsed], default=1)
   rel = _ranked_relevance(qrels, run, query_ids, depth)
   hit = rel > 0
