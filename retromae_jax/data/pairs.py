@@ -7,9 +7,10 @@ Sources (config.data.train):
                positives = documents with relevance > 0, negatives = documents judged 0, plus
                the mined ones of config.data.hard_negatives (below), if given
   pydoc        the offline pydoc retrieval set (retrieval/pydoc_set.py) as `beir:`
-Hard negatives for a BEIR source: a jsonl file of {"query_id": str, "neg": [doc ids]} lines, as
-`python -m retromae_jax.mine` writes (other fields are ignored; queries missing from it keep
-their judged negatives only).
+Hard negatives for a BEIR source (config.data.hard_negatives): the jsonl file that
+`python -m retromae_jax.mine --data=DIR` writes, FlagEmbedding lines matched to the BEIR queries by
+their text (queries missing from it keep their judged negatives only). The same file also
+trains on its own as `jsonl:FILE`.
 
 Each example has a uid (its line number, or its position in the qrels file); process p of P keeps
 the examples with uid % P == p and only parses those.
@@ -97,24 +98,13 @@ def read_jsonl(pattern: str, process_index: int = 0, process_count: int = 1) -> 
   return examples
 
 
-def read_hard_negatives(path: str) -> dict[str, list[str]]:
-  """{query id: [doc ids]} from a jsonl file of {"query_id": str, "neg": [doc ids]} lines."""
-  out = {}
-  with tf.io.gfile.GFile(path, "r") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-      negatives = record.get("neg") if isinstance(record, dict) else None
-      if (not isinstance(negatives, list) or not isinstance(record.get("query_id"), (str, int))
-          or not all(isinstance(d, (str, int)) for d in negatives)):
-        raise ValueError(f"{path}:{line_no}: expected an object with 'query_id' and 'neg' (a "
-                         "list of document ids)")
-      out[str(record["query_id"])] = [str(d) for d in negatives]
-  return out
+def read_hard_negatives(path: str) -> dict[str, tuple[str, ...]]:
+  """{query text: negative texts} from `python -m retromae_jax.mine`'s output (FlagEmbedding
+  lines {"query", "pos", "neg"}); a query on several lines gets all their negatives."""
+  out: dict[str, dict[str, None]] = {}
+  for example in read_jsonl(path):
+    out.setdefault(example.query, {}).update(dict.fromkeys(example.neg))
+  return {query: tuple(negatives) for query, negatives in out.items()}
 
 
 def read_beir(beir_dir: str, split: str = "train", hard_negatives: str = "",
@@ -122,19 +112,18 @@ def read_beir(beir_dir: str, split: str = "train", hard_negatives: str = "",
   """This process's examples of a BEIR split (uid = the query's position in the qrels file)."""
   data = beir.load(beir_dir, split)
   mined = read_hard_negatives(hard_negatives) if hard_negatives else {}
-  unknown = sorted(d for docs in mined.values() for d in docs if d not in data.corpus)
-  if unknown:
-    raise ValueError(f"{hard_negatives}: {len(unknown)} negative ids are not in "
-                     f"{beir_dir}/corpus.jsonl (first: {unknown[0]!r})")
+  if mined and not any(q in mined for q in data.queries.values()):
+    raise ValueError(f"config.data.hard_negatives: no query of {beir_dir} split {split!r} is in "
+                     f"{hard_negatives} (mine it from the same folder and split)")
   examples = []
   for uid, (qid, judged) in enumerate(data.qrels.items()):
     if uid % process_count != process_index:
       continue
-    pos = [d for d, rel in judged.items() if rel > 0]
-    neg = [d for d, rel in judged.items() if rel <= 0]
-    neg += [d for d in mined.get(qid, ()) if d not in judged and d not in neg]
-    examples.append(Example(uid, data.queries[qid], tuple(data.corpus[d] for d in pos),
-                            tuple(data.corpus[d] for d in neg)))
+    query = data.queries[qid]
+    pos = tuple(data.corpus[d] for d, rel in judged.items() if rel > 0)
+    neg = [data.corpus[d] for d, rel in judged.items() if rel <= 0]
+    neg += [t for t in mined.get(query, ()) if t not in pos and t not in neg]
+    examples.append(Example(uid, query, pos, tuple(neg)))
   return examples
 
 
