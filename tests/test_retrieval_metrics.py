@@ -1,7 +1,6 @@
 """Retrieval metrics against trec_eval (pytrec_eval, the C code BEIR and MS MARCO numbers come
 from) and exact search against a brute-force numpy ranking, ties included on both sides."""
 
-import json
 import os
 import subprocess
 import sys
