@@ -8,6 +8,9 @@ output is the i-th non-blank line. `--pooling=cls` (the default) is RetroMAE's s
 the last hidden state at [CLS]; `--pooling=mean` averages the real tokens (sentence-transformers'
 mean pooling), and `--normalize` scales each row to unit L2 norm.
 
+On several devices each batch is split over them (data parallelism): over the mesh the params
+already live on, or over all devices with the params replicated.
+
 Texts are sorted by length and each batch is padded to a multiple of 8 tokens: short texts do not
 pay for long ones, and the forward pass compiles once per distinct padded length (at most
 max_len / 8 times, usually a few).
@@ -23,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from retromae_jax import hf_interop
 from retromae_jax import tokenizer as tokenizer_lib
@@ -96,15 +100,35 @@ def embed_texts(model_dir: str, texts: Sequence[str], pooling: str = "cls",
 
 
 @functools.lru_cache(maxsize=None)
-def _forward(cfg: ModelConfig, pooling: str, normalize: bool):
-  """One jitted encoder + pooling function per (model shape, pooling): repeated calls reuse it."""
+def _forward(cfg: ModelConfig, pooling: str, normalize: bool, mesh: Mesh | None = None):
+  """One jitted encoder + pooling function per (model shape, pooling, mesh): calls reuse it.
+
+  With a mesh the embeddings come back replicated, so every process can read all of them.
+  """
   model = RetroMAE(cfg)
 
-  @jax.jit
   def forward(params, input_ids, attention_mask):
     hidden = model.apply({"params": params}, input_ids, attention_mask, method="encode")
     return _pool(hidden, attention_mask, pooling, normalize)
-  return forward
+  return jax.jit(forward, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
+
+
+def _data_parallel(params):
+  """(params, mesh) for embedding: the mesh the params already live on, a 1-D mesh over all
+  devices with the params replicated onto it, or (params, None) on a single device.
+
+  Batches are split over every axis of the mesh (pure data parallelism): encoding has no
+  gradients or optimizer state, so there is nothing else worth splitting.
+  """
+  for leaf in jax.tree.leaves(params):
+    if isinstance(getattr(leaf, "sharding", None), NamedSharding):
+      return params, leaf.sharding.mesh
+  if jax.device_count() == 1:
+    return params, None
+  mesh = Mesh(np.array(jax.devices()), ("batch",))
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), replicated, lambda idx, x=np.asarray(x): x[idx]), params), mesh
 
 
 def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: str = "cls",
@@ -124,9 +148,13 @@ def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: st
   if cls_id is not None and ids[0][:1] != [cls_id]:
     raise ValueError("embed: the tokenizer does not add [CLS]/[SEP] (it has no post-processor)")
 
-  forward = _forward(cfg, pooling, normalize)
+  params, mesh = _data_parallel(params)
+  forward = _forward(cfg, pooling, normalize, mesh)
   order = np.argsort([len(x) for x in ids], kind="stable")
   rows = min(batch_size, len(ids))  # every batch has this many rows: one shape per length
+  if mesh is not None:  # and a multiple of the devices, which each take an equal share
+    rows = -(-rows // mesh.size) * mesh.size
+    batch_sharding = NamedSharding(mesh, P(mesh.axis_names))
   out = np.zeros((len(ids), cfg.hidden_size), np.float32)
   for start in range(0, len(ids), rows):
     chosen = order[start:start + rows]
@@ -137,6 +165,10 @@ def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: st
     for row, i in enumerate(chosen):
       batch_ids[row, :len(ids[i])] = ids[i]
       batch_mask[row, :len(ids[i])] = 1
+    if mesh is not None:
+      batch_ids, batch_mask = (jax.make_array_from_callback(x.shape, batch_sharding,
+                                                            lambda idx, x=x: x[idx])
+                               for x in (batch_ids, batch_mask))
     out[chosen] = np.asarray(forward(params, batch_ids, batch_mask))[:len(chosen)]
   return out
 

@@ -19,17 +19,17 @@ import hashlib
 import json
 import os
 import sys
-import sysconfig
-import threading
 from pathlib import Path
+import threading
 
 import numpy as np
 import tensorflow as tf
 
+from retromae_jax.data import stdlib_docs
+
 _EXPECTED = "expected jsonl:GLOB, text:GLOB, tfds:NAME[:SPLIT], pydoc or pydoc:modules"
 _PARSE_BATCH = 256  # lines per parser call: amortises the Python call, keeps memory bounded
 _PYDOC_MIN_CHARS = 200  # shorter docstrings are mostly one-liners ("Return x.")
-_PYDOC_SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages"})
 
 
 class SkipCounter:
@@ -185,14 +185,13 @@ def pydoc_texts(per_module: bool = False) -> tuple[str, ...]:
 
   One document per docstring, or with per_module=True one per module (its docstrings joined by
   blank lines, in source order: long documents that fill whole chunks, as Wikipedia articles do).
-  Read with `ast` (nothing is imported or executed), files in sorted order: deterministic.
+  Read with `ast` (nothing is imported or executed), files in sorted order: deterministic
+  (data/stdlib_docs.py).
   """
-  root = Path(sysconfig.get_paths()["stdlib"])
-  paths = [p for p in sorted(root.rglob("*.py"))
-           if not _PYDOC_SKIP_DIRS.intersection(p.relative_to(root).parts)]
+  paths = stdlib_docs.source_paths()
   # Parsing the whole standard library takes seconds; every process start would pay them. The
   # texts are cached on disk under a key made of everything they depend on.
-  key = hashlib.sha256(repr((sys.version, str(root), per_module, _PYDOC_MIN_CHARS, [
+  key = hashlib.sha256(repr((sys.version, per_module, _PYDOC_MIN_CHARS, [
       (str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths])).encode()).hexdigest()
   cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "retromae_jax" / (
       f"pydoc_{key[:24]}.json")
@@ -200,7 +199,7 @@ def pydoc_texts(per_module: bool = False) -> tuple[str, ...]:
     return tuple(json.loads(cache.read_text(encoding="utf-8")))
   except (OSError, ValueError):
     pass
-  texts = _parse_docstrings(paths, per_module)
+  texts = _parse_docstrings(per_module)
   try:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".{os.getpid()}.tmp")
@@ -211,13 +210,9 @@ def pydoc_texts(per_module: bool = False) -> tuple[str, ...]:
   return texts
 
 
-def _parse_docstrings(paths: list[Path], per_module: bool) -> tuple[str, ...]:
+def _parse_docstrings(per_module: bool) -> tuple[str, ...]:
   texts = []
-  for path in paths:
-    try:
-      tree = ast.parse(path.read_bytes())
-    except (SyntaxError, ValueError):  # Python 2 examples, odd encodings: not worth the text
-      continue
+  for _, tree in stdlib_docs.parsed_modules():
     docs = []
     for node in ast.walk(tree):
       if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):

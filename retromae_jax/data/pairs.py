@@ -1,0 +1,263 @@
+"""Training groups for contrastive fine-tuning: (query, 1 positive, G-1 negatives) batches.
+
+Sources (config.data.train):
+  jsonl:GLOB   FlagEmbedding's format, one object per line: {"query": str, "pos": [str],
+               "neg": [str]}; `neg` may be empty or missing; a string is read as a 1-list
+  beir:DIR     a BEIR folder (retrieval/beir.py): the queries judged in qrels/{data.split}.tsv,
+               positives = documents with relevance > 0, negatives = documents judged 0, plus
+               the mined ones of config.data.hard_negatives (below), if given
+  pydoc        the offline pydoc retrieval set (retrieval/pydoc_set.py) as `beir:`
+Hard negatives for a BEIR source (config.data.hard_negatives): the jsonl file that
+`python -m retromae_jax.mine --data=DIR` writes, FlagEmbedding lines matched to the BEIR queries by
+their text (queries missing from it keep their judged negatives only). The same file also
+trains on its own as `jsonl:FILE`.
+
+Each example has a uid (its line number, or its position in the qrels file); process p of P keeps
+the examples with uid % P == p and only parses those.
+
+The group of an example in epoch e is drawn with numpy's generator seeded by (seed, e, uid): one
+positive among `pos`, and min(G-1, len(neg)) distinct negatives. An example with fewer than
+G-1 negatives (none at all, FlagEmbedding's crash) fills the remaining slots with empty
+passages marked invalid (`passage_valid` False): the loss leaves them out of every softmax, so
+that query is trained against its own negatives and the whole global batch's passages
+(in-batch negatives), never against padding and never against a repeated negative.
+
+THE BATCH CONTRACT (per process: b = batch_size // process_count queries, G = group_size,
+Lq = query_max_len, Lp = passage_max_len; texts tokenised with [CLS]/[SEP], truncated, padded):
+  query_input_ids          int32 [b, Lq]
+  query_attention_mask     int32 [b, Lq]
+  passage_input_ids        int32 [b, G, Lp]   group i: its positive first, then its negatives
+  passage_attention_mask   int32 [b, G, Lp]
+  passage_valid            bool  [b, G]       False on unfilled negative slots
+Batch `step` is a pure function of (seed, step, process layout): epoch = step // steps_per_epoch,
+each epoch a fresh permutation of this process's examples seeded by (seed, epoch, process
+index), so a resumed run reads exactly the batches the uninterrupted one would have.
+"""
+
+import dataclasses
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+import tokenizers
+from absl import logging
+
+from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import pipeline
+from retromae_jax.retrieval import beir
+
+SOURCES = "jsonl:GLOB, beir:DIR or pydoc"
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  uid: int  # position in the source: seeds this example's sampling
+  query: str
+  pos: tuple[str, ...]
+  neg: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------------------- Reading
+
+
+def _texts(path: str, line_no: int, record: dict, name: str) -> tuple[str, ...]:
+  value = record.get(name)
+  if value is None:
+    return ()
+  if isinstance(value, str):
+    value = [value]
+  if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+    raise ValueError(f"{path}:{line_no}: field {name!r} must be a list of strings, got "
+                     f"{json.dumps(value)[:80]}")
+  return tuple(t for t in value if t.strip())
+
+
+def read_jsonl(pattern: str, process_index: int = 0, process_count: int = 1) -> list[Example]:
+  """This process's examples of FlagEmbedding jsonl files (sorted glob, uid = line over all files)."""
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise ValueError(f"data.train 'jsonl:{pattern}': no file matches")
+  examples, uid = [], -1
+  for path in files:
+    with tf.io.gfile.GFile(path, "r") as f:
+      for line_no, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        uid += 1
+        if uid % process_count != process_index:
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("query"), str):
+          raise ValueError(f"{path}:{line_no}: expected an object with a string 'query' field")
+        examples.append(Example(uid, record["query"], _texts(path, line_no, record, "pos"),
+                                _texts(path, line_no, record, "neg")))
+  return examples
+
+
+def read_hard_negatives(path: str) -> dict[str, tuple[str, ...]]:
+  """{query text: negative texts} from `python -m retromae_jax.mine`'s output (FlagEmbedding
+  lines {"query", "pos", "neg"}); a query on several lines gets all their negatives."""
+  out: dict[str, dict[str, None]] = {}
+  for example in read_jsonl(path):
+    out.setdefault(example.query, {}).update(dict.fromkeys(example.neg))
+  return {query: tuple(negatives) for query, negatives in out.items()}
+
+
+def read_beir(beir_dir: str, split: str = "train", hard_negatives: str = "",
+              process_index: int = 0, process_count: int = 1) -> list[Example]:
+  """This process's examples of a BEIR split (uid = the query's position in the qrels file)."""
+  data = beir.load(beir_dir, split)
+  mined = read_hard_negatives(hard_negatives) if hard_negatives else {}
+  if mined and not any(q in mined for q in data.queries.values()):
+    raise ValueError(f"config.data.hard_negatives: no query of {beir_dir} split {split!r} is in "
+                     f"{hard_negatives} (mine it from the same folder and split)")
+  examples = []
+  for uid, (qid, judged) in enumerate(data.qrels.items()):
+    if uid % process_count != process_index:
+      continue
+    query = data.queries[qid]
+    pos = tuple(data.corpus[d] for d, rel in judged.items() if rel > 0)
+    neg = [data.corpus[d] for d, rel in judged.items() if rel <= 0]
+    neg += [t for t in mined.get(query, ()) if t not in pos and t not in neg]
+    examples.append(Example(uid, query, pos, tuple(neg)))
+  return examples
+
+
+def load_examples(source: str, split: str = "train", hard_negatives: str = "",
+                  process_index: int = 0, process_count: int = 1) -> list[Example]:
+  """This process's share of `source` (module docstring); examples without a positive are
+  dropped (and counted in the log): nothing can be learned from them."""
+  scheme, _, arg = source.partition(":")
+  if scheme == "jsonl" and arg:
+    if hard_negatives:
+      raise ValueError("config.data.hard_negatives: only for BEIR sources; jsonl lines carry "
+                       "their negatives in 'neg'")
+    examples = read_jsonl(arg, process_index, process_count)
+  elif scheme == "beir" and arg:
+    examples = read_beir(arg, split, hard_negatives, process_index, process_count)
+  elif source == "pydoc":
+    from retromae_jax.retrieval import pydoc_set  # builds the set on first use
+    examples = read_beir(pydoc_set.cached_dir(), split, hard_negatives, process_index,
+                         process_count)
+  else:
+    raise ValueError(f"config.data.train {source!r}: unknown or incomplete source; expected "
+                     f"{SOURCES}")
+  usable = [e for e in examples if e.pos]
+  without_neg = sum(not e.neg for e in usable)
+  logging.info("data: %s: %d examples in process %d's share (%d without a positive, dropped; "
+               "%d without negatives)", source, len(usable), process_index,
+               len(examples) - len(usable), without_neg)
+  return usable
+
+
+# ----------------------------------------------------------------------------------- Groups
+
+
+def sample_group(example: Example, group_size: int, seed: int, epoch: int):
+  """(G passage texts, bool [G] valid): a positive, then up to G-1 distinct negatives."""
+  rng = np.random.default_rng([seed, epoch, example.uid])
+  positive = example.pos[rng.integers(len(example.pos))]
+  count = min(group_size - 1, len(example.neg))
+  negatives = [example.neg[i] for i in rng.choice(len(example.neg), count, replace=False)]
+  texts = [positive, *negatives, *[""] * (group_size - 1 - count)]
+  valid = np.arange(group_size) <= count
+  return texts, valid
+
+
+def _fixed_length(tokenizer: tokenizers.Tokenizer, max_len: int) -> tokenizers.Tokenizer:
+  """A copy that truncates and pads every text to exactly max_len tokens ([CLS]/[SEP] included).
+
+  A copy: the batches are made in tf.data's threads, and configuring a shared tokenizer while
+  another thread encodes with it is a race.
+  """
+  tok = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+  ids = tokenizer_lib.special_ids(tok)
+  tok.enable_truncation(max_len)
+  tok.enable_padding(length=max_len, pad_id=ids.pad, pad_token=tok.id_to_token(ids.pad))
+  return tok
+
+
+def batch_shapes(batch_size: int, group_size: int, query_max_len: int,
+                 passage_max_len: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """name -> (shape, dtype) of every array of the batch contract, for `batch_size` queries."""
+  queries = (batch_size, query_max_len)
+  passages = (batch_size, group_size, passage_max_len)
+  return {
+      "query_input_ids": (queries, np.int32),
+      "query_attention_mask": (queries, np.int32),
+      "passage_input_ids": (passages, np.int32),
+      "passage_attention_mask": (passages, np.int32),
+      "passage_valid": ((batch_size, group_size), np.bool_),
+  }
+
+
+class GroupBatches:
+  """Makes batch `step` of this process (the batch contract), a pure function of the step."""
+
+  def __init__(self, examples: Sequence[Example], tokenizer: tokenizers.Tokenizer, *,
+               batch_size: int, group_size: int, query_max_len: int, passage_max_len: int,
+               seed: int, query_instruction: str = "", passage_instruction: str = "",
+               process_index: int = 0, epoch_size: int | None = None):
+    """batch_size: this process's queries per batch. epoch_size: examples used per epoch (the
+    smallest share over processes, so that every process turns epochs at the same step)."""
+    self.examples = list(examples)
+    self.epoch_size = len(self.examples) if epoch_size is None else epoch_size
+    if not 0 < self.epoch_size <= len(self.examples):
+      raise ValueError(f"epoch_size {epoch_size}: expected 1..{len(self.examples)}")
+    if self.epoch_size < batch_size:
+      raise ValueError(f"config.batch_size: {batch_size} queries per process, but only "
+                       f"{self.epoch_size} training examples per process")
+    self.batch_size, self.group_size, self.seed = batch_size, group_size, seed
+    self.query_instruction, self.passage_instruction = query_instruction, passage_instruction
+    self.process_index = process_index
+    self.steps_per_epoch = self.epoch_size // batch_size
+    self._query_tok = _fixed_length(tokenizer, query_max_len)
+    self._passage_tok = _fixed_length(tokenizer, passage_max_len)
+    self.shapes = batch_shapes(batch_size, group_size, query_max_len, passage_max_len)
+
+  def rows(self, step: int) -> list[Example]:
+    epoch, index = divmod(step, self.steps_per_epoch)
+    order = np.random.default_rng([self.seed, epoch, self.process_index]).permutation(
+        len(self.examples))[:self.epoch_size]
+    return [self.examples[i] for i in order[index * self.batch_size:(index + 1) * self.batch_size]]
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    epoch = step // self.steps_per_epoch
+    rows = self.rows(step)
+    groups = [sample_group(e, self.group_size, self.seed, epoch) for e in rows]
+    queries = self._query_tok.encode_batch([self.query_instruction + e.query for e in rows])
+    passages = self._passage_tok.encode_batch(
+        [self.passage_instruction + t if t else "" for texts, _ in groups for t in texts])
+    p_shape = self.shapes["passage_input_ids"][0]
+    return {
+        "query_input_ids": np.array([e.ids for e in queries], np.int32),
+        "query_attention_mask": np.array([e.attention_mask for e in queries], np.int32),
+        "passage_input_ids": np.array([e.ids for e in passages], np.int32).reshape(p_shape),
+        "passage_attention_mask": np.array([e.attention_mask for e in passages],
+                                           np.int32).reshape(p_shape),
+        "passage_valid": np.stack([valid for _, valid in groups]),
+    }
+
+
+def group_batches(batches: GroupBatches, start_step: int = 0, prefetch: int = 2):
+  """An iterator of batches start_step, start_step + 1, ... made in tf.data's threads (in order)."""
+  names = tuple(batches.shapes)
+
+  def make(step):
+    batch = batches(int(step))
+    return tuple(batch[n] for n in names)
+
+  def as_tensors(step):
+    outs = tf.numpy_function(make, [step], [tf.as_dtype(batches.shapes[n][1]) for n in names],
+                             stateful=False)
+    for out, name in zip(outs, names):
+      out.set_shape(batches.shapes[name][0])
+    return dict(zip(names, outs))
+
+  ds = tf.data.Dataset.counter(start_step).map(
+      as_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return pipeline.Batches(ds.prefetch(prefetch))

@@ -1,0 +1,118 @@
+"""Retrieval quality of an encoder on a BEIR folder: nDCG@10, MRR@10, recall, MAP.
+
+  python -m retromae_jax.evaluate --model=PATH --beir_dir=DIR [--split=test]
+      [--pooling=cls|mean] [--normalize] [--max_len=N] [--query_max_len=N] [--batch_size=N]
+      [--top_k=100] [--query_prefix=STR] [--passage_prefix=STR]
+
+--model is a HF BERT directory or one of our workdirs (encode.resolve_model_dir). The corpus and
+the split's judged queries are embedded (batches split over all devices), every query's top_k
+documents found by exact search (retrieval/search.py: dot product; with --normalize that is
+cosine), and the run scored with trec_eval's semantics (retrieval/metrics.py). The last line
+printed is one JSON object:
+  {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100", "p@10", ["recall@<top_k>"],
+   "num_queries", "num_docs", "encode_seconds", "search_seconds"}
+
+From Python (the fine-tuning loop's periodic evaluation, with its in-memory params):
+  evaluate_params(cfg, params, tokenizer, data, split="test", *, pooling="cls",
+                  normalize=False, max_len=512, query_max_len=None, batch_size=64, top_k=100,
+                  query_prefix="", passage_prefix="", measures=None) -> dict   (the JSON above)
+    data: a BEIR folder path or a retrieval.beir.BeirData (load it once, evaluate many times);
+    params: {'bert': ...}, as encode.embed takes them; tokenizer: a tokenizers.Tokenizer.
+  evaluate_embeddings(query_emb, corpus_emb, data, top_k=100, measures=None) -> dict
+"""
+
+import json
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from retromae_jax import encode
+from retromae_jax.retrieval import beir, metrics, search
+
+_REQUIRED = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100", "p@10")
+
+
+def _measures(measures, top_k):
+  if measures is not None:
+    return tuple(measures)
+  extra = () if f"recall@{top_k}" in _REQUIRED else (f"recall@{top_k}",)
+  return _REQUIRED + extra
+
+
+def evaluate_embeddings(query_emb: np.ndarray, corpus_emb: np.ndarray, data: beir.BeirData,
+                        top_k: int = 100, measures=None) -> dict:
+  """Scores embeddings whose rows follow data.queries and data.corpus (their dict order)."""
+  if len(query_emb) != len(data.queries) or len(corpus_emb) != len(data.corpus):
+    raise ValueError(f"evaluate_embeddings: {len(query_emb)} query and {len(corpus_emb)} corpus "
+                     f"rows for {len(data.queries)} queries and {len(data.corpus)} documents")
+  start = time.perf_counter()
+  scores, indices = search.search(query_emb, corpus_emb, top_k)
+  run = metrics.run_from_topk(list(data.queries), list(data.corpus), indices, scores)
+  result = metrics.evaluate(data.qrels, run, _measures(measures, top_k))
+  result["num_docs"] = len(data.corpus)
+  result["search_seconds"] = time.perf_counter() - start
+  return result
+
+
+def evaluate_params(cfg, params, tokenizer, data, split: str = "test", *, pooling: str = "cls",
+                    normalize: bool = False, max_len: int = 512, query_max_len: int | None = None,
+                    batch_size: int = 64, top_k: int = 100, query_prefix: str = "",
+                    passage_prefix: str = "", measures=None) -> dict:
+  """Embeds with in-memory params and scores the split; see the module docstring."""
+  if isinstance(data, str):
+    data = beir.load(data, split)
+  if not data.corpus or not data.queries:
+    raise ValueError(f"evaluate: nothing to evaluate ({len(data.corpus)} documents, "
+                     f"{len(data.queries)} judged queries)")
+  start = time.perf_counter()
+  corpus_emb = encode.embed(cfg, params, tokenizer,
+                            [passage_prefix + t for t in data.corpus.values()], pooling,
+                            normalize, max_len, batch_size)
+  query_emb = encode.embed(cfg, params, tokenizer,
+                           [query_prefix + t for t in data.queries.values()], pooling, normalize,
+                           query_max_len or max_len, batch_size)
+  encode_seconds = time.perf_counter() - start
+  result = evaluate_embeddings(query_emb, corpus_emb, data, top_k, measures)
+  result["encode_seconds"] = encode_seconds
+  return result
+
+
+def evaluate_model(model: str, beir_dir: str, split: str = "test", **kwargs) -> dict:
+  """evaluate_params for a HF BERT directory or workdir on disk."""
+  _, cfg, params, tokenizer = encode.load_encoder(model)
+  return evaluate_params(cfg, params, tokenizer, beir_dir, split, **kwargs)
+
+
+def _define_flags():
+  """Flags exist only when this module runs as a program (see encode._define_flags)."""
+  flags.DEFINE_string("model", None, "HF BERT directory, or a workdir with export/encoder.")
+  flags.DEFINE_string("beir_dir", None, "BEIR folder: corpus.jsonl, queries.jsonl, qrels/.")
+  flags.DEFINE_string("split", "test", "Which qrels/{split}.tsv to score.")
+  flags.DEFINE_enum("pooling", "cls", encode.POOLINGS, "cls: [CLS] hidden state; mean: average "
+                    "over real tokens.")
+  flags.DEFINE_bool("normalize", False, "L2-normalise embeddings (cosine similarity).")
+  flags.DEFINE_integer("max_len", 512, "Passage (and by default query) length in tokens.")
+  flags.DEFINE_integer("query_max_len", None, "Query length in tokens; default --max_len.")
+  flags.DEFINE_integer("batch_size", 64, "Texts per forward pass.")
+  flags.DEFINE_integer("top_k", 100, "Documents retrieved per query.")
+  flags.DEFINE_string("query_prefix", "", "Prepended to every query (an instruction).")
+  flags.DEFINE_string("passage_prefix", "", "Prepended to every document.")
+  flags.mark_flags_as_required(["model", "beir_dir"])
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  result = evaluate_model(f.model, f.beir_dir, f.split, pooling=f.pooling, normalize=f.normalize,
+                          max_len=f.max_len, query_max_len=f.query_max_len,
+                          batch_size=f.batch_size, top_k=f.top_k, query_prefix=f.query_prefix,
+                          passage_prefix=f.passage_prefix)
+  logging.info("%s split %s: nDCG@10 %.4f over %d queries, %d documents", f.beir_dir, f.split,
+               result["ndcg@10"], result["num_queries"], result["num_docs"])
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

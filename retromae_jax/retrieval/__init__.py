@@ -1,0 +1,1 @@
+"""Retrieval evaluation: BEIR folders, exact search, trec_eval-compatible metrics."""

@@ -1,0 +1,151 @@
+"""BEIR folders: the format every public retrieval benchmark ships in, read without the `beir`
+package (it pulls in faiss, elasticsearch and pytrec_eval just to parse three files).
+
+  DIR/corpus.jsonl        {"_id": str, "title": str (optional), "text": str} per line
+  DIR/queries.jsonl       {"_id": str, "text": str} per line
+  DIR/qrels/{split}.tsv   query-id <TAB> corpus-id <TAB> score, after a header line
+
+API:
+  load_corpus(dir) -> {doc_id: text}      in file order; text = title + " " + text (stripped)
+                                          when a title exists, as BEIR and sentence-transformers
+                                          embed documents
+  load_queries(dir) -> {query_id: text}   in file order
+  load_qrels(dir, split) -> {query_id: {doc_id: relevance}}   relevance 0 = judged non-relevant
+  load(dir, split) -> BeirData(corpus, queries, qrels)   queries kept only if judged in `split`
+  write(dir, corpus, queries, qrels_by_split)            the inverse, for sets we build
+
+Ids are strings (integer ids in hand-made files are accepted and turned into strings, since the
+qrels file can only hold strings). Bad input fails at once with `file:line: what is wrong`.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Mapping
+
+QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
+@dataclasses.dataclass(frozen=True)
+class BeirData:
+  corpus: dict[str, str]
+  queries: dict[str, str]
+  qrels: dict[str, dict[str, int]]
+
+
+def _records(path: str):
+  """(line number, dict) for every non-blank line of a jsonl file."""
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: no such file (a BEIR folder has corpus.jsonl, queries.jsonl and "
+                     "qrels/{split}.tsv)")
+  with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+      if not isinstance(record, dict):
+        raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+      yield line_no, record
+
+
+def _field(path, line_no, record, name, types=(str,), required=True):
+  value = record.get(name)
+  if value is None and not required:
+    return None
+  if isinstance(value, bool) or not isinstance(value, types):
+    what = "nothing (missing)" if name not in record else type(value).__name__
+    kind = "a string or an integer" if int in types else "a string"
+    raise ValueError(f"{path}:{line_no}: field {name!r} must be {kind}, got {what}")
+  return str(value)
+
+
+def _load_texts(path: str, with_title: bool) -> dict[str, str]:
+  texts, first_line = {}, {}
+  for line_no, record in _records(path):
+    key = _field(path, line_no, record, "_id", (str, int))
+    if key in texts:
+      raise ValueError(f"{path}:{line_no}: duplicate _id {key!r} (first on line {first_line[key]})")
+    text = _field(path, line_no, record, "text")
+    title = _field(path, line_no, record, "title", required=False) if with_title else None
+    texts[key] = (title + " " + text).strip() if title is not None else text.strip()
+    first_line[key] = line_no
+  return texts
+
+
+def load_corpus(beir_dir: str) -> dict[str, str]:
+  return _load_texts(os.path.join(beir_dir, "corpus.jsonl"), with_title=True)
+
+
+def load_queries(beir_dir: str) -> dict[str, str]:
+  return _load_texts(os.path.join(beir_dir, "queries.jsonl"), with_title=False)
+
+
+def qrels_path(beir_dir: str, split: str) -> str:
+  return os.path.join(beir_dir, "qrels", f"{split}.tsv")
+
+
+def load_qrels(beir_dir: str, split: str) -> dict[str, dict[str, int]]:
+  """{query_id: {doc_id: relevance}}; a repeated (query, doc) pair is an error, not a silent max."""
+  path = qrels_path(beir_dir, split)
+  if not os.path.isfile(path):
+    present = sorted(n[:-4] for n in os.listdir(os.path.dirname(path)) if n.endswith(".tsv")) \
+        if os.path.isdir(os.path.dirname(path)) else []
+    raise ValueError(f"{path}: no such file (splits present: {present or 'none'})")
+  qrels: dict[str, dict[str, int]] = {}
+  with open(path, encoding="utf-8-sig") as f:
+    for line_no, line in enumerate(f, 1):
+      fields = tuple(x.strip() for x in line.rstrip("\r\n").split("\t"))
+      if line_no == 1 and fields == QRELS_HEADER:
+        continue
+      if fields == ("",):
+        continue
+      if len(fields) != 3:
+        raise ValueError(f"{path}:{line_no}: expected 3 tab-separated fields "
+                         f"(query-id, corpus-id, score), got {len(fields)}")
+      qid, doc_id, score = fields
+      try:
+        relevance = int(score)
+      except ValueError:
+        raise ValueError(f"{path}:{line_no}: field 'score' must be an integer, got "
+                         f"{score!r}") from None
+      if not qid or not doc_id:
+        raise ValueError(f"{path}:{line_no}: empty {'query-id' if not qid else 'corpus-id'}")
+      judged = qrels.setdefault(qid, {})
+      if doc_id in judged:
+        raise ValueError(f"{path}:{line_no}: ({qid!r}, {doc_id!r}) is judged twice")
+      judged[doc_id] = relevance
+  return qrels
+
+
+def load(beir_dir: str, split: str = "test") -> BeirData:
+  """One split, as BEIR's GenericDataLoader returns it: only the queries judged in that split."""
+  qrels = load_qrels(beir_dir, split)
+  all_queries = load_queries(beir_dir)
+  missing = [q for q in qrels if q not in all_queries]
+  if missing:
+    raise ValueError(f"{qrels_path(beir_dir, split)}: {len(missing)} query ids are not in "
+                     f"queries.jsonl (first: {missing[0]!r})")
+  queries = {q: all_queries[q] for q in qrels}
+  return BeirData(load_corpus(beir_dir), queries, qrels)
+
+
+def write(beir_dir: str, corpus: Mapping[str, str] | Mapping[str, tuple[str, str]],
+          queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, Mapping[str, int]]]):
+  """Writes a BEIR folder. corpus values are text or (title, text); qrels maps split -> qrels."""
+  os.makedirs(os.path.join(beir_dir, "qrels"), exist_ok=True)
+  with open(os.path.join(beir_dir, "corpus.jsonl"), "w", encoding="utf-8") as f:
+    for doc_id, value in corpus.items():
+      title, text = value if isinstance(value, tuple) else ("", value)
+      f.write(json.dumps({"_id": doc_id, "title": title, "text": text}, ensure_ascii=False) + "\n")
+  with open(os.path.join(beir_dir, "queries.jsonl"), "w", encoding="utf-8") as f:
+    for qid, text in queries.items():
+      f.write(json.dumps({"_id": qid, "text": text}, ensure_ascii=False) + "\n")
+  for split, judged in qrels.items():
+    with open(qrels_path(beir_dir, split), "w", encoding="utf-8") as f:
+      f.write("\t".join(QRELS_HEADER) + "\n")
+      for qid, docs in judged.items():
+        for doc_id, relevance in docs.items():
+          f.write(f"{qid}\t{doc_id}\t{relevance}\n")

@@ -1,0 +1,141 @@
+"""Contrastive fine-tuning end to end, through its command line, on the offline pydoc set."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING = ("tokens_per_s", "queries_per_s", "steps_per_s")
+SMALL = ["--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_every=2",
+         "--config.total_steps=4"]
+
+
+def _run(workdir, *overrides, check=True):
+  cmd = [sys.executable, "-m", "retromae_jax.main", "--config=configs/finetune.py:smoke",
+         f"--workdir={workdir}", *overrides]
+  # The test is about behaviour, not speed: XLA's backend optimisations are off (3x faster
+  # compilation on the CPU).
+  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  if check and proc.returncode:
+    raise AssertionError(proc.stderr[-4000:])
+  return proc
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def _small_beir(directory):
+  """Six questions about the standard library and twelve documents (half answer none)."""
+  docs = {
+      "queue.qsize": ("queue.Queue.qsize()", "Return the approximate size of the queue."),
+      "os.getcwd": ("os.getcwd()", "Return a string representing the current working directory."),
+      "json.loads": ("json.loads(s)", "Deserialize s, a str or bytes holding a JSON document."),
+      "math.gcd": ("math.gcd(*integers)", "Return the greatest common divisor of the integers."),
+      "time.sleep": ("time.sleep(secs)", "Suspend execution for the given number of seconds."),
+      "shutil.copy": ("shutil.copy(src, dst)", "Copy the file src to the file or directory dst."),
+      "random.shuffle": ("random.shuffle(x)", "Shuffle the sequence x in place."),
+      "re.escape": ("re.escape(pattern)", "Escape special characters in a string."),
+      "glob.glob": ("glob.glob(pathname)", "Return a list of paths matching a pathname pattern."),
+      "zlib.crc32": ("zlib.crc32(data)", "Compute a CRC-32 checksum of data."),
+      "heapq.heappush": ("heapq.heappush(heap, item)", "Push item onto heap, keeping the invariant."),
+      "abs": ("abs(x)", "Return the absolute value of a number."),
+  }
+  queries = {"q1": "How many items are waiting in the queue?",
+             "q2": "Which folder is the process running in?",
+             "q3": "Parse a JSON string into Python objects.",
+             "q4": "Largest number dividing all the given integers.",
+             "q5": "Pause the program for a while.",
+             "q6": "Duplicate a file to another location."}
+  targets = ["queue.qsize", "os.getcwd", "json.loads", "math.gcd", "time.sleep", "shutil.copy"]
+  from retromae_jax.retrieval import beir
+  beir.write(str(directory), docs, queries,
+             {"test": {q: {d: 1} for q, d in zip(queries, targets)}})
+  return str(directory)
+
+
+def test_smoke_finetune_evaluates_exports_and_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  # Trains on the pydoc set's train split (the preset); evaluates on a small folder (speed).
+  _run(workdir, *SMALL, f"--config.eval.data={_small_beir(tmp_path / 'beir')}",
+       "--config.eval.every_steps=2")
+  rows = _metrics(workdir)
+  train_rows = [r for r in rows if "loss" in r]
+  eval_rows = [r for r in rows if "eval/ndcg@10" in r]
+  assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+  assert [r["step"] for r in eval_rows] == [0, 2, 4]  # the zero-shot score first
+  for r in train_rows:
+    for key in ("loss", "accuracy", "grad_norm", "lr", "queries_per_s", "tokens_per_s"):
+      assert np.isfinite(r[key]), (key, r)
+    assert 0 <= r["accuracy"] <= 1
+  assert all(0 <= r["eval/ndcg@10"] <= 1 for r in eval_rows)
+
+  # The best evaluated step is exported; so is the last one, both as HF BertModel directories.
+  with open(os.path.join(workdir, "export", "best", "best_eval.json"), encoding="utf-8") as f:
+    best = json.load(f)
+  best_row = max(eval_rows, key=lambda r: r["eval/ndcg@10"])  # the first of ties
+  assert (best["step"], best["value"]) == (best_row["step"], best_row["eval/ndcg@10"])
+  export = os.path.join(workdir, "export", "encoder")
+  with open(os.path.join(export, "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["architectures"] == ["BertModel"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+
+  from retromae_jax import encode
+  vectors = encode.embed_texts(workdir, ["Return the number of items in the queue.",
+                                         "Open a file and return a stream."],
+                               normalize=True, max_len=16)
+  assert vectors.shape == (2, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+  # Lose everything after step 2 and run again (without evaluation): it resumes from step 2 and
+  # steps 3-4 reproduce the uninterrupted run (same groups, dropout and updates).
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+  shutil.rmtree(os.path.join(workdir, "export", "encoder"))
+  with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= 2)
+  proc = _run(workdir, *SMALL, "--config.eval.data=")
+  assert f"Resuming from {workdir}/checkpoints/2" in proc.stderr
+  resumed = [r for r in _metrics(workdir) if "loss" in r]
+  strip = lambda r: {k: v for k, v in r.items() if k not in TIMING}
+  assert [strip(r) for r in resumed] == [strip(r) for r in train_rows]
+  assert os.path.isfile(os.path.join(workdir, "export", "encoder", "model.safetensors"))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("data.group_size", 0, "config.data.group_size: expected >= 1"),
+    ("model.similarity", "l2", "config.model.similarity: expected one of ('cosine', 'dot')"),
+    ("eval.metric", "ndcg10", "config.eval.metric: measure 'ndcg10'"),
+    ("data.passage_max_len", 512, "config.data.passage_max_len: expected "
+     "3..model.max_position_embeddings (128), got 512"),
+    ("gradient_cache.chunk_size", 3, "config.gradient_cache.chunk_size: expected a divisor of "
+     "batch_size (16), got 3"),
+    ("data.train", "", "config.data.train: expected a source"),
+])
+def test_invalid_settings_fail_naming_the_key(key, value, message):
+  from configs import finetune as finetune_config
+  from retromae_jax import finetune
+  config = finetune_config.get_config("smoke")
+  section, name = key.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
+    finetune.validate(config)
+
+
+def test_lengths_are_checked_against_the_init_models_positions_once_known():
+  from configs import finetune as finetune_config
+  from retromae_jax import finetune
+  config = finetune_config.get_config("smoke")  # max_position_embeddings 128
+  config.data.passage_max_len = 256
+  config.init.model = "/some/hf/dir"  # its config.json decides, read at start-up
+  finetune.validate(config)
+  with pytest.raises(ValueError, match="passage_max_len"):
+    finetune.validate(config, shape_known=True)
+  with pytest.raises(ValueError, match="not divisible by the 3 data-parallel devices"):
+    finetune.validate(finetune_config.get_config("smoke"), num_data_parallel=3)
