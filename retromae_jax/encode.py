@@ -28,6 +28,7 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from retromae_jax import jsonl
 from retromae_jax import hf_interop
 from retromae_jax import tokenizer as tokenizer_lib
 from retromae_jax.bert import ModelConfig
@@ -176,17 +177,10 @@ def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: st
 def read_texts(path: str) -> list[str]:
   """The `text` field of every non-blank line of a jsonl file."""
   texts = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-      if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise ValueError(f"{path}:{line_no}: expected a JSON object with a string 'text' field")
-      texts.append(record["text"])
+  for line_no, record in jsonl.records(path):
+    if not isinstance(record.get("text"), str):
+      raise ValueError(f"{path}:{line_no}: expected a JSON object with a string 'text' field")
+    texts.append(record["text"])
   return texts
 
 

@@ -28,6 +28,7 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
+from retromae_jax import jsonl
 from retromae_jax import encode
 from retromae_jax.retrieval import beir, search
 
@@ -53,24 +54,17 @@ def mine(query_emb: np.ndarray, corpus_emb: np.ndarray, positives, top_k: int, s
 def read_pairs(path: str) -> list[dict]:
   """FlagEmbedding training lines; a missing or empty `neg` is an empty list."""
   records = []
-  with open(path, encoding="utf-8-sig") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-      if not isinstance(record, dict) or not isinstance(record.get("query"), str):
-        raise ValueError(f"{path}:{line_no}: expected an object with a string field 'query'")
-      for field in ("pos", "neg"):
-        value = record.get(field, [] if field == "neg" else None)
-        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-          raise ValueError(f"{path}:{line_no}: field {field!r} must be a list of strings")
-      if not record["pos"]:
-        raise ValueError(f"{path}:{line_no}: field 'pos' is empty (a query needs a positive)")
-      records.append({"query": record["query"], "pos": record["pos"],
-                      "neg": record.get("neg", [])})
+  for line_no, record in jsonl.records(path):
+    if not isinstance(record.get("query"), str):
+      raise ValueError(f"{path}:{line_no}: expected an object with a string field 'query'")
+    for field in ("pos", "neg"):
+      value = record.get(field, [] if field == "neg" else None)
+      if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise ValueError(f"{path}:{line_no}: field {field!r} must be a list of strings")
+    if not record["pos"]:
+      raise ValueError(f"{path}:{line_no}: field 'pos' is empty (a query needs a positive)")
+    records.append({"query": record["query"], "pos": record["pos"],
+                    "neg": record.get("neg", [])})
   return records
 
 

@@ -23,6 +23,8 @@ import json
 import os
 from typing import Mapping
 
+from retromae_jax import jsonl
+
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
@@ -38,17 +40,7 @@ def _records(path: str):
   if not os.path.isfile(path):
     raise ValueError(f"{path}: no such file (a BEIR folder has corpus.jsonl, queries.jsonl and "
                      "qrels/{split}.tsv)")
-  with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-      if not isinstance(record, dict):
-        raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-      yield line_no, record
+  yield from jsonl.records(path)
 
 
 def _field(path, line_no, record, name, types=(str,), required=True):
