@@ -87,7 +87,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
 
   # ---- Periodic evaluation (retromae_jax/evaluate.py) ----
   c.eval = ml_collections.ConfigDict()
-  c.eval.data = ""  # beir:DIR-style path to a BEIR folder, or 'pydoc'; '' = no evaluation
+  c.eval.data = ""  # a BEIR folder (DIR or beir:DIR), or 'pydoc'; '' = no evaluation
   c.eval.split = "test"
   c.eval.every_steps = 0  # 0 = only at the end (when eval.data is set)
   c.eval.at_start = True  # also before the first step: the starting point's (zero-shot) score
