@@ -87,7 +87,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
 
   # ---- Periodic evaluation (retromae_jax/evaluate.py) ----
   c.eval = ml_collections.ConfigDict()
-  c.eval.data = ""  # beir:DIR-style path to a BEIR folder, or 'pydoc'; '' = no evaluation
+  c.eval.data = ""  # a BEIR folder (DIR or beir:DIR), or 'pydoc'; '' = no evaluation
   c.eval.split = "test"
   c.eval.every_steps = 0  # 0 = only at the end (when eval.data is set)
   c.eval.at_start = True  # also before the first step: the starting point's (zero-shot) score
@@ -108,16 +108,20 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
     c.data.query_max_len = 32
     c.data.passage_max_len = 64
     c.model.max_position_embeddings = 128
+    # A tiny model (random, or briefly pretrained) gives nearly the same [CLS] vector to every
+    # text (cosine ~0.99999): dropout's noise then outweighs the signal at temperature 0.02 and
+    # the run collapses to loss log(batch). Off here; real checkpoints keep BERT's 0.1.
+    c.model.dropout_rate = 0.0
+    c.model.attention_dropout_rate = 0.0
     c.optim.learning_rate = 5e-4
     c.eval.data = "pydoc"
     c.eval.every_steps = 30
-    c.eval.top_k = 10
   elif preset == "minilm":
     c.batch_size = 32
     c.total_steps = 500
     c.log_every = 10
     c.checkpoint_every = 100
-    c.data.group_size = 2
+    c.data.group_size = 1  # the pydoc set has no negatives: in-batch only (mine some for more)
     c.data.query_max_len = 32
     c.data.passage_max_len = 128
     c.optim.learning_rate = 2e-5

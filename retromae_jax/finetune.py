@@ -253,6 +253,13 @@ def train_and_evaluate(config, workdir: str):
       process_index=jax.process_index(), epoch_size=epoch_size)
   logging.info("Data: %d examples per process and epoch, %d steps per epoch, %.2f epochs",
                epoch_size, batches.steps_per_epoch, config.total_steps / batches.steps_per_epoch)
+  with_negatives = int(np.sum(multihost_utils.process_allgather(
+      np.int32(sum(bool(x.neg) for x in examples)))))
+  if d.group_size > 1 and not with_negatives:
+    logging.warning("config.data.group_size is %d but no example has negatives: every negative "
+                    "slot is an empty passage (masked out of the loss, but encoded). "
+                    "group_size=1 trains the same loss faster; or mine negatives "
+                    "(python -m retromae_jax.mine) and set data.hard_negatives", d.group_size)
   local_batches = pairs.group_batches(batches, start_step, d.prefetch)
 
   def global_batch(local):
