@@ -106,7 +106,7 @@ def represent(spec: Spec, params: dict, input_ids, attention_mask, keys=None):
     rngs = {} if key is None else {"dropout": key}
     hidden = model.apply({"params": params}, {"input_ids": ids[None], "attention_mask": mask[None]},
                          deterministic=key is None, rngs=rngs)
-    return encode._pool(hidden.astype(jnp.float32), mask[None], spec.pooling, normalize)[0]
+    return encode.pool(hidden.astype(jnp.float32), mask[None], spec.pooling, normalize)[0]
 
   def rows(ids, mask, row_keys):
     if row_keys is None:

@@ -68,7 +68,7 @@ def resolve_model_dir(path: str) -> str:
                    "directory) nor export/encoder (a workdir)")
 
 
-def _pool(hidden, mask, pooling: str, normalize: bool):
+def pool(hidden, mask, pooling: str, normalize: bool):
   if pooling == "cls":
     pooled = hidden[:, 0]
   else:
@@ -110,7 +110,7 @@ def _forward(cfg: ModelConfig, pooling: str, normalize: bool, mesh: Mesh | None 
 
   def forward(params, input_ids, attention_mask):
     hidden = model.apply({"params": params}, input_ids, attention_mask, method="encode")
-    return _pool(hidden, attention_mask, pooling, normalize)
+    return pool(hidden, attention_mask, pooling, normalize)
   return jax.jit(forward, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
 
 

@@ -31,7 +31,7 @@ from retromae_jax import metrics as metrics_lib
 from retromae_jax import optim
 from retromae_jax import sharding
 from retromae_jax import tokenizer as tokenizer_lib
-from retromae_jax import train
+from retromae_jax import train_state
 from retromae_jax.data import pairs
 from retromae_jax.retrieval import beir
 from retromae_jax.retrieval import metrics as retrieval_metrics
@@ -166,7 +166,7 @@ def train_and_evaluate(config, workdir: str):
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
   example = {name: jax.ShapeDtypeStruct((1, config.data.passage_max_len), jnp.int32)
              for name in ("input_ids", "attention_mask")}
-  state, state_shardings = train.create_sharded_state(model, tx, example, mesh, rules,
+  state, state_shardings = train_state.create_sharded_state(model, tx, example, mesh, rules,
                                                       config.seed)
   logging.info("Parameters: %.1fM", sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
   spec = contrastive.Spec(model_cfg, config.model.pooling, config.model.similarity,
@@ -191,7 +191,7 @@ def train_and_evaluate(config, workdir: str):
     tokens = batch["query_attention_mask"].sum() + batch["passage_attention_mask"].sum()
     step_metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step),
                         tokens=tokens, **aux)
-    return train.TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+    return train_state.TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
   def compile_step(chunk_size: int):
     # Compiled ahead of the loop, so that its memory needs are known before the first step.
@@ -211,7 +211,7 @@ def train_and_evaluate(config, workdir: str):
 
   chunk_size = config.gradient_cache.chunk_size
   train_step, needed = compile_step(chunk_size)
-  available = train.device_memory_bytes()
+  available = train_state.device_memory_bytes()
   if config.gradient_cache.auto and not chunk_size and available and needed > available:
     # Activations shrink with the chunk; the global batch (and its negatives) stays whole.
     wanted = config.batch_size * available / needed
@@ -231,7 +231,7 @@ def train_and_evaluate(config, workdir: str):
   mngr = checkpoints.manager(workdir, config)
   meta = {"model": {k: str(v) if k in ("dtype", "param_dtype") else v
                     for k, v in vars(model_cfg).items()},
-          "tokenizer": train.tokenizer_files_dir(tokenizer_spec), "task": "finetune"}
+          "tokenizer": tokenizer_lib.files_dir(tokenizer_spec), "task": "finetune"}
   start_step = mngr.latest_step() or 0
   if start_step:
     logging.info("Resuming from %s/checkpoints/%d", workdir, start_step)
@@ -281,7 +281,7 @@ def train_and_evaluate(config, workdir: str):
     params = multihost_utils.process_allgather(params, tiled=True)
     if is_main:
       hf_interop.save_hf_bert(params, model_cfg, out_dir,
-                              tokenizer_dir=train.tokenizer_files_dir(tokenizer_spec))
+                              tokenizer_dir=tokenizer_lib.files_dir(tokenizer_spec))
 
   def run_eval(step, params):
     """Scores `params` on the eval split (every process, same result); keeps the best."""

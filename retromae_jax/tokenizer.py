@@ -5,6 +5,7 @@ Everything here is host-side and uses HF `tokenizers` only (fast, no `transforme
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,11 @@ def special_table(tokenizer: tokenizers.Tokenizer) -> np.ndarray:
     if token.special:
       table[tokenizer.token_to_id(token.content)] = True
   return table
+
+
+def files_dir(spec: str) -> str:
+  """The directory whose tokenizer files an export copies ('default', a directory, or a
+  tokenizer.json path)."""
+  if spec == "default":
+    return str(DEFAULT_DIR)
+  return spec if os.path.isdir(spec) else os.path.dirname(spec)

@@ -9,7 +9,6 @@ import functools
 import os
 
 from absl import logging
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,23 +26,10 @@ from retromae_jax import metrics as metrics_lib
 from retromae_jax import optim
 from retromae_jax import sharding
 from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax import train_state
 from retromae_jax.data import pipeline
 from retromae_jax.objectives.config import objective_config_from
 from retromae_jax.retromae import make_model, model_config_from
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: dict
-  opt_state: optax.OptState
-
-
-def tokenizer_files_dir(spec: str) -> str:
-  """The directory whose tokenizer files an export copies."""
-  if spec == "default":
-    return str(tokenizer_lib.DEFAULT_DIR)
-  return spec if os.path.isdir(spec) else os.path.dirname(spec)
 
 
 _SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -67,7 +53,7 @@ def _resolve_model_shape(config, vocab_size: int):
 def checkpoint_meta(model_cfg, objective, tokenizer_spec: str) -> dict:
   """The JSON saved beside every state: the model's shape, the objective and the tokenizer's
   files, so that a checkpoint alone can be exported or continued (python -m retromae_jax.export)."""
-  directory = tokenizer_files_dir(tokenizer_spec)
+  directory = tokenizer_lib.files_dir(tokenizer_spec)
   names = ([os.path.basename(tokenizer_spec)] if os.path.isfile(tokenizer_spec)
            else [n for n in hf_interop.TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))])
   files = {}
@@ -78,48 +64,6 @@ def checkpoint_meta(model_cfg, objective, tokenizer_spec: str) -> dict:
                     for k, v in vars(model_cfg).items()},
           "objective": dataclasses.asdict(objective),
           "tokenizer": directory, "tokenizer_files": files}
-
-
-def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
-  """Initialises the TrainState directly into its shardings (no full copy on any one device).
-
-  The parameters' shardings come from their logical axis names through `rules`; optimizer
-  moments follow the parameter they belong to; scalars are replicated.
-  Returns (state, state_shardings).
-  """
-  def init_variables(rng):
-    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
-    return model.init({"params": rng, "dropout": rng}, zeros, deterministic=True)
-
-  def init_state(rng):
-    params = nn.unbox(init_variables(rng)["params"])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init_variables, jax.random.key(0))
-    param_shardings = nn.logical_to_mesh_sharding(
-        nn.get_partition_spec(boxed)["params"], mesh, rules)
-    abstract_state = jax.eval_shape(init_state, jax.random.key(0))
-    sharding.check_divisible(abstract_state.params, param_shardings,
-                             nn.get_partition_spec(boxed)["params"])
-    state_shardings = TrainState(
-        step=sharding.replicated(mesh), params=param_shardings,
-        opt_state=optax.tree_map_params(
-            tx, lambda _, s: s, abstract_state.opt_state, param_shardings,
-            transform_non_params=lambda _: sharding.replicated(mesh)))
-    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(seed))
-  return state, state_shardings
-
-
-def device_memory_bytes() -> int:
-  """Memory one device may use: its own (accelerators), or its share of 80% of the host's RAM
-  (CPU devices share it with each other and with the input pipeline). 0 = unknown."""
-  device = jax.local_devices()[0]
-  if device.platform == "cpu":
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(0.8 * ram / jax.local_device_count())
-  stats = device.memory_stats() or {}
-  return int(stats.get("bytes_limit", 0))
 
 
 def train_and_evaluate(config, workdir: str):
@@ -155,7 +99,7 @@ def train_and_evaluate(config, workdir: str):
   example = {name: jax.ShapeDtypeStruct(shape, dtype)
              for name, (shape, dtype) in pipeline.batch_shapes(config, 1).items()}
 
-  state, state_shardings = create_sharded_state(model, tx, example, mesh, rules, config.seed)
+  state, state_shardings = train_state.create_sharded_state(model, tx, example, mesh, rules, config.seed)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("Parameters: %.1fM (decoder %.1fM)", num_params / 1e6,
                sum(x.size for x in jax.tree.leaves(state.params.get("decoder", {}))) / 1e6)
@@ -206,7 +150,7 @@ def train_and_evaluate(config, workdir: str):
     params = optax.apply_updates(state.params, updates)
     step_metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step),
                         tokens=batch["attention_mask"].sum(), **aux)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+    return train_state.TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
   global_example = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
                     for k, v in example.items()}
@@ -228,7 +172,7 @@ def train_and_evaluate(config, workdir: str):
     return compiled, needed
 
   train_step, needed = compile_step(config.grad_accum_steps)
-  available = device_memory_bytes()
+  available = train_state.device_memory_bytes()
   if config.auto_microbatch and available and needed > available:
     # Activation memory shrinks with the microbatch: split the step further (same global batch,
     # same loss) rather than run out of memory, e.g. the BERT-base default on a CPU.

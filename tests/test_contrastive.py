@@ -160,13 +160,13 @@ def test_global_loss_and_gradients_on_8_devices_equal_1_device():
   code = textwrap.dedent("""
       import json, jax, jax.numpy as jnp, numpy as np, flax.linen as nn, optax
       import ml_collections
-      from retromae_jax import contrastive, sharding, train
+      from retromae_jax import contrastive, sharding, train_state
       from tests.test_contrastive import TINY, _random_batch
       assert jax.device_count() == 8
       mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2}))
       rules = sharding.LOGICAL_AXIS_RULES["fsdp_tensor"]
       example = {k: jax.ShapeDtypeStruct((1, 8), jnp.int32) for k in ("input_ids", "attention_mask")}
-      state, _ = train.create_sharded_state(contrastive.BiEncoder(TINY), optax.sgd(0.1), example,
+      state, _ = train_state.create_sharded_state(contrastive.BiEncoder(TINY), optax.sgd(0.1), example,
                                             mesh, rules, 0)
       batch = _random_batch(np.random.default_rng(1))
       key = jax.random.key(7)

@@ -27,7 +27,7 @@ def test_parameters_and_optimizer_state_are_sharded_as_the_rules_say():
       import json, jax, optax
       from jax.sharding import PartitionSpec as P
       from configs import base
-      from retromae_jax import optim, sharding, train
+      from retromae_jax import optim, sharding, train_state
       from retromae_jax.data import pipeline
       from retromae_jax.retromae import RetroMAE, model_config_from
       config = base.get_config("smoke")
@@ -37,7 +37,7 @@ def test_parameters_and_optimizer_state_are_sharded_as_the_rules_say():
       tx, _ = optim.make_optimizer(config.optim, 10)
       example = {k: jax.ShapeDtypeStruct(s, d)
                  for k, (s, d) in pipeline.batch_shapes(config, 1).items()}
-      state, _ = train.create_sharded_state(
+      state, _ = train_state.create_sharded_state(
           RetroMAE(model_config_from(config, 30522)), tx, example, mesh, rules, 0)
       p = state.params
       mu = state.opt_state[1][0].mu  # chain(clip, adamw): adam's first moment

@@ -43,6 +43,7 @@ import tensorflow as tf
 import tokenizers
 from absl import logging
 
+from retromae_jax import jsonl
 from retromae_jax import tokenizer as tokenizer_lib
 from retromae_jax.data import pipeline
 from retromae_jax.retrieval import beir
@@ -80,21 +81,16 @@ def read_jsonl(pattern: str, process_index: int = 0, process_count: int = 1) -> 
     raise ValueError(f"data.train 'jsonl:{pattern}': no file matches")
   examples, uid = [], -1
   for path in files:
-    with tf.io.gfile.GFile(path, "r") as f:
-      for line_no, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        uid += 1
-        if uid % process_count != process_index:
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("query"), str):
-          raise ValueError(f"{path}:{line_no}: expected an object with a string 'query' field")
-        examples.append(Example(uid, record["query"], _texts(path, line_no, record, "pos"),
-                                _texts(path, line_no, record, "neg")))
+    # Every process parses every line (cheap next to tokenising), so that a bad line fails the
+    # run on every process alike.
+    for line_no, record in jsonl.records(path):
+      uid += 1
+      if uid % process_count != process_index:
+        continue
+      if not isinstance(record.get("query"), str):
+        raise ValueError(f"{path}:{line_no}: expected an object with a string 'query' field")
+      examples.append(Example(uid, record["query"], _texts(path, line_no, record, "pos"),
+                              _texts(path, line_no, record, "neg")))
   return examples
 
 

@@ -1,0 +1,61 @@
+"""The training state and how it is created on a mesh: shared by pretraining (train.py) and
+fine-tuning (finetune.py)."""
+
+import os
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from retromae_jax import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+
+
+def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
+  """Initialises the TrainState directly into its shardings (no full copy on any one device).
+
+  The parameters' shardings come from their logical axis names through `rules`; optimizer
+  moments follow the parameter they belong to; scalars are replicated.
+  Returns (state, state_shardings).
+  """
+  def init_variables(rng):
+    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
+    return model.init({"params": rng, "dropout": rng}, zeros, deterministic=True)
+
+  def init_state(rng):
+    params = nn.unbox(init_variables(rng)["params"])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_variables, jax.random.key(0))
+    param_shardings = nn.logical_to_mesh_sharding(
+        nn.get_partition_spec(boxed)["params"], mesh, rules)
+    abstract_state = jax.eval_shape(init_state, jax.random.key(0))
+    sharding.check_divisible(abstract_state.params, param_shardings,
+                             nn.get_partition_spec(boxed)["params"])
+    state_shardings = TrainState(
+        step=sharding.replicated(mesh), params=param_shardings,
+        opt_state=optax.tree_map_params(
+            tx, lambda _, s: s, abstract_state.opt_state, param_shardings,
+            transform_non_params=lambda _: sharding.replicated(mesh)))
+    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(seed))
+  return state, state_shardings
+
+
+def device_memory_bytes() -> int:
+  """Memory one device may use: its own (accelerators), or its share of 80% of the host's RAM
+  (CPU devices share it with each other and with the input pipeline). 0 = unknown."""
+  device = jax.local_devices()[0]
+  if device.platform == "cpu":
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(0.8 * ram / jax.local_device_count())
+  stats = device.memory_stats() or {}
+  return int(stats.get("bytes_limit", 0))
