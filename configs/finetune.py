@@ -43,6 +43,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 1000
   c.checkpoint_keep = 2
+  c.checkpoint_keep_period = 0  # also keep every step that is a multiple of this (0: none)
 
   # ---- Initialisation ----
   c.init = ml_collections.ConfigDict()
