@@ -2,7 +2,8 @@
 state, update step, metrics, checkpoint, export) on 8 fake CPU devices with a (2, 2, 2) mesh, and
 its loss falls on real text (the embedded pydoc source). One subprocess runs every variant, so
 that JAX and TensorFlow start once; still, each variant compiles its own sharded init and step
-(~25 s on 2 shared cores): the whole run is slow (about 4 min), `pytest -m slow` runs it."""
+(~25 s on 2 shared cores): five variants that cover every option run in CI, the other three
+with `pytest -m slow`."""
 
 import json
 import os
@@ -55,21 +56,36 @@ _PROGRAM = """
 """ % STEPS
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+# Between them these cover every decoder kind, both encoder maskings, a deeper decoder, the
+# bag-of-words loss and the MLM baseline; they run in CI. The rest are @slow.
+IN_CI = ("enhanced_2_layers_bow", "basic", "cross_attention_tokens_drop", "autoregressive_span",
+         "mlm")
+
+
+def _train(variants: dict, workdir: str) -> dict:
   env = dict(os.environ, JAX_NUM_CPU_DEVICES="8")
   proc = subprocess.run(
-      [sys.executable, "-c", textwrap.dedent(_PROGRAM), json.dumps(VARIANTS),
-       str(tmp_path_factory.mktemp("objectives"))],
+      [sys.executable, "-c", textwrap.dedent(_PROGRAM), json.dumps(variants), workdir],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", VARIANTS)
-def test_every_objective_trains_sharded_and_its_loss_falls(runs, name):
-  rows = runs[name]
+@pytest.fixture(scope="module")
+def ci_runs(tmp_path_factory):
+  return _train({k: VARIANTS[k] for k in IN_CI}, str(tmp_path_factory.mktemp("objectives")))
+
+
+@pytest.fixture(scope="module")
+def slow_runs(tmp_path_factory):
+  return _train({k: v for k, v in VARIANTS.items() if k not in IN_CI},
+                str(tmp_path_factory.mktemp("objectives_slow")))
+
+
+@pytest.mark.parametrize("name", [
+    name if name in IN_CI else pytest.param(name, marks=pytest.mark.slow) for name in VARIANTS])
+def test_every_objective_trains_sharded_and_its_loss_falls(request, name):
+  rows = request.getfixturevalue("ci_runs" if name in IN_CI else "slow_runs")[name]
   assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
   overrides = VARIANTS[name]
   # Each term is logged on its own, and only the terms the objective has.
