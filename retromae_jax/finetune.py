@@ -303,7 +303,7 @@ def train_and_evaluate(config, workdir: str):
                    best_dir)
 
   # ---------------------------------------------------------------- Loop
-  writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
+  writer = metrics_lib.MetricsWriter(workdir, config.total_steps, resume_step=start_step)
   if eval_data is not None and e.at_start and start_step == 0:
     run_eval(0, state.params)
   window, stopwatch, window_start = [], metrics_lib.Stopwatch(), start_step
@@ -318,14 +318,9 @@ def train_and_evaluate(config, workdir: str):
     step += 1
     window.append(step_metrics)
     if step % config.log_every == 0 or step in (start_step + 1, config.total_steps):
-      window = jax.device_get(window)
       seconds, steps = stopwatch.elapsed(), step - window_start
-      scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]
-                 if k not in ("tokens", "lr")}
-      scalars["lr"] = float(window[-1]["lr"])
-      scalars["tokens_per_s"] = float(sum(m["tokens"] for m in window)) / seconds
+      scalars = metrics_lib.window_scalars(window, seconds)
       scalars["queries_per_s"] = config.batch_size * steps / seconds
-      scalars["steps_per_s"] = steps / seconds
       writer.write(step, scalars)
       left = (config.total_steps - step) * seconds / steps
       logging.info("step %d/%d | loss %.4f | acc %.3f | grad norm %.3f | lr %.2e | %.2f steps/s"

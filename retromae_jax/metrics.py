@@ -8,6 +8,7 @@ import time
 
 from absl import logging
 import jax
+import numpy as np
 import tensorboardX
 
 
@@ -70,6 +71,18 @@ def _truncate_after(path: str, step: int) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
       f.writelines(kept)
     os.replace(tmp, path)
+
+
+def window_scalars(window: list, seconds: float) -> dict:
+  """What a logged line holds for a window of steps (their per-step metrics, still on device):
+  the means, the last learning rate, and the throughput in real tokens and steps per second."""
+  window = jax.device_get(window)
+  scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]
+             if k not in ("tokens", "lr")}
+  scalars["lr"] = float(window[-1]["lr"])
+  scalars["tokens_per_s"] = float(sum(m["tokens"] for m in window)) / seconds
+  scalars["steps_per_s"] = len(window) / seconds
+  return scalars
 
 
 class Stopwatch:

@@ -12,7 +12,6 @@ from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
@@ -245,13 +244,8 @@ def train_and_evaluate(config, workdir: str):
       window.append(step_metrics)
       # The first step is logged too: its progress line gives the ETA of a slow run at once.
       if step % config.log_every == 0 or step in (start_step + 1, config.total_steps):
-        window = jax.device_get(window)
         seconds, steps = stopwatch.elapsed(), step - window_start
-        scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]
-                   if k not in ("tokens", "lr")}
-        scalars["lr"] = float(window[-1]["lr"])
-        scalars["tokens_per_s"] = float(sum(m["tokens"] for m in window)) / seconds
-        scalars["steps_per_s"] = steps / seconds
+        scalars = metrics_lib.window_scalars(window, seconds)
         if peak:
           scalars["mfu"] = flops_per_step * steps / seconds / peak
         writer.write(step, scalars)
