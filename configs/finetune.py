@@ -43,6 +43,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 1000
   c.checkpoint_keep = 2
+  c.checkpoint_keep_period = 0  # retromae_jax/checkpoints.py reads it (configs/base.py's key)
 
   # ---- Initialisation ----
   c.init = ml_collections.ConfigDict()
