@@ -226,14 +226,15 @@ def write_table(results: dict, path: str) -> str:
       f"Command: `{meta['command']}`  ",
       f"Machine: {meta['machine']}  ",
       f"Wall time: {meta['wall_seconds'] / 60:.1f} min ({meta['wall_note']})  ",
+      f"Training subprocesses: {meta['run_seconds'] / 60:.1f} min of it  ",
       f"Setup: {meta['setup']}", "",
       f"{METRIC} on {meta['eval']} ({meta['num_queries']} queries, {meta['num_docs']} documents); "
       "[95% bootstrap interval over queries]; Δ vs "
       f"{results['baseline']}: paired bootstrap. Best fine-tuned row in bold.", "",
       f"| objective | zero-shot {METRIC} | fine-tuned {METRIC} | Δ fine-tuned vs "
-      f"{results['baseline']} | P(Δ ≤ 0) | fine-tuned MRR@10 | fine-tuned R@100 | "
-      "final enc / dec loss |",
-      "|---|---|---|---|---|---|---|---|"]
+      f"{results['baseline']} | P(Δ ≤ 0) | Δ zero-shot vs {results['baseline']} | "
+      "fine-tuned MRR@10 | fine-tuned R@100 | final enc / dec loss |",
+      "|---|---|---|---|---|---|---|---|---|"]
   scored = [n for n in runs if n in boot_f]
   best = max(scored, key=lambda n: boot_f[n]["mean"]) if scored else None
   for name in runs:
@@ -247,7 +248,8 @@ def write_table(results: dict, path: str) -> str:
     p_le_0 = f"{f['p_le_0']:.3f}" if f and "p_le_0" in f else "-"
     lines.append(
         f"| {label} | {_fmt_ci(z) if z else '-'} | {_fmt_ci(f) if f else '-'} | "
-        f"{_fmt_diff(f) if f else '-'} | {p_le_0} | {fin.get('mrr@10', float('nan')):.4f} | "
+        f"{_fmt_diff(f) if f else '-'} | {p_le_0} | {_fmt_diff(z) if z else '-'} | "
+        f"{fin.get('mrr@10', float('nan')):.4f} | "
         f"{fin.get('recall@100', float('nan')):.4f} | {final} |")
   lines += ["", meta.get("notes", "")]
   text = "\n".join(lines).rstrip() + "\n"
@@ -295,12 +297,13 @@ def write_plot(results: dict, path: str) -> None:
   plt.close(fig)
 
 
-def summarize(runs: dict, meta: dict, baseline: str = BASELINE) -> dict:
+def summarize(runs: dict, meta: dict, baseline: str = BASELINE, samples: int = 2000) -> dict:
   """The results dict (results.json) from per-run records; adds the bootstrap intervals."""
   out = {"meta": meta, "baseline": baseline, "runs": runs, "bootstrap": {}}
   for kind in ("zeroshot", "finetuned"):
     per_query = {n: r[kind]["per_query_ndcg10"] for n, r in runs.items() if r.get(kind)}
-    out["bootstrap"][kind] = bootstrap(per_query, baseline if baseline in per_query else None)
+    out["bootstrap"][kind] = bootstrap(per_query, baseline if baseline in per_query else None,
+                                       samples)
   return out
 
 
@@ -333,6 +336,7 @@ def _parse(argv=None):
 def main(argv=None):
   args = _parse(argv)
   start = time.perf_counter()
+  started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
   cfg = dict(PRESETS[args.preset], corpus=args.corpus, seed=args.seed)
   for key in list(cfg):
     if getattr(args, key, None) is not None:
@@ -377,18 +381,32 @@ def main(argv=None):
                   "pretrain_seconds": _read_seconds(pt_dir),
                   "finetune_seconds": _read_seconds(ft_dir)}
 
+  # Every training invocation is logged in the workdir, so that a resumed run, or a report
+  # rebuilt with --report_only, states the command and the wall time it really took.
+  log_path = os.path.join(args.workdir, "invocations.jsonl")
+  command = "python bench/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+  if not args.report_only:
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as f:
+      f.write(json.dumps({"command": command, "started": started,
+                          "seconds": time.perf_counter() - start}) + "\n")
+  invocations = []
+  if os.path.isfile(log_path):
+    with open(log_path, encoding="utf-8") as f:
+      invocations = [json.loads(line) for line in f if line.strip()]
   first = next((r["finetuned"] or r["zeroshot"] for r in runs.values()
                 if r["finetuned"] or r["zeroshot"]), {}) or {}
-  wall = time.perf_counter() - start
+  wall = sum(i["seconds"] for i in invocations) if invocations else time.perf_counter() - start
   run_seconds = sum(s for r in runs.values()
                     for s in (r["pretrain_seconds"], r["finetune_seconds"]) if s)
   meta = {
-      "command": "python bench/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+      "command": " ; ".join(i["command"] for i in invocations) or command,
       "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, "
                  f"Python {platform.python_version()}",
       "wall_seconds": wall,
-      "wall_note": f"this invocation; the training subprocesses' recorded total is "
-                   f"{run_seconds / 60:.1f} min",
+      "wall_note": (f"{len(invocations)} invocation(s), started {invocations[0]['started']}"
+                    if invocations else "this --report_only invocation"),
+      "run_seconds": run_seconds, "invocations": invocations,
       "setup": (f"preset {args.preset}: pretrain {cfg['pretrain_config']} on {cfg['corpus']}, "
                 f"{cfg['pretrain_steps']} steps x {cfg['batch_size']} x {cfg['max_seq_length']} "
                 f"tokens, seed {cfg['seed']}; fine-tune {cfg['finetune_config']} "
@@ -405,7 +423,7 @@ def main(argv=None):
                 "a domain-adaptive pretraining comparison." if args.corpus.startswith("pydoc")
                 and args.eval == "pydoc" else ""),
   }
-  results = summarize(runs, meta)
+  results = summarize(runs, meta, samples=args.bootstrap_samples)
   for r in results["runs"].values():  # keep results.json readable: per-query scores once
     for kind in ("zeroshot", "finetuned"):
       if r[kind]:

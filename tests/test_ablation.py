@@ -80,6 +80,10 @@ def test_report_only_writes_table_json_and_plot(tmp_path):
   _fake_run(str(work), "none", 0.0, 0, curve=False)
   _fake_run(str(work), "mlm", 0.10, 0)
   _fake_run(str(work), "retromae", 0.15, 0)  # same queries' noise: +0.05 everywhere (clipped)
+  # The training invocation, as a real (non --report_only) run logs it.
+  (work / "invocations.jsonl").write_text(json.dumps(
+      {"command": "python bench/ablation.py --preset=small", "started": "2026-01-01T00:00:00Z",
+       "seconds": 1800.0}) + "\n")
   ablation.main(["--objectives=none,mlm,retromae", f"--workdir={work}", f"--out={out}",
                  "--report_only", "--bootstrap_samples=200"])
   results = json.loads((out / "results.json").read_text())
@@ -95,6 +99,9 @@ def test_report_only_writes_table_json_and_plot(tmp_path):
   mlm_row = rows[1].split("|")
   assert mlm_row[4].strip() == "-"  # the baseline has no difference to itself
   assert rows[2].split("|")[4].strip().startswith("+0.0")
+  assert rows[2].split("|")[6].strip().startswith("+0.0")  # zero-shot difference
+  assert "Command: `python bench/ablation.py --preset=small`" in table
+  assert "Wall time: 30.0 min" in table  # the training invocation's, not the report's
   assert "Leakage note" in table  # pydoc pretraining scored on the pydoc set
   png = (out / "ablation.png").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
