@@ -335,6 +335,8 @@ def _parse(argv=None):
 
 def main(argv=None):
   args = _parse(argv)
+  # Absolute: the training programs run from the repository root, and Orbax wants them so.
+  args.workdir, args.out = os.path.abspath(args.workdir), os.path.abspath(args.out)
   start = time.perf_counter()
   started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
   cfg = dict(PRESETS[args.preset], corpus=args.corpus, seed=args.seed)
