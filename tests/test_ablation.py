@@ -1,0 +1,113 @@
+"""bench/ablation.py's statistics and report, on synthetic runs (no training)."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
+                     "ablation.py")
+_spec = importlib.util.spec_from_file_location("ablation", _PATH)
+ablation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ablation)
+
+
+def test_bootstrap_pairs_the_difference_over_the_same_queries():
+  rng = np.random.default_rng(1)
+  base = rng.uniform(0, 1, 300)  # query difficulty dominates the per-query spread
+  out = ablation.bootstrap({"mlm": base, "better": base + 0.01, "same": base.copy()}, "mlm",
+                           samples=500)
+  # Unpaired, each mean is uncertain by far more than 0.01 ...
+  assert out["mlm"]["hi"] - out["mlm"]["lo"] > 0.05
+  assert out["mlm"]["lo"] < base.mean() < out["mlm"]["hi"]
+  # ... but paired, a uniform +0.01 is exactly +0.01 on every resample.
+  assert out["better"]["diff"] == pytest.approx(0.01)
+  assert out["better"]["diff_lo"] == pytest.approx(0.01)
+  assert out["better"]["diff_hi"] == pytest.approx(0.01)
+  assert out["better"]["p_le_0"] == 0.0
+  assert out["same"]["diff_lo"] == out["same"]["diff_hi"] == 0.0
+  assert out["same"]["p_le_0"] == 1.0
+  assert "diff" not in out["mlm"]
+
+
+def test_bootstrap_difference_interval_covers_zero_for_pure_noise():
+  rng = np.random.default_rng(2)
+  a, b = rng.uniform(0, 1, 400), rng.uniform(0, 1, 400)
+  out = ablation.bootstrap({"mlm": a, "other": b}, "mlm", samples=1000)["other"]
+  assert out["diff_lo"] < out["diff"] < out["diff_hi"]
+  assert out["diff_hi"] - out["diff_lo"] > 0.05  # independent noise: a wide interval
+  assert 0.0 < out["p_le_0"] < 1.0
+
+
+def test_loss_curve_keeps_the_last_of_a_repeated_step(tmp_path):
+  rows = [{"step": 10, "loss": 5.0, "enc_loss": 3.0, "dec_loss": 2.0},
+          {"step": 20, "loss": 4.0, "enc_loss": 2.5, "dec_loss": 1.5},
+          {"step": 20, "loss": 3.9, "enc_loss": 2.4, "dec_loss": 1.5},  # resumed run
+          {"step": 20, "eval/x": 1.0}]  # not a training row
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  curve = ablation.loss_curve(str(tmp_path))
+  assert curve == {"step": [10, 20], "enc_loss": [3.0, 2.4], "dec_loss": [2.0, 1.5]}
+  assert ablation.loss_curve(str(tmp_path / "missing")) == {"step": []}
+
+
+def _fake_run(root, name, shift, rng_seed, curve=True):
+  """A finished run on disk: exported encoders, cached evaluations, metrics.jsonl."""
+  rng = np.random.default_rng(rng_seed)
+  for sub in ("pretrain", "finetune"):
+    d = os.path.join(root, name, sub, "export", "encoder")
+    os.makedirs(d)
+    open(os.path.join(d, "config.json"), "w").close()
+  base = np.clip(np.linspace(0, 1, 50) + rng.normal(0, 0.05, 50), 0, 1)
+  for kind, bonus in (("zeroshot", 0.0), ("finetuned", 0.2)):
+    per_query = np.clip(base * 0.5 + shift + bonus, 0, 1)
+    result = {m: float(per_query.mean()) for m in ablation.MEASURES}
+    result.update(num_queries=50, num_docs=500, seconds=1.0, query_ids=[str(i) for i in range(50)],
+                  per_query_ndcg10=per_query.tolist())
+    with open(os.path.join(root, name, f"eval_{kind}.json"), "w") as f:
+      json.dump(result, f)
+  if curve:
+    with open(os.path.join(root, name, "pretrain", "metrics.jsonl"), "w") as f:
+      for step in (10, 20, 30):
+        f.write(json.dumps({"step": step, "loss": 9.0 / step, "enc_loss": 5.0 / step,
+                            "dec_loss": 4.0 / step}) + "\n")
+
+
+def test_report_only_writes_table_json_and_plot(tmp_path):
+  pytest.importorskip("matplotlib")
+  work, out = tmp_path / "work", tmp_path / "out"
+  _fake_run(str(work), "none", 0.0, 0, curve=False)
+  _fake_run(str(work), "mlm", 0.10, 0)
+  _fake_run(str(work), "retromae", 0.15, 0)  # same queries' noise: +0.05 everywhere (clipped)
+  # The training invocation, as a real (non --report_only) run logs it.
+  (work / "invocations.jsonl").write_text(json.dumps(
+      {"command": "python bench/ablation.py --preset=small", "started": "2026-01-01T00:00:00Z",
+       "seconds": 1800.0}) + "\n")
+  ablation.main(["--objectives=none,mlm,retromae", f"--workdir={work}", f"--out={out}",
+                 "--report_only", "--bootstrap_samples=200"])
+  results = json.loads((out / "results.json").read_text())
+  assert list(results["runs"]) == ["none", "mlm", "retromae"]
+  boot = results["bootstrap"]["finetuned"]
+  assert boot["retromae"]["diff"] > 0.03 and boot["retromae"]["diff_lo"] > 0
+  assert boot["none"]["diff"] < 0 and boot["none"]["diff_hi"] < 0
+  assert results["meta"]["num_queries"] == 50
+  assert "query_ids" not in results["runs"]["mlm"]["finetuned"]
+  table = (out / "results.md").read_text()
+  rows = [line for line in table.splitlines() if line.startswith("| ")][1:]  # no header
+  assert [r.split("|")[1].strip() for r in rows] == ["none", "mlm", "**retromae**"]
+  mlm_row = rows[1].split("|")
+  assert mlm_row[4].strip() == "-"  # the baseline has no difference to itself
+  assert rows[2].split("|")[4].strip().startswith("+0.0")
+  assert rows[2].split("|")[6].strip().startswith("+0.0")  # zero-shot difference
+  assert "Command: `python bench/ablation.py --preset=small`" in table
+  assert "Wall time: 30.0 min" in table  # the training invocation's, not the report's
+  assert "Leakage note" in table  # pydoc pretraining scored on the pydoc set
+  png = (out / "ablation.png").read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_unknown_objective_is_refused(tmp_path):
+  with pytest.raises(SystemExit, match="unknown"):
+    ablation.main(["--objectives=mlm,nope", f"--workdir={tmp_path}", f"--out={tmp_path}",
+                   "--report_only"])
