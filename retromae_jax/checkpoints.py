@@ -16,6 +16,7 @@ import signal
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 ITEMS = ("state", "meta")
 
@@ -176,6 +177,19 @@ def read_meta(path: str) -> tuple[dict, str]:
   except Exception as e:
     raise ValueError(f"{meta_dir}: cannot read ({type(e).__name__}: {e})") from e
   return meta, step_dir
+
+
+def save_if_due(mngr: ocp.CheckpointManager, step: int, state, meta: dict, config,
+                preemption: "PreemptionWatch") -> bool:
+  """Saves every `config.checkpoint_every` steps, at the last step, and when preempted (then
+  waits until the save is complete); returns True when the run must stop now (preempted)."""
+  preempted = preemption.reached(mngr, step)
+  if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
+    save(mngr, step, state, meta)
+  if preempted:
+    mngr.wait_until_finished()
+    logging.warning("Preempted: saved step %d; the same command resumes from it", step)
+  return preempted
 
 
 class PreemptionWatch:

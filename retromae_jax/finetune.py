@@ -328,13 +328,8 @@ def train_and_evaluate(config, workdir: str):
                    scalars["accuracy"], scalars["grad_norm"], scalars["lr"], steps / seconds,
                    scalars["queries_per_s"], left)
       window, window_start = [], step
-    preempted = preemption.reached(mngr, step)
-    if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
-      checkpoints.save(mngr, step, state, meta)
-    if preempted:
-      mngr.wait_until_finished()
+    if checkpoints.save_if_due(mngr, step, state, meta, config, preemption):
       writer.close()
-      logging.warning("Preempted: saved step %d; the same command resumes from it", step)
       return state
     if eval_data is not None and (
         (e.every_steps and step % e.every_steps == 0) or step == config.total_steps):

@@ -251,13 +251,8 @@ def train_and_evaluate(config, workdir: str):
         writer.write(step, scalars)
         writer.progress(step, steps / seconds, scalars)
         window, window_start = [], step
-      preempted = preemption.reached(mngr, step)
-      if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
-        checkpoints.save(mngr, step, state, meta)
-      if preempted:
-        mngr.wait_until_finished()
+      if checkpoints.save_if_due(mngr, step, state, meta, config, preemption):
         writer.close()
-        logging.warning("Preempted: saved step %d; the same command resumes from it", step)
         return state
       if window_start == step:
         stopwatch.reset()  # after logging and saving: neither counts towards the next window
