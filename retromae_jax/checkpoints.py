@@ -17,6 +17,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import traverse_util
+
+from retromae_jax import hf_interop
+from retromae_jax import tokenizer as tokenizer_lib
 
 ITEMS = ("state", "meta")
 
@@ -30,6 +34,22 @@ def manager(workdir: str, config) -> ocp.CheckpointManager:
       enable_async_checkpointing=True)
   return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options,
                                item_names=ITEMS)
+
+
+def make_meta(model_cfg, tokenizer_spec: str, **extra) -> dict:
+  """The JSON saved beside every state: the model's shape, the tokenizer's files (so that a
+  checkpoint alone can be exported or continued: python -m retromae_jax.export) and `extra`
+  (the objective, the task)."""
+  directory = tokenizer_lib.files_dir(tokenizer_spec)
+  names = ([os.path.basename(tokenizer_spec)] if os.path.isfile(tokenizer_spec)
+           else [n for n in hf_interop.TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))])
+  files = {}
+  for name in names:
+    with open(os.path.join(directory, name), encoding="utf-8") as f:
+      files[name] = f.read()
+  return {"model": {k: str(v) if k in ("dtype", "param_dtype") else v
+                    for k, v in vars(model_cfg).items()},
+          "tokenizer": directory, "tokenizer_files": files, **extra}
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> bool:
@@ -96,6 +116,15 @@ def stored_shapes(step_dir: str) -> dict[str, tuple[tuple[int, ...], str]]:
                      "files)")
   tree = item.tree
   return _shapes(tree)
+
+
+def abstract_params(step_dir: str):
+  """The parameter tree stored in `step_dir` as ShapeDtypeStructs without shardings (what
+  restore_params reads back as host NumPy arrays)."""
+  return traverse_util.unflatten_dict(
+      {k[len("params/"):]: jax.ShapeDtypeStruct(shape, dtype)
+       for k, (shape, dtype) in stored_shapes(step_dir).items() if k.startswith("params/")},
+      sep="/")
 
 
 def check_matches(step_dir: str, target, prefix: str = "") -> None:

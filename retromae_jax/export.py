@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
@@ -144,14 +143,10 @@ def load_decoder(decoder_dir: str, target: dict) -> dict:
 def export_checkpoint(path: str, out_dir: str, max_seq_length: int | None = None) -> dict:
   """Writes encoder/, sentence-transformers/ and (when the model has one) decoder/ under
   out_dir from the checkpoint named by `path`; returns {name: directory}."""
-  meta, step_dir = checkpoints.read_meta(path)
+  directory, step = checkpoints.resolve(path)
+  step_dir = os.path.join(directory, str(step))
+  params, meta, _ = checkpoints.restore_params(step_dir, checkpoints.abstract_params(step_dir))
   cfg = model_config_from_meta(meta, step_dir)
-  stored = checkpoints.stored_shapes(step_dir)
-  # Shapes and dtypes without shardings: the parameters restore as host NumPy arrays.
-  target = traverse_util.unflatten_dict(
-      {k[len("params/"):]: jax.ShapeDtypeStruct(shape, dtype)
-       for k, (shape, dtype) in stored.items() if k.startswith("params/")}, sep="/")
-  params, meta, step_dir = checkpoints.restore_params(path, target)
   written = {}
   written["encoder"] = export_encoder(params, cfg, meta, os.path.join(out_dir, "encoder"))
   written["sentence-transformers"] = export_sentence_transformers(

@@ -15,7 +15,6 @@ import json
 import os
 
 from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,20 +193,9 @@ def train_and_evaluate(config, workdir: str):
     return train_state.TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
   def compile_step(chunk_size: int):
-    # Compiled ahead of the loop, so that its memory needs are known before the first step.
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      compiled = jax.jit(
-          functools.partial(update_step, chunk_size=chunk_size),
-          in_shardings=(state_shardings, batch_sharding),
-          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,),
-      ).lower(state, global_example).compile()
-    memory = compiled.memory_analysis()
-    needed = memory.argument_size_in_bytes + memory.temp_size_in_bytes if memory else 0
-    if memory:
-      logging.info("Compiled step per device (gradient cache chunk %s): arguments %.1f MiB, "
-                   "temporaries %.1f MiB", chunk_size or "off",
-                   memory.argument_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20)
-    return compiled, needed
+    return train_state.compile_ahead(
+        functools.partial(update_step, chunk_size=chunk_size), state, state_shardings,
+        global_example, batch_sharding, mesh, rules, f"gradient cache chunk {chunk_size or 'off'}")
 
   chunk_size = config.gradient_cache.chunk_size
   train_step, needed = compile_step(chunk_size)
@@ -229,9 +217,7 @@ def train_and_evaluate(config, workdir: str):
 
   # ---------------------------------------------------------------- Checkpoint restore / init
   mngr = checkpoints.manager(workdir, config)
-  meta = {"model": {k: str(v) if k in ("dtype", "param_dtype") else v
-                    for k, v in vars(model_cfg).items()},
-          "tokenizer": tokenizer_lib.files_dir(tokenizer_spec), "task": "finetune"}
+  meta = checkpoints.make_meta(model_cfg, tokenizer_spec, task="finetune")
   start_step = mngr.latest_step() or 0
   if start_step:
     logging.info("Resuming from %s/checkpoints/%d", workdir, start_step)

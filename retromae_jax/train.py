@@ -49,22 +49,6 @@ def _resolve_model_shape(config, vocab_size: int):
   return model_config_from(config, vocab_size)
 
 
-def checkpoint_meta(model_cfg, objective, tokenizer_spec: str) -> dict:
-  """The JSON saved beside every state: the model's shape, the objective and the tokenizer's
-  files, so that a checkpoint alone can be exported or continued (python -m retromae_jax.export)."""
-  directory = tokenizer_lib.files_dir(tokenizer_spec)
-  names = ([os.path.basename(tokenizer_spec)] if os.path.isfile(tokenizer_spec)
-           else [n for n in hf_interop.TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))])
-  files = {}
-  for name in names:
-    with open(os.path.join(directory, name), encoding="utf-8") as f:
-      files[name] = f.read()
-  return {"model": {k: str(v) if k in ("dtype", "param_dtype") else v
-                    for k, v in vars(model_cfg).items()},
-          "objective": dataclasses.asdict(objective),
-          "tokenizer": directory, "tokenizer_files": files}
-
-
 def train_and_evaluate(config, workdir: str):
   # ---------------------------------------------------------------- Workdir, tokenizer, shape
   is_main = jax.process_index() == 0
@@ -155,20 +139,9 @@ def train_and_evaluate(config, workdir: str):
                     for k, v in example.items()}
 
   def compile_step(accum_steps: int):
-    # Compiled ahead of the loop, so that its memory needs are known before the first step.
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      compiled = jax.jit(
-          functools.partial(update_step, accum_steps=accum_steps), in_shardings=(state_shardings, batch_sharding),
-          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,),
-      ).lower(state, global_example).compile()
-    memory = compiled.memory_analysis()
-    needed = memory.argument_size_in_bytes + memory.temp_size_in_bytes if memory else 0
-    if memory:
-      logging.info("Compiled step per device (%d microbatch(es)): arguments %.1f MiB, outputs "
-                   "%.1f MiB, temporaries %.1f MiB", accum_steps,
-                   memory.argument_size_in_bytes / 2**20, memory.output_size_in_bytes / 2**20,
-                   memory.temp_size_in_bytes / 2**20)
-    return compiled, needed
+    return train_state.compile_ahead(
+        functools.partial(update_step, accum_steps=accum_steps), state, state_shardings,
+        global_example, batch_sharding, mesh, rules, f"{accum_steps} microbatch(es)")
 
   train_step, needed = compile_step(config.grad_accum_steps)
   available = train_state.device_memory_bytes()
@@ -192,7 +165,8 @@ def train_and_evaluate(config, workdir: str):
   # Every restore reads onto the shardings of the freshly built state: a checkpoint written on
   # another mesh or process count loads all the same (Orbax reads each device's slice).
   mngr = checkpoints.manager(workdir, config)
-  meta = checkpoint_meta(model_cfg, objective, config.tokenizer)
+  meta = checkpoints.make_meta(model_cfg, config.tokenizer,
+                                objective=dataclasses.asdict(objective))
   start_step = mngr.latest_step() or 0
   if start_step:
     logging.info("Resuming from %s/checkpoints/%d", workdir, start_step)

@@ -3,6 +3,7 @@ fine-tuning (finetune.py)."""
 
 import os
 
+from absl import logging
 import flax
 import flax.linen as nn
 import jax
@@ -59,3 +60,22 @@ def device_memory_bytes() -> int:
     return int(0.8 * ram / jax.local_device_count())
   stats = device.memory_stats() or {}
   return int(stats.get("bytes_limit", 0))
+
+
+def compile_ahead(step_fn, state, state_shardings, global_example, batch_sharding, mesh, rules,
+                  what: str):
+  """The jitted update step, compiled before the loop (donated state, replicated metrics), and
+  the bytes per device it needs (arguments + temporaries; 0 = unknown), logged with `what`: the
+  memory is known before the first step, so a caller can re-split a step that would not fit."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    compiled = jax.jit(
+        step_fn, in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,),
+    ).lower(state, global_example).compile()
+  memory = compiled.memory_analysis()
+  if not memory:
+    return compiled, 0
+  logging.info("Compiled step per device (%s): arguments %.1f MiB, outputs %.1f MiB, "
+               "temporaries %.1f MiB", what, memory.argument_size_in_bytes / 2**20,
+               memory.output_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20)
+  return compiled, memory.argument_size_in_bytes + memory.temp_size_in_bytes

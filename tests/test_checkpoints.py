@@ -83,10 +83,7 @@ def test_export_loads_in_sentence_transformers_and_the_decoder_reimports(tmp_pat
   # Our embeddings straight from the checkpoint's parameters (not through the export).
   meta, step_dir = checkpoints.read_meta(f"{straight}/checkpoints/8")
   cfg = export_lib.model_config_from_meta(meta, step_dir)
-  target = {k[len("params/"):]: jax.ShapeDtypeStruct(s, d)
-            for k, (s, d) in checkpoints.stored_shapes(step_dir).items() if k.startswith("params/")}
-  from flax import traverse_util
-  params, _, _ = checkpoints.restore_params(step_dir, traverse_util.unflatten_dict(target, sep="/"))
+  params, _, _ = checkpoints.restore_params(step_dir, checkpoints.abstract_params(step_dir))
   tok = encode.tokenizer_lib.load_tokenizer(os.path.join(out, "encoder"))
   texts = ["Lists might contain items of different types.",
            "The with statement allows objects like files to be cleaned up promptly.",
@@ -118,18 +115,12 @@ def _copy_step(straight, tmp_path, step=8):
   return f"{directory}/{step}"
 
 
-def _params_target(step_dir, **overrides):
-  from flax import traverse_util
-  shapes = {k[len("params/"):]: (overrides.get(k, s), d)
-            for k, (s, d) in checkpoints.stored_shapes(step_dir).items() if k.startswith("params/")}
-  return traverse_util.unflatten_dict(
-      {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}, sep="/")
-
-
 def test_a_checkpoint_of_another_shape_names_the_differences(tmp_path, straight):
   step_dir = _copy_step(straight, tmp_path)
   key = "params/bert/embeddings/position_embeddings/embedding"
-  target = _params_target(step_dir, **{key: (64, 128)})
+  target = checkpoints.abstract_params(step_dir)
+  target["bert"]["embeddings"]["position_embeddings"]["embedding"] = jax.ShapeDtypeStruct(
+      (64, 128), np.float32)
   target["decoder"]["extra"] = jax.ShapeDtypeStruct((3,), np.float32)
   with pytest.raises(ValueError) as e:
     checkpoints.restore_params(step_dir, target)
@@ -141,7 +132,7 @@ def test_a_checkpoint_of_another_shape_names_the_differences(tmp_path, straight)
 
 def test_a_missing_item_or_a_corrupted_file_fails_clearly(tmp_path, straight):
   step_dir = _copy_step(straight, tmp_path)
-  target = _params_target(step_dir)
+  target = checkpoints.abstract_params(step_dir)
   with open(f"{step_dir}/state/_METADATA", "w", encoding="utf-8") as f:
     f.write("{not json")
   with pytest.raises(ValueError, match=f"{step_dir}/state: cannot read the checkpoint's metadata"):

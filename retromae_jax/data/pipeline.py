@@ -197,8 +197,7 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
     ds = ds.repeat().batch(rows, drop_remainder=True)
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
     # Resume: exact (the stream is a function of the config, the shard and the step). The
-    # skipped batches are read and tokenised again, not masked: about as fast as the input
-    # pipeline without masking (see bench/RESULTS.md).
+    # skipped batches are read and tokenised again, not masked.
     ds = ds.skip(start_step)
 
     def mask_numpy(input_ids, lengths, index):
