@@ -21,7 +21,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # These tests compare computations, not their speed: XLA's backend optimisations (LLVM) are
 # switched off, which compiles about 3x faster on the CPU.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
 TINY = ModelConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=2,
                    intermediate_size=64, max_position_embeddings=64)
 
@@ -188,8 +187,7 @@ def test_global_loss_and_gradients_on_8_devices_equal_1_device():
                         "scale": scale,
                         "devices": len(sharded["passage_input_ids"].sharding.device_set)}))
       """)
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {FAST_COMPILE_FLAGS}")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8")
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]

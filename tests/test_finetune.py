@@ -19,10 +19,8 @@ SMALL = ["--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_e
 def _run(workdir, *overrides, check=True):
   cmd = [sys.executable, "-m", "retromae_jax.main", "--config=configs/finetune.py:smoke",
          f"--workdir={workdir}", *overrides]
-  # The test is about behaviour, not speed: XLA's backend optimisations are off (3x faster
-  # compilation on the CPU).
-  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  # (tests/conftest.py turns XLA's backend optimisations off for every program tests start.)
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
   if check and proc.returncode:
     raise AssertionError(proc.stderr[-4000:])
   return proc
@@ -142,8 +140,7 @@ def test_lengths_are_checked_against_the_init_models_positions_once_known():
 
 
 def _train_losses(workdir, devices, *overrides):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_backend_optimization_level=0")
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices))
   cmd = [sys.executable, "-m", "retromae_jax.main", "--config=configs/finetune.py:smoke",
          f"--workdir={workdir}", "--config.batch_size=8", "--config.total_steps=3",
          "--config.log_every=1", "--config.eval.data=", "--config.model.dropout_rate=0.1",
