@@ -22,7 +22,7 @@ bootstrap of its difference to the baseline (mlm) on the same resampled queries.
 evaluation set's sampling noise only; the training seed's variance is not in it.
 
 Evaluation: CLS pooling, cosine similarity (the fine-tuning's), exact search, trec_eval's nDCG@10
-(retromae_jax/retrieval/metrics.py). --eval=pydoc is the offline pydoc retrieval set's test split
+(retromae_jax/evaluators/metrics.py). --eval=pydoc is the offline pydoc retrieval set's test split
 (held-out modules); --eval=beir:DIR any BEIR folder.
 
 Presets: `small` fits a 2-core CPU in under an hour (smoke-shaped BERT, 2 layers, hidden 128);
@@ -130,8 +130,9 @@ def _read_seconds(workdir: str):
 
 def evaluate(model_dir: str, data, cfg: dict) -> dict:
   """Scores an encoder: means plus the per-query nDCG@10 (in data.qrels' query order)."""
-  from retromae_jax import encode
-  from retromae_jax.retrieval import metrics, search
+  from retromae_jax.evaluators import embed as encode
+  from retromae_jax.evaluators import metrics
+  from retromae_jax.evaluators import search
   _, model_cfg, params, tok = encode.load_encoder(model_dir)
   start = time.perf_counter()
   docs = encode.embed(model_cfg, params, tok, list(data.corpus.values()), "cls", True,
@@ -352,7 +353,8 @@ def main(argv=None):
 
   def data():
     if "data" not in data_cache:
-      from retromae_jax.retrieval import beir, pydoc_set
+      from retromae_jax.data import beir
+      from retromae_jax.data import pydoc_set
       beir_dir = pydoc_set.cached_dir() if args.eval == "pydoc" else args.eval.removeprefix("beir:")
       data_cache["data"] = beir.load(beir_dir, args.split)
     return data_cache["data"]

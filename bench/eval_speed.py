@@ -21,8 +21,10 @@ import time
 import jax
 import numpy as np
 
-from retromae_jax import encode
-from retromae_jax.retrieval import beir, pydoc_set, search
+from retromae_jax.evaluators import embed as encode
+from retromae_jax.data import beir
+from retromae_jax.data import pydoc_set
+from retromae_jax.evaluators import search
 
 
 def _timed(fn):

@@ -7,7 +7,7 @@ test split before (zero-shot) and after fine-tuning on its train split.
 PATH is one of our pretraining workdirs (its export/encoder) or a HF BERT directory. The set is
 built once into DIR/pydoc (retrieval/pydoc_set.py: one corpus, queries split by module, so no
 module has queries on both sides). With --hard_negatives=N the init model first mines N hard
-negatives per train query (`python -m retromae_jax.mine`, ranks 3..): training groups are then
+negatives per train query (`python -m retromae_jax.tools.mine`, ranks 3..): training groups are then
 1 positive + N negatives; without, the only negatives are the global batch's other passages.
 
 Training is the real command line (`python -m retromae_jax.main --config=configs/finetune.py`),
@@ -53,7 +53,7 @@ def _python(*args):
 def main(argv):
   del argv
   from configs import finetune as finetune_config
-  from retromae_jax.retrieval import pydoc_set
+  from retromae_jax.data import pydoc_set
 
   workdir = os.path.abspath(_WORKDIR.value)
   beir_dir = os.path.join(workdir, "pydoc")
@@ -74,7 +74,7 @@ def main(argv):
     mined = os.path.join(workdir, "mined.jsonl")
     # Ranks 0-2 are skipped: an unjudged but relevant document sits at the very top.
     seconds["mine"] = _python(
-        "-m", "retromae_jax.mine", f"--model={_INIT.value}", f"--data={beir_dir}",
+        "-m", "retromae_jax.tools.mine", f"--model={_INIT.value}", f"--data={beir_dir}",
         "--split=train", f"--out={mined}", f"--top_k={_HARD.value}", "--range=3-60",
         f"--pooling={pooling}", f"--normalize={similarity == 'cosine'}",
         f"--max_len={passage_len}", f"--query_max_len={query_len}")

@@ -51,7 +51,7 @@ import transformers
 from transformers import BertConfig, BertForMaskedLM
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_TOKENIZER = os.path.join(REPO, "retromae_jax", "assets", "bert-base-uncased-wordpiece",
+DEFAULT_TOKENIZER = os.path.join(REPO, "retromae_jax", "data", "assets", "bert-base-uncased-wordpiece",
                                  "tokenizer.json")
 
 # name -> (num_layers, hidden_size, num_heads, intermediate_size); same shapes as configs/base.py

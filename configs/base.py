@@ -28,7 +28,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.preset = preset
   c.seed = 0
   # A HF tokenizer directory / tokenizer.json, or 'default': the bert-base-uncased WordPiece
-  # vocabulary shipped in retromae_jax/assets (Apache-2.0).
+  # vocabulary shipped in retromae_jax/data/assets (Apache-2.0).
   c.tokenizer = "default"
 
   # ---- Schedule (paper, Wiki+Book run: 256 x 512 tokens, lr 1e-4, 10% warmup) ----
@@ -124,7 +124,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.init.hf_dir = ""  # HF BERT directory (config.json + model.safetensors); '' = from scratch
   # A workdir / checkpoints dir / step dir of ours: encoder, MLM head and decoder (fresh optimizer).
   c.init.checkpoint = ""
-  # A decoder/ written by `python -m retromae_jax.export` (with init.hf_dir = its encoder/).
+  # A decoder/ written by `python -m retromae_jax.tools.export` (with init.hf_dir = its encoder/).
   c.init.decoder_dir = ""
 
   # ---- Mesh (axes data x fsdp x tensor; -1 = the remaining devices) ----
@@ -132,11 +132,11 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
-  c.sharding_rules = "fsdp_tensor"  # a table in retromae_jax/sharding.py
+  c.sharding_rules = "fsdp_tensor"  # a table in retromae_jax/trainers/sharding.py
 
   # ---- Hardware accounting (MFU) ----
   # Peak FLOP/s of one device. 0 = look it up from the device kind (TPU/GPU table in
-  # retromae_jax/flops.py); CPUs have no table entry, so this is measured: about 200 GFLOP/s f32
+  # retromae_jax/trainers/flops.py); CPUs have no table entry, so this is measured: about 200 GFLOP/s f32
   # on the 2-core CI machine.
   c.peak_flops_per_device = 0.0
   c.cpu_peak_flops = 200e9

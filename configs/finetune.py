@@ -54,7 +54,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.train = "pydoc"  # jsonl:GLOB (FlagEmbedding) | beir:DIR | pydoc (the offline set)
   c.data.split = "train"  # qrels split of a BEIR source
-  c.data.hard_negatives = ""  # BEIR sources: the jsonl `python -m retromae_jax.mine` writes
+  c.data.hard_negatives = ""  # BEIR sources: the jsonl `python -m retromae_jax.tools.mine` writes
   c.data.group_size = 8  # passages per query: 1 positive + group_size - 1 negatives
   c.data.query_max_len = 64  # tokens, [CLS]/[SEP] included
   c.data.passage_max_len = 256
@@ -72,7 +72,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # 0 = the similarity's default: 0.02 for cosine (FlagEmbedding), 1.0 for dot (RetroMAE).
   c.model.temperature = 0.0
 
-  # ---- Memory: the gradient cache (retromae_jax/contrastive.py) ----
+  # ---- Memory: the gradient cache (retromae_jax/models/biencoder.py) ----
   c.gradient_cache = ml_collections.ConfigDict()
   # Rows (queries or passages) encoded at a time; 0 = the whole batch at once (plain step).
   # Same gradients, one chunk's activations in memory, one extra forward pass.
@@ -80,13 +80,13 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # If the plain step would not fit a device's memory, pick a chunk size that does (logged).
   c.gradient_cache.auto = True
 
-  # ---- Optimizer: AdamW, warmup then linear decay (retromae_jax/optim.py) ----
+  # ---- Optimizer: AdamW, warmup then linear decay (retromae_jax/trainers/optim.py) ----
   c.optim = pretrain.optim
   c.optim.learning_rate = 1e-5
   c.optim.warmup_ratio = 0.1
   c.optim.weight_decay = 0.01
 
-  # ---- Periodic evaluation (retromae_jax/evaluate.py) ----
+  # ---- Periodic evaluation (retromae_jax/evaluators/retrieval.py) ----
   c.eval = ml_collections.ConfigDict()
   c.eval.data = ""  # a BEIR folder (DIR or beir:DIR), or 'pydoc'; '' = no evaluation
   c.eval.split = "test"

@@ -1,8 +1,8 @@
 """Entry point: `python -m retromae_jax.main --config=configs/base.py[:preset] --workdir=DIR`.
 
-The config's `task` picks the program: 'pretrain' (RetroMAE, retromae_jax/train.py; the default
+The config's `task` picks the program: 'pretrain' (RetroMAE, retromae_jax/trainers/pretrain.py; the default
 when the config has no `task`, as configs/base.py) or 'finetune' (contrastive fine-tuning,
-retromae_jax/finetune.py; configs/finetune.py).
+retromae_jax/trainers/finetune.py; configs/finetune.py).
 
 Any config key can be overridden: `--config.data.source=jsonl:/data/*.jsonl --config.batch_size=64`.
 """
@@ -12,10 +12,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from retromae_jax import config_check
-from retromae_jax import distributed
-from retromae_jax import finetune
-from retromae_jax import train
+from retromae_jax.trainers import validation as config_check
+from retromae_jax.trainers import distributed
+from retromae_jax.trainers import finetune
+from retromae_jax.trainers import pretrain as train
 
 TASKS = {"pretrain": (config_check.validate, train.train_and_evaluate),
          "finetune": (finetune.validate, finetune.train_and_evaluate)}

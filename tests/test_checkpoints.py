@@ -14,8 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from retromae_jax import checkpoints, encode, resume_check
-from retromae_jax import export as export_lib
+from retromae_jax.trainers import checkpoints
+from retromae_jax.evaluators import embed as encode
+from retromae_jax import resume_check
+from retromae_jax.interop import export as export_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/base.py:smoke", "--config.batch_size=4",
@@ -74,7 +76,7 @@ def test_sigterm_saves_the_step_reached_exits_0_and_resumes_identically(tmp_path
 def test_export_loads_in_sentence_transformers_and_the_decoder_reimports(tmp_path, straight):
   st = pytest.importorskip("sentence_transformers")
   out = str(tmp_path / "export")
-  proc = subprocess.run([sys.executable, "-m", "retromae_jax.export",
+  proc = subprocess.run([sys.executable, "-m", "retromae_jax.tools.export",
                          f"--checkpoint={straight}/checkpoints/8", f"--out={out}"],
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from retromae_jax import contrastive
-from retromae_jax import tokenizer as tokenizer_lib
-from retromae_jax.bert import ModelConfig
+from retromae_jax.models import biencoder as contrastive
+from retromae_jax.data import tokenizer as tokenizer_lib
+from retromae_jax.models.bert import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # These tests compare computations, not their speed: XLA's backend optimisations (LLVM) are
@@ -159,7 +159,9 @@ def test_global_loss_and_gradients_on_8_devices_equal_1_device():
   code = textwrap.dedent("""
       import json, jax, jax.numpy as jnp, numpy as np, flax.linen as nn, optax
       import ml_collections
-      from retromae_jax import contrastive, sharding, train_state
+      from retromae_jax.models import biencoder as contrastive
+      from retromae_jax.trainers import sharding
+      from retromae_jax.trainers import train_state
       from tests.test_contrastive import TINY, _random_batch
       assert jax.device_count() == 8
       mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2}))

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from configs.base import get_config
-from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import chunking, masking, pipeline, sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -68,7 +68,7 @@ def _reference(beir_dir):
 
 def _cli(beir_dir, devices):
   env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices))
-  cmd = [sys.executable, "-m", "retromae_jax.evaluate", f"--model={MINILM}",
+  cmd = [sys.executable, "-m", "retromae_jax.tools.evaluate", f"--model={MINILM}",
          f"--beir_dir={beir_dir}", "--pooling=mean", "--normalize", f"--max_len={MAX_LEN}",
          "--batch_size=64"]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -94,7 +94,7 @@ def test_evaluate_cli_matches_sentence_transformers_and_trec_eval(tmp_path):
 
 @pytest.mark.slow
 def test_full_pydoc_test_split_matches_sentence_transformers():
-  from retromae_jax import evaluate
+  from retromae_jax.evaluators import retrieval as evaluate
 
   beir_dir = pydoc_set.cached_dir()
   ours = evaluate.evaluate_model(MINILM, beir_dir, "test", pooling="mean", normalize=True,

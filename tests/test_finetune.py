@@ -54,7 +54,7 @@ def _small_beir(directory):
              "q5": "Pause the program for a while.",
              "q6": "Duplicate a file to another location."}
   targets = ["queue.qsize", "os.getcwd", "json.loads", "math.gcd", "time.sleep", "shutil.copy"]
-  from retromae_jax.retrieval import beir
+  from retromae_jax.data import beir
   beir.write(str(directory), docs, queries,
              {"test": {q: {d: 1} for q, d in zip(queries, targets)}})
   return str(directory)
@@ -86,7 +86,7 @@ def test_smoke_finetune_evaluates_exports_and_resumes(tmp_path):
     assert json.load(f)["architectures"] == ["BertModel"]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
 
-  from retromae_jax import encode
+  from retromae_jax.evaluators import embed as encode
   vectors = encode.embed_texts(workdir, ["Return the number of items in the queue.",
                                          "Open a file and return a stream."],
                                normalize=True, max_len=16)
@@ -118,7 +118,7 @@ def test_smoke_finetune_evaluates_exports_and_resumes(tmp_path):
 ])
 def test_invalid_settings_fail_naming_the_key(key, value, message):
   from configs import finetune as finetune_config
-  from retromae_jax import finetune
+  from retromae_jax.trainers import finetune
   config = finetune_config.get_config("smoke")
   section, name = key.split(".")
   config[section][name] = value
@@ -128,7 +128,7 @@ def test_invalid_settings_fail_naming_the_key(key, value, message):
 
 def test_lengths_are_checked_against_the_init_models_positions_once_known():
   from configs import finetune as finetune_config
-  from retromae_jax import finetune
+  from retromae_jax.trainers import finetune
   config = finetune_config.get_config("smoke")  # max_position_embeddings 128
   config.data.passage_max_len = 256
   config.init.model = "/some/hf/dir"  # its config.json decides, read at start-up

@@ -25,8 +25,8 @@ import jax.numpy as jnp  # noqa: E402
 import tokenizers  # noqa: E402
 
 from retromae_jax import encode, hf_interop  # noqa: E402
-from retromae_jax.bert import MLMHead, ModelConfig  # noqa: E402
-from retromae_jax.retromae import RetroMAE  # noqa: E402
+from retromae_jax.models.bert import MLMHead, ModelConfig  # noqa: E402
+from retromae_jax.models.retromae import RetroMAE  # noqa: E402
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -175,7 +175,7 @@ def test_encode_cli_matches_sentence_transformers(tmp_path, st_embeddings):
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
              JAX_PLATFORMS="cpu")
   subprocess.run(
-      [sys.executable, "-m", "retromae_jax.encode", f"--model={MINILM}", f"--input={data}",
+      [sys.executable, "-m", "retromae_jax.tools.encode", f"--model={MINILM}", f"--input={data}",
        f"--output={out}", "--pooling=mean", "--normalize", "--max_len=256", "--batch_size=8"],
       cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
   ours = np.load(out)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import chunking, masking, sources
 
 L = 128
@@ -189,7 +189,7 @@ def test_encoder_corruption_is_80_10_10(real):
 
 
 def test_decoder_visibility_follows_the_spec(real):
-  from retromae_jax.decoder_mask import decoder_attention
+  from retromae_jax.models.decoder_mask import decoder_attention
 
   batch, lengths, _, _, spec = real
   visible = np.asarray(decoder_attention(batch["decoder_pool"], batch["decoder_choice"],

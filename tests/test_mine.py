@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from retromae_jax import mine
-from retromae_jax.retrieval import beir
+from retromae_jax.tools import mine
+from retromae_jax.data import beir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +66,7 @@ def test_cli_writes_flagembedding_lines_without_positives(tmp_path):
   data = tmp_path / "pairs.jsonl"
   data.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
   out = tmp_path / "mined.jsonl"
-  cmd = [sys.executable, "-m", "retromae_jax.mine", f"--model={model}", f"--data={data}",
+  cmd = [sys.executable, "-m", "retromae_jax.tools.mine", f"--model={model}", f"--data={data}",
          f"--out={out}", "--top_k=3", "--range=1-8", "--pooling=mean", "--normalize",
          "--max_len=64"]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def small_vocab(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("vocab"))
-  subprocess.run([sys.executable, "-m", "retromae_jax.train_tokenizer", "--input=pydoc",
+  subprocess.run([sys.executable, "-m", "retromae_jax.tools.train_tokenizer", "--input=pydoc",
                   "--vocab_size=1000", f"--out={out}"], cwd=ROOT, check=True,
                  capture_output=True, timeout=600)
   return out

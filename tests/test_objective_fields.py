@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import chunking, masking, objective_fields, pipeline, sources
 
 L, N = 64, 96

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from configs import base
-from retromae_jax import config_check, losses
-from retromae_jax.bert import ModelConfig
+from retromae_jax.trainers import validation as config_check
+from retromae_jax.models import losses
+from retromae_jax.models.bert import ModelConfig
 from retromae_jax.data import objective_fields
-from retromae_jax.objectives.config import ObjectiveConfig
-from retromae_jax.retromae import make_model
+from retromae_jax.models.objectives.config import ObjectiveConfig
+from retromae_jax.models.retromae import make_model
 
 B, L, P, V, D, H, F = 3, 12, 6, 50, 16, 4, 32
 PAD, CLS, SEP, MASK, UNK = 0, 1, 2, 3, 4

@@ -33,7 +33,7 @@ _PROGRAM = """
     import json, os, sys
     from absl import logging
     from configs import base
-    from retromae_jax import train
+    from retromae_jax.trainers import pretrain as train
     logging.set_verbosity(logging.WARNING)
     out = {}
     for name, overrides in json.loads(sys.argv[1]).items():

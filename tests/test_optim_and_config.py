@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from retromae_jax import config_check
-from retromae_jax import optim
+from retromae_jax.trainers import validation as config_check
+from retromae_jax.trainers import optim
 
 
 def test_schedule_warms_up_then_decays_linearly_to_zero():

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import pairs
-from retromae_jax.retrieval import beir
+from retromae_jax.data import beir
 
 TOKENIZER = tokenizer_lib.load_tokenizer("default")
 
@@ -128,7 +128,7 @@ def test_beir_source_with_judged_and_mined_negatives(tmp_path):
   queries = {"q1": "first question", "q2": "second question", "q3": "unjudged question"}
   qrels = {"train": {"q1": {"d0": 1, "d1": 0}, "q2": {"d2": 2, "d3": 1}}}
   beir.write(str(tmp_path / "set"), corpus, queries, qrels)
-  mined = tmp_path / "mined.jsonl"  # `python -m retromae_jax.mine` output: texts
+  mined = tmp_path / "mined.jsonl"  # `python -m retromae_jax.tools.mine` output: texts
   _jsonl(mined, [{"query": "first question", "pos": ["title 0 document text 0"],
                   "neg": ["title 4 document text 4", "title 1 document text 1"]}])
   examples = pairs.load_examples(f"beir:{tmp_path / 'set'}", "train", str(mined))

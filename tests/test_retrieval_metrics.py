@@ -9,7 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from retromae_jax.retrieval import metrics, search
+from retromae_jax.evaluators import metrics
+from retromae_jax.evaluators import search
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 

@@ -27,9 +27,11 @@ def test_parameters_and_optimizer_state_are_sharded_as_the_rules_say():
       import json, jax, optax
       from jax.sharding import PartitionSpec as P
       from configs import base
-      from retromae_jax import optim, sharding, train_state
+      from retromae_jax.trainers import optim
+      from retromae_jax.trainers import sharding
+      from retromae_jax.trainers import train_state
       from retromae_jax.data import pipeline
-      from retromae_jax.retromae import RetroMAE, model_config_from
+      from retromae_jax.models.retromae import RetroMAE, model_config_from
       config = base.get_config("smoke")
       config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 8, 1
       mesh = sharding.make_mesh(config.mesh)

@@ -1,4 +1,4 @@
-"""Tokenizer loading (retromae_jax/tokenizer.py) and training (retromae_jax/train_tokenizer.py)."""
+"""Tokenizer loading (retromae_jax/data/tokenizer.py) and training (retromae_jax/tools/train_tokenizer.py)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import pytest
 import tokenizers
 from tokenizers import models, pre_tokenizers
 
-from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +80,7 @@ def test_train_tokenizer_cli(tmp_path):
                     + "not json\n")
   out = tmp_path / "tok"
   proc = subprocess.run(
-      [sys.executable, "-m", "retromae_jax.train_tokenizer", f"--input={corpus}",
+      [sys.executable, "-m", "retromae_jax.tools.train_tokenizer", f"--input={corpus}",
        "--vocab_size=3000", f"--out={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -109,7 +109,7 @@ def test_train_tokenizer_cli(tmp_path):
 
 
 def test_bare_globs_become_source_specs():
-  from retromae_jax.train_tokenizer import source_spec
+  from retromae_jax.tools.train_tokenizer import source_spec
   assert source_spec("/d/*.jsonl") == "jsonl:/d/*.jsonl"
   assert source_spec("/d/*.jsonl.gz") == "jsonl:/d/*.jsonl.gz"
   assert source_spec("/d/*.txt") == "text:/d/*.txt"

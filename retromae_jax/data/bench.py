@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import masking, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")

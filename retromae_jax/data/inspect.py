@@ -16,9 +16,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import masking, pipeline
-from retromae_jax.objectives.config import ObjectiveConfig, objective_config_from
+from retromae_jax.models.objectives.config import ObjectiveConfig, objective_config_from
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _OUT = flags.DEFINE_string("out", None, "the .npz file to write")
@@ -28,7 +28,7 @@ flags.mark_flags_as_required(["config", "out"])
 
 def dense_view(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The batch contract's compact arrays -> the dense reference view (module docstring)."""
-  from retromae_jax.decoder_mask import decoder_attention  # imports JAX: only here
+  from retromae_jax.models.decoder_mask import decoder_attention  # imports JAX: only here
 
   encoder_labels = np.full(batch["input_ids"].shape, masking.IGNORE, np.int32)
   rows = np.arange(len(encoder_labels))[:, None]

@@ -14,7 +14,7 @@ still walking.
 
 The encoder draws one mask per example and corrupts it 80/10/10 ([MASK] / random id / kept).
 The decoder draws a pool of P = min(n, decoder_pool_size) independent masks per example, sent
-bit-packed, and for each query row the pool row it uses (retromae_jax/decoder_mask.py expands
+bit-packed, and for each query row the pool row it uses (retromae_jax/models/decoder_mask.py expands
 them on the device).
 Other objectives (retromae_jax/objectives) change only their share of the batch: under
 encoder.masking=drop the encoder's mask is not corrupted but dropped; the basic and
@@ -27,7 +27,7 @@ import dataclasses
 import numpy as np
 
 from retromae_jax.data import objective_fields
-from retromae_jax.losses import IGNORE  # one label value for "no loss here", host and device
+from retromae_jax.models.losses import IGNORE  # one label value for "no loss here", host and device
 
 _GROUP_ELEMENTS = 1 << 17  # (example, mask, word) cells of the decoder pool computed at once
 
@@ -45,7 +45,7 @@ class MaskingSpec:
   # the references' collator, a chosen word spends its budget but such tokens are never corrupted
   # nor predicted. None: no such tokens.
   is_special: np.ndarray | None = None
-  # The objective's share of the batch (retromae_jax/objectives/config.py): 'corrupt' | 'drop';
+  # The objective's share of the batch (retromae_jax/models/objectives/config.py): 'corrupt' | 'drop';
   # the decoder's fields 'pool' | 'masked' | 'next_token' | 'none'; bag-of-words weights or not.
   encoder_masking: str = "corrupt"
   decoder_fields: str = "pool"

@@ -9,7 +9,7 @@ All are O(L) per example, like the rest of the batch contract (pipeline.py).
 
 import numpy as np
 
-from retromae_jax.losses import IGNORE
+from retromae_jax.models.losses import IGNORE
 
 
 def drop_width(max_seq_length: int, capacity: int) -> int:

@@ -8,7 +8,7 @@ Sources (config.data.train):
                the mined ones of config.data.hard_negatives (below), if given
   pydoc        the offline pydoc retrieval set (retrieval/pydoc_set.py) as `beir:`
 Hard negatives for a BEIR source (config.data.hard_negatives): the jsonl file that
-`python -m retromae_jax.mine --data=DIR` writes, FlagEmbedding lines matched to the BEIR queries by
+`python -m retromae_jax.tools.mine --data=DIR` writes, FlagEmbedding lines matched to the BEIR queries by
 their text (queries missing from it keep their judged negatives only). The same file also
 trains on its own as `jsonl:FILE`.
 
@@ -43,10 +43,10 @@ import tensorflow as tf
 import tokenizers
 from absl import logging
 
-from retromae_jax import jsonl
-from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import jsonl
+from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import pipeline
-from retromae_jax.retrieval import beir
+from retromae_jax.data import beir
 
 SOURCES = "jsonl:GLOB, beir:DIR or pydoc"
 
@@ -95,7 +95,7 @@ def read_jsonl(pattern: str, process_index: int = 0, process_count: int = 1) -> 
 
 
 def read_hard_negatives(path: str) -> dict[str, tuple[str, ...]]:
-  """{query text: negative texts} from `python -m retromae_jax.mine`'s output (FlagEmbedding
+  """{query text: negative texts} from `python -m retromae_jax.tools.mine`'s output (FlagEmbedding
   lines {"query", "pos", "neg"}); a query on several lines gets all their negatives."""
   out: dict[str, dict[str, None]] = {}
   for example in read_jsonl(path):

@@ -21,7 +21,7 @@ C = max(1, round(L * encoder_mask_ratio)), P = data.decoder_pool_size):
   decoder_pool       uint8 [B, P, ceil(L/8)]  np.packbits of the pool masks (bit 1 = masked)
   decoder_choice     int32 [B, L]   the pool row each query row uses (0 on padding rows)
   decoder_targets    int32 [B, L]   original ids on real tokens except [CLS] and [SEP], else -100
-retromae_jax.decoder_mask.decoder_attention(pool, choice, attention_mask) expands the decoder's
+retromae_jax.models.decoder_mask.decoder_attention(pool, choice, attention_mask) expands the decoder's
 dense [B, L, L] visibility on the device.
 
 That is the default objective's batch. Other objectives (config objective.* / decoder.* /
@@ -51,9 +51,9 @@ import tensorflow as tf
 import tokenizers
 from absl import logging
 
-from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import chunking, masking, objective_fields, sources
-from retromae_jax.objectives.config import objective_config_from
+from retromae_jax.models.objectives.config import objective_config_from
 
 _DOCS_PER_CALL = 64  # documents per tokenizer call: big batches for the Rust side
 

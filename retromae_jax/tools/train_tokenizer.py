@@ -1,11 +1,11 @@
 """Trains a BERT WordPiece tokenizer on local text, with no hub download.
 
-  python -m retromae_jax.train_tokenizer --input=GLOB --vocab_size=N --out=DIR
+  python -m retromae_jax.tools.train_tokenizer --input=GLOB --vocab_size=N --out=DIR
 
 --input: a GLOB of .jsonl[.gz] files ({"text": ...} lines) or of text files (one document per
 line), or any data.source spec (jsonl:GLOB, text:GLOB, tfds:NAME, pydoc). DIR gets
 tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json, loadable by
-retromae_jax.tokenizer.load_tokenizer(DIR) and by transformers' AutoTokenizer.
+retromae_jax.data.tokenizer.load_tokenizer(DIR) and by transformers' AutoTokenizer.
 """
 
 import json

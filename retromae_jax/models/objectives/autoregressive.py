@@ -11,8 +11,8 @@ SEED-Encoder the span is per layer: n layers reach back n*(k-1)+1 tokens.
 
 import jax.numpy as jnp
 
-from retromae_jax.objectives.layers import SelfAttentionBody, Stack
-from retromae_jax.objectives.mlm import MaskedLM
+from retromae_jax.models.objectives.layers import SelfAttentionBody, Stack
+from retromae_jax.models.objectives.mlm import MaskedLM
 
 
 def causal_attention(attention_mask, span: int):

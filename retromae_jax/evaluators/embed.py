@@ -1,6 +1,6 @@
 """Sentence embeddings from a HF BERT directory or one of our workdirs.
 
-  python -m retromae_jax.encode --model=PATH --input=FILE.jsonl --output=FILE.npy
+  python -m retromae_jax.tools.encode --model=PATH --input=FILE.jsonl --output=FILE.npy
       [--pooling=cls|mean] [--normalize] [--max_len=N] [--batch_size=N]
 
 Each input line is a JSON object whose `text` field is embedded; row i of the float32 [N, D]
@@ -25,14 +25,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from retromae_jax import jsonl
-from retromae_jax import hf_interop
-from retromae_jax import tokenizer as tokenizer_lib
-from retromae_jax.bert import ModelConfig
-from retromae_jax.retromae import RetroMAE
+from retromae_jax.data import jsonl
+from retromae_jax.interop import hf as hf_interop
+from retromae_jax.data import tokenizer as tokenizer_lib
+from retromae_jax.models.bert import ModelConfig
+from retromae_jax.models.retromae import RetroMAE
 
 POOLINGS = ("cls", "mean")
 _LENGTH_MULTIPLE = 8
@@ -182,33 +182,3 @@ def read_texts(path: str) -> list[str]:
       raise ValueError(f"{path}:{line_no}: expected a JSON object with a string 'text' field")
     texts.append(record["text"])
   return texts
-
-
-def _define_flags():
-  """Flags exist only when this module runs as a program, so that importing embed_texts does
-  not claim flag names (--input, --batch_size) that other CLIs define too."""
-  flags.DEFINE_string("model", None, "HF BERT directory, or a workdir with export/encoder.")
-  flags.DEFINE_string("input", None, "jsonl file; the `text` field of each line is embedded.")
-  flags.DEFINE_string("output", None, "Where to write the float32 [N, D] .npy array.")
-  flags.DEFINE_enum("pooling", "cls", POOLINGS, "cls: [CLS] hidden state; mean: average over "
-                    "real tokens.")
-  flags.DEFINE_bool("normalize", False, "L2-normalise each embedding.")
-  flags.DEFINE_integer("max_len", 512, "Truncate texts to this many tokens, [CLS]/[SEP] "
-                       "included (capped at max_position_embeddings).")
-  flags.DEFINE_integer("batch_size", 64, "Texts per forward pass.")
-  flags.mark_flags_as_required(["model", "input", "output"])
-
-
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  texts = read_texts(f.input)
-  embeddings = embed_texts(f.model, texts, f.pooling, f.normalize, f.max_len, f.batch_size)
-  os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-  np.save(f.output, embeddings)
-  logging.info("Wrote %s: %d x %d float32", f.output, *embeddings.shape)
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)

@@ -1,4 +1,4 @@
-"""Pretraining objectives beside the default enhanced decoder (retromae_jax/retromae.py).
+"""Pretraining objectives beside the default enhanced decoder (retromae_jax/models/retromae.py).
 
 Every objective shares the encoder (BertModel), its MLM head and the host data pipeline; each
 adds at most one module named `decoder`. Chosen by the config (configs/base.py):

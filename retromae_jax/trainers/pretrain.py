@@ -15,20 +15,20 @@ import jax.numpy as jnp
 import optax
 from jax.experimental import multihost_utils
 
-from retromae_jax import checkpoints
-from retromae_jax import config_check
-from retromae_jax import export as export_lib
-from retromae_jax import flops
-from retromae_jax import hf_interop
-from retromae_jax import losses
-from retromae_jax import metrics as metrics_lib
-from retromae_jax import optim
-from retromae_jax import sharding
-from retromae_jax import tokenizer as tokenizer_lib
-from retromae_jax import train_state
+from retromae_jax.trainers import checkpoints
+from retromae_jax.trainers import validation as config_check
+from retromae_jax.interop import export as export_lib
+from retromae_jax.trainers import flops
+from retromae_jax.interop import hf as hf_interop
+from retromae_jax.models import losses
+from retromae_jax.trainers import metrics as metrics_lib
+from retromae_jax.trainers import optim
+from retromae_jax.trainers import sharding
+from retromae_jax.data import tokenizer as tokenizer_lib
+from retromae_jax.trainers import train_state
 from retromae_jax.data import pipeline
-from retromae_jax.objectives.config import objective_config_from
-from retromae_jax.retromae import make_model, model_config_from
+from retromae_jax.models.objectives.config import objective_config_from
+from retromae_jax.models.retromae import make_model, model_config_from
 
 
 _SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",

@@ -1,7 +1,7 @@
 """Hard negatives for contrastive fine-tuning: each query's best-scoring passages that are not
 its positives, found with an encoder (FlagEmbedding's hn_mine, exact search instead of faiss).
 
-  python -m retromae_jax.mine --model=PATH --data=SRC --out=FILE.jsonl [--top_k=15]
+  python -m retromae_jax.tools.mine --model=PATH --data=SRC --out=FILE.jsonl [--top_k=15]
       [--range=START-END] [--split=train] [--corpus=FILE.jsonl] [--pooling=cls|mean]
       [--normalize] [--max_len=N] [--query_max_len=N] [--batch_size=N]
       [--query_prefix=STR] [--passage_prefix=STR]
@@ -28,9 +28,10 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
-from retromae_jax import jsonl
-from retromae_jax import encode
-from retromae_jax.retrieval import beir, search
+from retromae_jax.data import jsonl
+from retromae_jax.evaluators import embed as encode
+from retromae_jax.data import beir
+from retromae_jax.evaluators import search
 
 
 def mine(query_emb: np.ndarray, corpus_emb: np.ndarray, positives, top_k: int, start: int = 0,

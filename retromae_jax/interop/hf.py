@@ -23,7 +23,7 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.data import tokenizer as tokenizer_lib
 
 _CONFIG = "config.json"
 _WEIGHTS = "model.safetensors"
@@ -62,8 +62,8 @@ def _check_config(hf_config: dict, where: str) -> None:
     model_type = "bert" if archs and all(a.startswith("Bert") for a in archs) else None
   if model_type != "bert":
     needed = _PORTING_NOTES.get(
-        model_type, "a name table in retromae_jax/hf_interop.py and any architectural "
-        "differences in retromae_jax/bert.py")
+        model_type, "a name table in retromae_jax/interop/hf.py and any architectural "
+        "differences in retromae_jax/models/bert.py")
     raise _fail(where, f"model_type is {model_type!r}, but only 'bert' checkpoints are supported "
                 f"(supporting {model_type!r} would need: {needed})")
   act = hf_config.get("hidden_act", "gelu")

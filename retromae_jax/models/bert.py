@@ -1,7 +1,7 @@
 """A BERT encoder in Flax Linen, laid out so that HF BertForMaskedLM weights map onto it 1:1.
 
 Every parameter names its axes by meaning (`vocab`, `embed`, `heads`, `kv`, `mlp`, `layers`, ...);
-retromae_jax/sharding.py's rules table decides where each axis lives on the mesh.
+retromae_jax/trainers/sharding.py's rules table decides where each axis lives on the mesh.
 Attention projections keep heads as their own axis ([embed, heads, kv]) so that tensor
 parallelism can split heads without reshapes.
 """

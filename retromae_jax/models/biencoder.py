@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from retromae_jax import encode
-from retromae_jax.bert import BertModel, ModelConfig
+from retromae_jax.evaluators import embed as encode
+from retromae_jax.models.bert import BertModel, ModelConfig
 
 SIMILARITIES = ("cosine", "dot")
 # FlagEmbedding/BGE: cosine with temperature 0.02; the RetroMAE repository: raw dot, 1.0.

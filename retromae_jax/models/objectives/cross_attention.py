@@ -10,8 +10,8 @@ tokens, cross-attention to the memory, feed-forward. The memory is `decoder.cros
 
 import jax.numpy as jnp
 
-from retromae_jax.objectives.layers import CrossAttentionBody, Stack
-from retromae_jax.objectives.mlm import MaskedLM
+from retromae_jax.models.objectives.layers import CrossAttentionBody, Stack
+from retromae_jax.models.objectives.mlm import MaskedLM
 
 
 class CrossAttentionDecoding(MaskedLM):

@@ -4,7 +4,7 @@ layer; every other argument is the same for all layers."""
 
 import flax.linen as nn
 
-from retromae_jax.bert import (ModelConfig, TransformerLayer, attention_sublayer,
+from retromae_jax.models.bert import (ModelConfig, TransformerLayer, attention_sublayer,
                                feed_forward_sublayer)
 
 

@@ -1,13 +1,13 @@
 """Exports a training checkpoint for use outside this codebase.
 
-  python -m retromae_jax.export --checkpoint=WORKDIR_OR_STEP_DIR --out=DIR [--max_seq_length=N]
+  python -m retromae_jax.tools.export --checkpoint=WORKDIR_OR_STEP_DIR --out=DIR [--max_seq_length=N]
 
 writes
   DIR/encoder/                HF BERT (`BertForMaskedLM`: encoder + MLM head, config, tokenizer);
                               `transformers.AutoModel(ForMaskedLM)` loads it
   DIR/sentence-transformers/  the same encoder plus modules.json, CLS pooling and normalisation:
                               `SentenceTransformer(DIR/sentence-transformers)` embeds like
-                              `python -m retromae_jax.encode --pooling=cls --normalize`
+                              `python -m retromae_jax.tools.encode --pooling=cls --normalize`
   DIR/decoder/                the RetroMAE decoder's own parameters (safetensors, names are our
                               parameter paths) and decoder.json; `--config.init.decoder_dir=`
                               re-imports it (with `--config.init.hf_dir=DIR/encoder`) to continue
@@ -24,13 +24,13 @@ import shutil
 
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from retromae_jax import checkpoints
-from retromae_jax import hf_interop
-from retromae_jax.bert import ModelConfig
+from retromae_jax.trainers import checkpoints
+from retromae_jax.interop import hf as hf_interop
+from retromae_jax.models.bert import ModelConfig
 
 DECODER_CONFIG = "decoder.json"
 DECODER_WEIGHTS = "decoder.safetensors"
@@ -121,7 +121,7 @@ def load_decoder(decoder_dir: str, target: dict) -> dict:
   for path in (config_path, weights_path):
     if not os.path.isfile(path):
       raise ValueError(f"init.decoder_dir: {path} does not exist (expected a directory written "
-                       "by `python -m retromae_jax.export`)")
+                       "by `python -m retromae_jax.tools.export`)")
   with open(config_path, encoding="utf-8") as f:
     found = json.load(f).get("format")
   if found != _DECODER_FORMAT:
@@ -156,26 +156,3 @@ def export_checkpoint(path: str, out_dir: str, max_seq_length: int | None = None
     written["decoder"] = save_decoder(params["decoder"], meta, os.path.join(out_dir, "decoder"))
   logging.info("Exported %s to %s: %s", step_dir, out_dir, ", ".join(written))
   return written
-
-
-def _define_flags():
-  flags.DEFINE_string("checkpoint", None, "A workdir (its latest checkpoint), its checkpoints/ "
-                      "directory, or one step directory <workdir>/checkpoints/<step>.")
-  flags.DEFINE_string("out", None, "Directory to write encoder/, sentence-transformers/, "
-                      "decoder/ into.")
-  flags.DEFINE_integer("max_seq_length", None, "sentence-transformers' truncation length "
-                       "(default: the model's max_position_embeddings).")
-  flags.mark_flags_as_required(["checkpoint", "out"])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  f = flags.FLAGS
-  for name, directory in export_checkpoint(f.checkpoint, f.out, f.max_seq_length).items():
-    print(f"{name}: {directory}")
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)

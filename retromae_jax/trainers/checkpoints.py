@@ -19,8 +19,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
-from retromae_jax import hf_interop
-from retromae_jax import tokenizer as tokenizer_lib
+from retromae_jax.interop import hf as hf_interop
+from retromae_jax.data import tokenizer as tokenizer_lib
 
 ITEMS = ("state", "meta")
 
@@ -38,7 +38,7 @@ def manager(workdir: str, config) -> ocp.CheckpointManager:
 
 def make_meta(model_cfg, tokenizer_spec: str, **extra) -> dict:
   """The JSON saved beside every state: the model's shape, the tokenizer's files (so that a
-  checkpoint alone can be exported or continued: python -m retromae_jax.export) and `extra`
+  checkpoint alone can be exported or continued: python -m retromae_jax.tools.export) and `extra`
   (the objective, the task)."""
   directory = tokenizer_lib.files_dir(tokenizer_spec)
   names = ([os.path.basename(tokenizer_spec)] if os.path.isfile(tokenizer_spec)

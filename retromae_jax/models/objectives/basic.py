@@ -11,8 +11,8 @@ the decoder-masked positions only (batch['decoder_targets'] is -100 elsewhere).
 
 import jax.numpy as jnp
 
-from retromae_jax.objectives.layers import SelfAttentionBody, Stack
-from retromae_jax.objectives.mlm import MaskedLM
+from retromae_jax.models.objectives.layers import SelfAttentionBody, Stack
+from retromae_jax.models.objectives.mlm import MaskedLM
 
 
 class BasicDecoding(MaskedLM):

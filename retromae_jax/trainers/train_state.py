@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from retromae_jax import sharding
+from retromae_jax.trainers import sharding
 
 
 @flax.struct.dataclass

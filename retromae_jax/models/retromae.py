@@ -8,7 +8,7 @@ What is computed follows ../shared/spec/retromae.md section 2 (FlagEmbedding's p
   its only own parameters are one TransformerLayer); keys/values are
   H2 = [h, E(x_1), ..., E(x_{L-1})] over the ORIGINAL ids, queries are H1[i] = LN(h + pos_i +
   type_0) ('embeddings', default) or h + pos_i ('raw', the RetroMAE repository);
-- each query row sees the positions its drawn pool mask leaves visible (retromae_jax/decoder_mask.py).
+- each query row sees the positions its drawn pool mask leaves visible (retromae_jax/models/decoder_mask.py).
 Gradients of the decoder loss reach the encoder through h (not detached).
 
 decoder.num_layers > 1 (the seed's deeper decoder, not in the references): layer l's queries are
@@ -21,14 +21,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from retromae_jax import decoder_mask
-from retromae_jax.bert import ModelConfig, TransformerLayer
-from retromae_jax.objectives.autoregressive import AutoregressiveDecoding
-from retromae_jax.objectives.basic import BasicDecoding
-from retromae_jax.objectives.config import ObjectiveConfig
-from retromae_jax.objectives.cross_attention import CrossAttentionDecoding
-from retromae_jax.objectives.layers import Stack, TwoStreamBody
-from retromae_jax.objectives.mlm import MaskedLM
+from retromae_jax.models import decoder_mask
+from retromae_jax.models.bert import ModelConfig, TransformerLayer
+from retromae_jax.models.objectives.autoregressive import AutoregressiveDecoding
+from retromae_jax.models.objectives.basic import BasicDecoding
+from retromae_jax.models.objectives.config import ObjectiveConfig
+from retromae_jax.models.objectives.cross_attention import CrossAttentionDecoding
+from retromae_jax.models.objectives.layers import Stack, TwoStreamBody
+from retromae_jax.models.objectives.mlm import MaskedLM
 
 
 class RetroMAE(MaskedLM):

@@ -1,6 +1,6 @@
 """Retrieval quality of an encoder on a BEIR folder: nDCG@10, MRR@10, recall, MAP.
 
-  python -m retromae_jax.evaluate --model=PATH --beir_dir=DIR [--split=test]
+  python -m retromae_jax.tools.evaluate --model=PATH --beir_dir=DIR [--split=test]
       [--pooling=cls|mean] [--normalize] [--max_len=N] [--query_max_len=N] [--batch_size=N]
       [--top_k=100] [--query_prefix=STR] [--passage_prefix=STR]
 
@@ -25,10 +25,12 @@ import json
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
-from retromae_jax import encode
-from retromae_jax.retrieval import beir, metrics, search
+from retromae_jax.evaluators import embed as encode
+from retromae_jax.data import beir
+from retromae_jax.evaluators import metrics
+from retromae_jax.evaluators import search
 
 _REQUIRED = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100", "p@10")
 
@@ -82,37 +84,3 @@ def evaluate_model(model: str, beir_dir: str, split: str = "test", **kwargs) -> 
   """evaluate_params for a HF BERT directory or workdir on disk."""
   _, cfg, params, tokenizer = encode.load_encoder(model)
   return evaluate_params(cfg, params, tokenizer, beir_dir, split, **kwargs)
-
-
-def _define_flags():
-  """Flags exist only when this module runs as a program (see encode._define_flags)."""
-  flags.DEFINE_string("model", None, "HF BERT directory, or a workdir with export/encoder.")
-  flags.DEFINE_string("beir_dir", None, "BEIR folder: corpus.jsonl, queries.jsonl, qrels/.")
-  flags.DEFINE_string("split", "test", "Which qrels/{split}.tsv to score.")
-  flags.DEFINE_enum("pooling", "cls", encode.POOLINGS, "cls: [CLS] hidden state; mean: average "
-                    "over real tokens.")
-  flags.DEFINE_bool("normalize", False, "L2-normalise embeddings (cosine similarity).")
-  flags.DEFINE_integer("max_len", 512, "Passage (and by default query) length in tokens.")
-  flags.DEFINE_integer("query_max_len", None, "Query length in tokens; default --max_len.")
-  flags.DEFINE_integer("batch_size", 64, "Texts per forward pass.")
-  flags.DEFINE_integer("top_k", 100, "Documents retrieved per query.")
-  flags.DEFINE_string("query_prefix", "", "Prepended to every query (an instruction).")
-  flags.DEFINE_string("passage_prefix", "", "Prepended to every document.")
-  flags.mark_flags_as_required(["model", "beir_dir"])
-
-
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  result = evaluate_model(f.model, f.beir_dir, f.split, pooling=f.pooling, normalize=f.normalize,
-                          max_len=f.max_len, query_max_len=f.query_max_len,
-                          batch_size=f.batch_size, top_k=f.top_k, query_prefix=f.query_prefix,
-                          passage_prefix=f.passage_prefix)
-  logging.info("%s split %s: nDCG@10 %.4f over %d queries, %d documents", f.beir_dir, f.split,
-               result["ndcg@10"], result["num_queries"], result["num_docs"])
-  print(json.dumps(result), flush=True)
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)

@@ -2,7 +2,7 @@
 
 Sections: start-up checks; workdir, init, tokenizer and shape; mesh; model and sharded state;
 update step; checkpoint restore / init; input; evaluation; loop; export. Everything comes from
-the config (configs/finetune.py); the computation itself is retromae_jax/contrastive.py and the
+the config (configs/finetune.py); the computation itself is retromae_jax/models/biencoder.py and the
 data retromae_jax/data/pairs.py.
 
 Outputs in the workdir: metrics.jsonl (+ tensorboard/), checkpoints/<step>, export/encoder (a HF
@@ -21,20 +21,20 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from retromae_jax import checkpoints
-from retromae_jax import contrastive
-from retromae_jax import encode
-from retromae_jax import evaluate
-from retromae_jax import hf_interop
-from retromae_jax import metrics as metrics_lib
-from retromae_jax import optim
-from retromae_jax import sharding
-from retromae_jax import tokenizer as tokenizer_lib
-from retromae_jax import train_state
+from retromae_jax.trainers import checkpoints
+from retromae_jax.models import biencoder as contrastive
+from retromae_jax.evaluators import embed as encode
+from retromae_jax.evaluators import retrieval as evaluate
+from retromae_jax.interop import hf as hf_interop
+from retromae_jax.trainers import metrics as metrics_lib
+from retromae_jax.trainers import optim
+from retromae_jax.trainers import sharding
+from retromae_jax.data import tokenizer as tokenizer_lib
+from retromae_jax.trainers import train_state
 from retromae_jax.data import pairs
-from retromae_jax.retrieval import beir
-from retromae_jax.retrieval import metrics as retrieval_metrics
-from retromae_jax.retromae import model_config_from
+from retromae_jax.data import beir
+from retromae_jax.evaluators import metrics as retrieval_metrics
+from retromae_jax.models.retromae import model_config_from
 
 BEST_EVAL = "best_eval.json"
 # Keys of a HF config that fix the model's shape (dropout stays the config's choice).
@@ -245,7 +245,7 @@ def train_and_evaluate(config, workdir: str):
     logging.warning("config.data.group_size is %d but no example has negatives: every negative "
                     "slot is an empty passage (masked out of the loss, but encoded). "
                     "group_size=1 trains the same loss faster; or mine negatives "
-                    "(python -m retromae_jax.mine) and set data.hard_negatives", d.group_size)
+                    "(python -m retromae_jax.tools.mine) and set data.hard_negatives", d.group_size)
   local_batches = pairs.group_batches(batches, start_step, d.prefetch)
 
   def global_batch(local):

@@ -13,8 +13,8 @@ max-pooled over positions 1.. for DupMAE's bag-of-words loss (spec section 4; lo
 import flax.linen as nn
 import jax.numpy as jnp
 
-from retromae_jax.bert import BertModel, MLMHead, ModelConfig
-from retromae_jax.objectives.config import ObjectiveConfig
+from retromae_jax.models.bert import BertModel, MLMHead, ModelConfig
+from retromae_jax.models.objectives.config import ObjectiveConfig
 
 # DupMAE pushes padding positions down by this much before the max-pool (not -inf: a row of
 # padding stays finite).

@@ -1,6 +1,6 @@
 """A small real retrieval benchmark built offline from the Python standard library's docstrings.
 
-  python -m retromae_jax.retrieval.pydoc_set --out=DIR
+  python -m retromae_jax.data.pydoc_set --out=DIR
 
 Query: the summary of a function's, class's or method's docstring ("Return the number of items
 in the queue."). Relevant document (exactly one): the rest of that docstring, titled with the
@@ -35,7 +35,7 @@ import tempfile
 from absl import app, flags, logging
 
 from retromae_jax.data import stdlib_docs
-from retromae_jax.retrieval import beir
+from retromae_jax.data import beir
 
 _TEST_SHARE = 5  # one module in five (by hash of its name) goes to the test split
 _MIN_SUMMARY_WORDS = 4

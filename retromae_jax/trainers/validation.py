@@ -2,8 +2,8 @@
 
 import functools
 
-from retromae_jax import sharding
-from retromae_jax.objectives import config as objectives
+from retromae_jax.trainers import sharding
+from retromae_jax.models.objectives import config as objectives
 
 
 def validate(config, num_data_parallel: int | None = None, num_processes: int = 1):

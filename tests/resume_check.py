@@ -1,6 +1,6 @@
 """Checks that a run killed with SIGKILL and restarted gives exactly an uninterrupted run's metrics.
 
-  python -m retromae_jax.resume_check --workdir=DIR --kill=during_save -- \
+  python -m tests.resume_check --workdir=DIR --kill=during_save -- \
       --config=configs/base.py:smoke --config.total_steps=12 --config.checkpoint_every=4
 
 runs `python -m retromae_jax.main ARGS` three times: straight to the end in DIR/straight; then in

@@ -23,7 +23,7 @@ import json
 import os
 from typing import Mapping
 
-from retromae_jax import jsonl
+from retromae_jax.data import jsonl
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 

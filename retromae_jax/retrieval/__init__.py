@@ -1,1 +1,0 @@
-"""Retrieval evaluation: BEIR folders, exact search, trec_eval-compatible metrics."""

@@ -1,0 +1,49 @@
+"""Retrieval quality of an encoder on a BEIR folder: nDCG@10, MRR@10, recall, MAP.
+
+  python -m retromae_jax.tools.evaluate --model=PATH --beir_dir=DIR [--split=test]
+      [--pooling=cls|mean] [--normalize] [--max_len=N] [--query_max_len=N] [--batch_size=N]
+      [--top_k=100] [--query_prefix=STR] [--passage_prefix=STR]
+
+The library behind it: retromae_jax/evaluators/retrieval.py.
+"""
+
+import json
+import os
+
+from absl import app, flags, logging
+
+from retromae_jax.evaluators import retrieval
+from retromae_jax.evaluators import embed
+
+
+def _define_flags():
+  flags.DEFINE_string("model", None, "HF BERT directory, or a workdir with export/encoder.")
+  flags.DEFINE_string("beir_dir", None, "BEIR folder: corpus.jsonl, queries.jsonl, qrels/.")
+  flags.DEFINE_string("split", "test", "Which qrels/{split}.tsv to score.")
+  flags.DEFINE_enum("pooling", "cls", embed.POOLINGS, "cls: [CLS] hidden state; mean: average "
+                    "over real tokens.")
+  flags.DEFINE_bool("normalize", False, "L2-normalise embeddings (cosine similarity).")
+  flags.DEFINE_integer("max_len", 512, "Passage (and by default query) length in tokens.")
+  flags.DEFINE_integer("query_max_len", None, "Query length in tokens; default --max_len.")
+  flags.DEFINE_integer("batch_size", 64, "Texts per forward pass.")
+  flags.DEFINE_integer("top_k", 100, "Documents retrieved per query.")
+  flags.DEFINE_string("query_prefix", "", "Prepended to every query (an instruction).")
+  flags.DEFINE_string("passage_prefix", "", "Prepended to every document.")
+  flags.mark_flags_as_required(["model", "beir_dir"])
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  result = retrieval.evaluate_model(f.model, f.beir_dir, f.split, pooling=f.pooling, normalize=f.normalize,
+                          max_len=f.max_len, query_max_len=f.query_max_len,
+                          batch_size=f.batch_size, top_k=f.top_k, query_prefix=f.query_prefix,
+                          passage_prefix=f.passage_prefix)
+  logging.info("%s split %s: nDCG@10 %.4f over %d queries, %d documents", f.beir_dir, f.split,
+               result["ndcg@10"], result["num_queries"], result["num_docs"])
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
