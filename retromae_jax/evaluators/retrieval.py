@@ -6,8 +6,8 @@
 
 --model is a HF BERT directory or one of our workdirs (encode.resolve_model_dir). The corpus and
 the split's judged queries are embedded (batches split over all devices), every query's top_k
-documents found by exact search (retrieval/search.py: dot product; with --normalize that is
-cosine), and the run scored with trec_eval's semantics (retrieval/metrics.py). The last line
+documents found by exact search (evaluators/search.py: dot product; with --normalize that is
+cosine), and the run scored with trec_eval's semantics (evaluators/metrics.py). The last line
 printed is one JSON object:
   {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100", "p@10", ["recall@<top_k>"],
    "num_queries", "num_docs", "encode_seconds", "search_seconds"}
