@@ -14,11 +14,16 @@ already live on, or over all devices with the params replicated.
 Texts are sorted by length and each batch is padded to a multiple of 8 tokens: short texts do not
 pay for long ones, and the forward pass compiles once per distinct padded length (at most
 max_len / 8 times, usually a few).
+
+A long corpus logs a progress line (texts done / total, texts/s, ETA) at most every
+PROGRESS_EVERY_S seconds, and a final line when it is done (process 0 only).
 """
 
+import datetime
 import functools
 import json
 import os
+import time
 from typing import Sequence
 
 import flax.linen as nn
@@ -36,6 +41,8 @@ from retromae_jax.models.retromae import RetroMAE
 
 POOLINGS = ("cls", "mean")
 _LENGTH_MULTIPLE = 8
+# Seconds between progress lines while a corpus is embedded (a final line always follows).
+PROGRESS_EVERY_S = 10.0
 
 
 def _is_hf_dir(path: str) -> bool:
@@ -133,8 +140,12 @@ def _data_parallel(params):
 
 
 def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: str = "cls",
-          normalize: bool = False, max_len: int = 512, batch_size: int = 64) -> np.ndarray:
-  """Embeds `texts` with in-memory encoder params ({'bert': ...}) and a `tokenizers.Tokenizer`."""
+          normalize: bool = False, max_len: int = 512, batch_size: int = 64,
+          label: str = "embed") -> np.ndarray:
+  """Embeds `texts` with in-memory encoder params ({'bert': ...}) and a `tokenizers.Tokenizer`.
+
+  `label` starts the progress lines (e.g. 'corpus', 'queries').
+  """
   if pooling not in POOLINGS:
     raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
   if batch_size < 1:
@@ -157,6 +168,7 @@ def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: st
     rows = -(-rows // mesh.size) * mesh.size
     batch_sharding = NamedSharding(mesh, P(mesh.axis_names))
   out = np.zeros((len(ids), cfg.hidden_size), np.float32)
+  progress = _Progress(len(ids), label)
   for start in range(0, len(ids), rows):
     chosen = order[start:start + rows]
     length = -(-max(len(ids[i]) for i in chosen) // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE
@@ -171,7 +183,39 @@ def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: st
                                                             lambda idx, x=x: x[idx])
                                for x in (batch_ids, batch_mask))
     out[chosen] = np.asarray(forward(params, batch_ids, batch_mask))[:len(chosen)]
+    progress.update(start + len(chosen))
   return out
+
+
+class _Progress:
+  """Progress lines for embed(): texts done / total, texts/s and ETA.
+
+  `update` is called after a batch's embeddings are on the host (np.asarray returned), so the
+  rate counts finished work, not work merely dispatched to the device. The first batch's
+  compilation is in the rate: it is part of what the caller waits for.
+  """
+
+  def __init__(self, total: int, label: str):
+    self.total = total
+    self.label = label
+    self.enabled = jax.process_index() == 0
+    self.start = self.last_log = time.perf_counter()
+
+  def update(self, done: int):
+    now = time.perf_counter()
+    if done < self.total and now - self.last_log < PROGRESS_EVERY_S:
+      return
+    self.last_log = now
+    if not self.enabled:
+      return
+    elapsed = max(now - self.start, 1e-9)
+    rate = done / elapsed
+    if done == self.total:
+      when = f"done in {datetime.timedelta(seconds=round(elapsed))}"
+    else:
+      when = f"ETA {datetime.timedelta(seconds=round((self.total - done) / rate))}"
+    logging.info("%s: %d/%d texts (%.0f%%) | %.1f texts/s | %s", self.label, done, self.total,
+                 100 * done / self.total, rate, when)
 
 
 def read_texts(path: str) -> list[str]:
