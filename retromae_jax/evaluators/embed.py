@@ -168,7 +168,8 @@ def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: st
     rows = -(-rows // mesh.size) * mesh.size
     batch_sharding = NamedSharding(mesh, P(mesh.axis_names))
   out = np.zeros((len(ids), cfg.hidden_size), np.float32)
-  progress = _Progress(len(ids), label)
+  progress = _Progress(label, len(ids), sum(len(x) for x in ids))
+  done_tokens = 0
   for start in range(0, len(ids), rows):
     chosen = order[start:start + rows]
     length = -(-max(len(ids[i]) for i in chosen) // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE
@@ -183,7 +184,8 @@ def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: st
                                                             lambda idx, x=x: x[idx])
                                for x in (batch_ids, batch_mask))
     out[chosen] = np.asarray(forward(params, batch_ids, batch_mask))[:len(chosen)]
-    progress.update(start + len(chosen))
+    done_tokens += sum(len(ids[i]) for i in chosen)
+    progress.update(start + len(chosen), done_tokens)
   return out
 
 
@@ -191,31 +193,33 @@ class _Progress:
   """Progress lines for embed(): texts done / total, texts/s and ETA.
 
   `update` is called after a batch's embeddings are on the host (np.asarray returned), so the
-  rate counts finished work, not work merely dispatched to the device. The first batch's
-  compilation is in the rate: it is part of what the caller waits for.
+  rates count finished work, not work merely dispatched to the device. Compilation is in them:
+  it is part of what the caller waits for. The ETA divides the tokens left by the tokens/s so
+  far: texts go in order of length, so the texts left are the longer ones.
   """
 
-  def __init__(self, total: int, label: str):
-    self.total = total
+  def __init__(self, label: str, total_texts: int, total_tokens: int):
     self.label = label
+    self.total_texts = total_texts
+    self.total_tokens = total_tokens
     self.enabled = jax.process_index() == 0
     self.start = self.last_log = time.perf_counter()
 
-  def update(self, done: int):
+  def update(self, done_texts: int, done_tokens: int):
     now = time.perf_counter()
-    if done < self.total and now - self.last_log < PROGRESS_EVERY_S:
+    if done_texts < self.total_texts and now - self.last_log < PROGRESS_EVERY_S:
       return
     self.last_log = now
     if not self.enabled:
       return
     elapsed = max(now - self.start, 1e-9)
-    rate = done / elapsed
-    if done == self.total:
+    if done_texts == self.total_texts:
       when = f"done in {datetime.timedelta(seconds=round(elapsed))}"
     else:
-      when = f"ETA {datetime.timedelta(seconds=round((self.total - done) / rate))}"
-    logging.info("%s: %d/%d texts (%.0f%%) | %.1f texts/s | %s", self.label, done, self.total,
-                 100 * done / self.total, rate, when)
+      left = (self.total_tokens - done_tokens) * elapsed / max(done_tokens, 1)
+      when = f"ETA {datetime.timedelta(seconds=round(left))}"
+    logging.info("%s: %d/%d texts (%.0f%%) | %.1f texts/s | %s", self.label, done_texts,
+                 self.total_texts, 100 * done_texts / self.total_texts, done_texts / elapsed, when)
 
 
 def read_texts(path: str) -> list[str]:
