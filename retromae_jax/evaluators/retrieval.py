@@ -70,10 +70,10 @@ def evaluate_params(cfg, params, tokenizer, data, split: str = "test", *, poolin
   start = time.perf_counter()
   corpus_emb = encode.embed(cfg, params, tokenizer,
                             [passage_prefix + t for t in data.corpus.values()], pooling,
-                            normalize, max_len, batch_size)
+                            normalize, max_len, batch_size, label="corpus")
   query_emb = encode.embed(cfg, params, tokenizer,
                            [query_prefix + t for t in data.queries.values()], pooling, normalize,
-                           query_max_len or max_len, batch_size)
+                           query_max_len or max_len, batch_size, label="queries")
   encode_seconds = time.perf_counter() - start
   result = evaluate_embeddings(query_emb, corpus_emb, data, top_k, measures)
   result["encode_seconds"] = encode_seconds
