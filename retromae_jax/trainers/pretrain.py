@@ -27,8 +27,9 @@ from retromae_jax.trainers import sharding
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.trainers import train_state
 from retromae_jax.data import pipeline
-from retromae_jax.models.objectives.config import objective_config_from
-from retromae_jax.models.retromae import make_model, model_config_from
+from retromae_jax.models.retromae import model_config_from
+from retromae_jax.objectives.config import objective_config_from
+from retromae_jax.objectives.registry import make_model
 
 
 _SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
