@@ -2,8 +2,8 @@
 
 Sections: start-up checks; workdir, init, tokenizer and shape; mesh; model and sharded state;
 update step; checkpoint restore / init; input; evaluation; loop; export. Everything comes from
-the config (configs/finetune.py); the computation itself is retromae_jax/models/biencoder.py and the
-data retromae_jax/data/pairs.py.
+the config (configs/finetune.py); the computation itself is retromae_jax/models/biencoder.py,
+models/contrastive_loss.py and trainers/gradient_cache.py, the data retromae_jax/data/pairs.py.
 
 Outputs in the workdir: metrics.jsonl (+ tensorboard/), checkpoints/<step>, export/encoder (a HF
 BertModel directory with the tokenizer, at the end), export/best (the best evaluated step by
@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 
 from retromae_jax.trainers import checkpoints
 from retromae_jax.models import biencoder as contrastive
+from retromae_jax.trainers import gradient_cache
 from retromae_jax.evaluators import embed as encode
 from retromae_jax.evaluators import retrieval as evaluate
 from retromae_jax.interop import hf as hf_interop
@@ -183,7 +184,7 @@ def train_and_evaluate(config, workdir: str):
     # Dropout depends on (seed, step, row of the global batch) only: not on the mesh, the
     # gradient cache's chunks, or where the run resumed.
     dropout_key = jax.random.fold_in(dropout_root, state.step) if _dropout(model_cfg) else None
-    (loss, aux), grads = contrastive.value_and_grad(spec, state.params, batch, dropout_key,
+    (loss, aux), grads = gradient_cache.value_and_grad(spec, state.params, batch, dropout_key,
                                                     chunk_size)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
