@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import validation as config_check
+from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import export as export_lib
 from retromae_jax.trainers import flops
 from retromae_jax.interop import hf as hf_interop
@@ -181,8 +182,8 @@ def train_and_evaluate(config, workdir: str):
       params = hf_interop.load_hf_bert(config.init.hf_dir, params)
       logging.info("Encoder initialised from %s", config.init.hf_dir)
     if config.init.decoder_dir:
-      params = {**params, "decoder": export_lib.load_decoder(config.init.decoder_dir,
-                                                             params["decoder"])}
+      params = {**params, "decoder": decoder_lib.load_decoder(config.init.decoder_dir,
+                                                              params["decoder"])}
       logging.info("Decoder initialised from %s", config.init.decoder_dir)
     state = state.replace(params=params)
 
@@ -243,7 +244,7 @@ def train_and_evaluate(config, workdir: str):
     export_lib.export_sentence_transformers(encoder, os.path.join(out, "sentence-transformers"),
                                             model_cfg.hidden_size, config.data.max_seq_length)
     if "decoder" in params:
-      export_lib.save_decoder(params["decoder"], meta, os.path.join(out, "decoder"))
+      decoder_lib.save_decoder(params["decoder"], meta, os.path.join(out, "decoder"))
     logging.info("Exported to %s: encoder/ (HF BERT), sentence-transformers/, decoder/", out)
   return state
 
