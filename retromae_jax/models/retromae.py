@@ -1,6 +1,6 @@
 """RetroMAE: a BERT encoder with its MLM head, plus the enhanced decoder (the default objective).
 
-What is computed follows ../shared/spec/retromae.md section 2 (FlagEmbedding's pretraining code):
+What is computed follows FlagEmbedding's pretraining code (RetroMAE's reference):
 - the encoder reads the 80/10/10-corrupted sequence; its MLM head runs only at the
   encoder-masked positions (the only place its loss needs vocabulary logits);
 - the sentence vector h is the final hidden state at [CLS], no pooler;

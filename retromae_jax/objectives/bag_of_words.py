@@ -1,4 +1,4 @@
-"""objective.bow_weight > 0: DupMAE's bag-of-words loss (spec section 4), added to any objective.
+"""objective.bow_weight > 0: DupMAE's bag-of-words loss, added to any objective.
 
 The encoder's MLM head runs at every encoder position; its logits, max-pooled over positions
 1.., must predict the SET of the text's ids (models/losses.bag_of_words_loss). The host sends

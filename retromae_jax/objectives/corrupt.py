@@ -1,4 +1,4 @@
-"""encoder.masking=corrupt (spec section 1, the default): the encoder reads the whole sequence with
+"""encoder.masking=corrupt (the default, as RetroMAE): the encoder reads the whole sequence with
 its masked words corrupted 80/10/10 ([MASK] / a random id / kept) and predicts them (L_enc)."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""decoder.kind=cross_attention (the seed's design): basic decoding's [MASK]-ed input, each layer
+"""decoder.kind=cross_attention (this codebase's, not in the references): basic decoding's [MASK]-ed input, each layer
 cross-attending to a memory: decoder.cross_attend_to 'sentence' (h alone, a one-vector
 bottleneck) or 'tokens' (every encoder state). The model:
 retromae_jax/models/objectives/cross_attention.py.

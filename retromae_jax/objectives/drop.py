@@ -1,4 +1,4 @@
-"""encoder.masking=drop (MAE-style, the seed's idea): the encoder reads only the unmasked tokens,
+"""encoder.masking=drop (MAE-style; this codebase's, not in the references): the encoder reads only the unmasked tokens,
 compacted to the front of a narrower array, each at its ORIGINAL position. No hidden state exists
 at a dropped position, so there is no L_enc: the decoder alone reconstructs the text."""
 

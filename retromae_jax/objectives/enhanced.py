@@ -1,4 +1,4 @@
-"""decoder.kind=enhanced (spec section 2, the default): RetroMAE's enhanced decoding.
+"""decoder.kind=enhanced (the default): RetroMAE's enhanced decoding, as FlagEmbedding's code.
 
 Each query row i sees the positions that its own whole-word mask, drawn at the decoder ratio,
 leaves visible. The host draws, per example, a pool of P = min(n, data.decoder_pool_size) masks
