@@ -90,14 +90,15 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # everything: least memory), 'dots' (keep matmul outputs without batch dimensions).
   c.model.remat = "none"
 
-  # ---- Objective (retromae_jax/objectives; the defaults are the spec's RetroMAE) ----
+  # ---- Objective (the defaults are RetroMAE's). Each value below names a part of the objective,
+  # one file each in retromae_jax/objectives/ (registry.py lists them) ----
   c.objective = ml_collections.ConfigDict()
   c.objective.kind = "retromae"  # 'retromae' (encoder + decoder) | 'mlm' (no decoder at all)
-  # DupMAE's bag-of-words loss (spec section 4; 0.1 in DupMAE): L = L_enc + L_dec + w * L_bow.
+  # DupMAE's bag-of-words loss (0.1 in DupMAE): L = L_enc + L_dec + w * L_bow.
   # 0 = off. On, the MLM head runs at every encoder position ([B, L, V] logits).
   c.objective.bow_weight = 0.0
   c.decoder = ml_collections.ConfigDict()
-  # 'enhanced' (spec section 2) | 'basic' (reconstructs a [MASK]-ed copy from it and h) |
+  # 'enhanced' (RetroMAE's) | 'basic' (reconstructs a [MASK]-ed copy from it and h) |
   # 'cross_attention' (the same input, cross-attending to the encoder) | 'autoregressive'
   # (causal, conditioned on h, as SEED-Encoder).
   c.decoder.kind = "enhanced"
@@ -105,7 +106,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.decoder.cross_attend_to = "sentence"  # cross_attention: 'sentence' (h) | 'tokens' (all)
   c.decoder.attention_span = 0  # autoregressive: tokens seen besides h (SEED-Encoder); 0 = all
   c.encoder = ml_collections.ConfigDict()
-  # 'corrupt' (80/10/10 in place, spec) | 'drop' (MAE-style: the encoder reads only the unmasked
+  # 'corrupt' (80/10/10 in place, RetroMAE's) | 'drop' (MAE-style: the encoder reads only the unmasked
   # tokens at their original positions; no encoder loss, the decoder alone reconstructs).
   c.encoder.masking = "corrupt"
 

@@ -13,6 +13,8 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 DEFAULT_DIR = Path(__file__).parent / "assets" / "bert-base-uncased-wordpiece"
+# The files of a HF tokenizer directory that are copied along with a model (checkpoints, export).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 # (cls, sep, pad, mask) token strings, BERT first, then RoBERTa / XLM-R style.
 _SPECIAL_NAMES = (("[CLS]", "[SEP]", "[PAD]", "[MASK]"), ("<s>", "</s>", "<pad>", "<mask>"))

@@ -28,7 +28,6 @@ from retromae_jax.data import tokenizer as tokenizer_lib
 _CONFIG = "config.json"
 _WEIGHTS = "model.safetensors"
 _WEIGHTS_INDEX = "model.safetensors.index.json"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 # What a non-BERT model_type would need before it could load (shown in the error message).
 _PORTING_NOTES = {
@@ -432,10 +431,11 @@ def save_hf_bert(params: dict, model_cfg, out_dir: str, tokenizer_dir: str | Non
     if os.path.isfile(tokenizer_dir):
       sources = [tokenizer_dir]
     else:
-      sources = [os.path.join(tokenizer_dir, n) for n in TOKENIZER_FILES
+      sources = [os.path.join(tokenizer_dir, n) for n in tokenizer_lib.TOKENIZER_FILES
                  if os.path.isfile(os.path.join(tokenizer_dir, n))]
       if not sources:
-        raise ValueError(f"{tokenizer_dir}: none of {', '.join(TOKENIZER_FILES)} found")
+        raise ValueError(f"{tokenizer_dir}: none of "
+                         f"{', '.join(tokenizer_lib.TOKENIZER_FILES)} found")
     for src in sources:
       shutil.copyfile(src, os.path.join(out_dir, os.path.basename(src)))
   logging.info("Wrote %s (%d tensors%s)", out_dir, len(tensors), ", tokenizer" if tokenizer_dir else "")

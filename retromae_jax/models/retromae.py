@@ -1,6 +1,6 @@
 """RetroMAE: a BERT encoder with its MLM head, plus the enhanced decoder (the default objective).
 
-What is computed follows ../shared/spec/retromae.md section 2 (FlagEmbedding's pretraining code):
+What is computed follows FlagEmbedding's pretraining code (RetroMAE's reference):
 - the encoder reads the 80/10/10-corrupted sequence; its MLM head runs only at the
   encoder-masked positions (the only place its loss needs vocabulary logits);
 - the sentence vector h is the final hidden state at [CLS], no pooler;
@@ -14,7 +14,8 @@ Gradients of the decoder loss reach the encoder through h (not detached).
 decoder.num_layers > 1 (the seed's deeper decoder, not in the references): layer l's queries are
 layer l-1's output, while keys/values stay H2 and the mask stays M in every layer. Query rows
 never attend to each other, so no row ever sees its own token, however deep the stack.
-The other objectives (retromae_jax/objectives) share the encoder side; make_model picks one.
+The other objectives (retromae_jax/models/objectives/) share the encoder side; the registry
+(retromae_jax/objectives/registry.make_model) picks one.
 """
 
 import flax.linen as nn
@@ -23,10 +24,6 @@ import jax.numpy as jnp
 
 from retromae_jax.models import decoder_mask
 from retromae_jax.models.bert import ModelConfig, TransformerLayer
-from retromae_jax.models.objectives.autoregressive import AutoregressiveDecoding
-from retromae_jax.models.objectives.basic import BasicDecoding
-from retromae_jax.models.objectives.config import ObjectiveConfig
-from retromae_jax.models.objectives.cross_attention import CrossAttentionDecoding
 from retromae_jax.models.objectives.layers import Stack, TwoStreamBody
 from retromae_jax.models.objectives.mlm import MaskedLM
 
@@ -63,15 +60,6 @@ class RetroMAE(MaskedLM):
         batch["decoder_pool"], batch["decoder_choice"], batch["attention_mask"])
     decoded = self.decoder(query_stream, kv_stream, visible[:, None], deterministic)
     return self.mlm_head(decoded, self.word_embeddings)
-
-
-def make_model(cfg: ModelConfig, objective: ObjectiveConfig = ObjectiveConfig()) -> MaskedLM:
-  """The model of `objective` (config objective.kind / decoder.kind)."""
-  if objective.kind == "mlm":
-    return MaskedLM(cfg, objective)
-  models = {"enhanced": RetroMAE, "basic": BasicDecoding, "cross_attention": CrossAttentionDecoding,
-            "autoregressive": AutoregressiveDecoding}
-  return models[objective.decoder_kind](cfg, objective)
 
 
 def model_config_from(config, vocab_size: int) -> ModelConfig:

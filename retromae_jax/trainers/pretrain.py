@@ -16,11 +16,13 @@ import jax.numpy as jnp
 from retromae_jax.data import pipeline
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.evaluators import periodic
+from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import losses
-from retromae_jax.models.objectives.config import objective_config_from
-from retromae_jax.models.retromae import make_model, model_config_from
+from retromae_jax.models.retromae import model_config_from
+from retromae_jax.objectives.config import objective_config_from
+from retromae_jax.objectives.registry import make_model
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import flops
 from retromae_jax.trainers import loop
@@ -142,8 +144,8 @@ def train_and_evaluate(config, workdir: str):
       params = hf_interop.load_hf_bert(config.init.hf_dir, params)
       logging.info("Encoder initialised from %s", config.init.hf_dir)
     if config.init.decoder_dir:
-      params = {**params, "decoder": export_lib.load_decoder(config.init.decoder_dir,
-                                                             params["decoder"])}
+      params = {**params, "decoder": decoder_lib.load_decoder(config.init.decoder_dir,
+                                                              params["decoder"])}
       logging.info("Decoder initialised from %s", config.init.decoder_dir)
     return params
 
@@ -187,6 +189,6 @@ def train_and_evaluate(config, workdir: str):
     export_lib.export_sentence_transformers(encoder, os.path.join(out, "sentence-transformers"),
                                             model_cfg.hidden_size, config.data.max_seq_length)
     if "decoder" in params:
-      export_lib.save_decoder(params["decoder"], meta, os.path.join(out, "decoder"))
+      decoder_lib.save_decoder(params["decoder"], meta, os.path.join(out, "decoder"))
     logging.info("Exported to %s: encoder/ (HF BERT), sentence-transformers/, decoder/", out)
   return state

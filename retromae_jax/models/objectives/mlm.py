@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from retromae_jax.models.bert import BertModel, MLMHead, ModelConfig
-from retromae_jax.models.objectives.config import ObjectiveConfig
+from retromae_jax.objectives.config import ObjectiveConfig
 
 # DupMAE pushes padding positions down by this much before the max-pool (not -inf: a row of
 # padding stays finite).
@@ -92,7 +92,6 @@ class MaskedLM(nn.Module):
       outputs["decoder_logits"] = decoder_logits
     return outputs
 
-  def __call__(self, batch, deterministic: bool = False):
-    """(encoder logits at the masked positions, decoder logits [B, L, V]); None where absent."""
-    outputs = self.outputs(batch, deterministic)
-    return outputs.get("encoder_logits"), outputs.get("decoder_logits")
+  def __call__(self, batch, deterministic: bool = False) -> dict:
+    """The training forward (what init traces): `outputs`."""
+    return self.outputs(batch, deterministic)
