@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from retromae_jax.models import decoder_mask
-from retromae_jax.models.bert import ModelConfig, TransformerLayer
+from retromae_jax.models.bert import ModelConfig, TransformerLayer, model_config_from  # noqa: F401  (re-exported for callers)
 from retromae_jax.models.objectives.autoregressive import AutoregressiveDecoding
 from retromae_jax.models.objectives.basic import BasicDecoding
 from retromae_jax.models.objectives.config import ObjectiveConfig
@@ -54,7 +54,7 @@ class RetroMAE(MaskedLM):
     if cfg.query_stream == "embeddings":
       query_stream = self.bert.embeddings.from_vectors(h_everywhere, deterministic)
     elif cfg.query_stream == "raw":
-      query_stream = h_everywhere + self.bert.embeddings.position_embeddings(jnp.arange(seq_len))
+      query_stream = h_everywhere + self.bert.embeddings.positions(jnp.arange(seq_len))
     else:
       raise ValueError(f"model.query_stream: expected 'embeddings' or 'raw', got {cfg.query_stream!r}")
     query_stream = nn.with_logical_constraint(query_stream, ("batch", "length", "embed"))
@@ -72,19 +72,3 @@ def make_model(cfg: ModelConfig, objective: ObjectiveConfig = ObjectiveConfig())
   models = {"enhanced": RetroMAE, "basic": BasicDecoding, "cross_attention": CrossAttentionDecoding,
             "autoregressive": AutoregressiveDecoding}
   return models[objective.decoder_kind](cfg, objective)
-
-
-def model_config_from(config, vocab_size: int) -> ModelConfig:
-  """Builds the static ModelConfig from `config.model`, resolving 'auto' dtype and vocab -1."""
-  m = config.model
-  dtype = m.dtype
-  if dtype == "auto":
-    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  return ModelConfig(
-      vocab_size=m.vocab_size if m.vocab_size > 0 else vocab_size,
-      hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
-      intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
-      type_vocab_size=m.type_vocab_size, dropout_rate=m.dropout_rate,
-      attention_dropout_rate=m.attention_dropout_rate, initializer_range=m.initializer_range,
-      layer_norm_eps=m.layer_norm_eps, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(m.param_dtype),
-      query_stream=m.query_stream, remat=m.remat)

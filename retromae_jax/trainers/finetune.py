@@ -34,13 +34,14 @@ from retromae_jax.trainers import train_state
 from retromae_jax.data import pairs
 from retromae_jax.data import beir
 from retromae_jax.evaluators import metrics as retrieval_metrics
+from retromae_jax.models import bert
 from retromae_jax.models.retromae import model_config_from
 
 BEST_EVAL = "best_eval.json"
 # Keys of a HF config that fix the model's shape (dropout stays the config's choice).
 _SHAPE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
-               "initializer_range")
+               "initializer_range", "family", "pad_token_id")
 
 
 # ------------------------------------------------------------------------------ Start-up checks
@@ -55,7 +56,7 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
   """
   d, m, e = config.data, config.model, config.eval
   shape_known = not config.init.model if shape_known is None else shape_known
-  max_len = m.max_position_embeddings if shape_known else float("inf")
+  max_len = bert.max_length(m) if shape_known else float("inf")
   chunk = config.gradient_cache.chunk_size
   checks = [
       ("task", config.task == "finetune", "expected 'finetune'"),
@@ -136,7 +137,8 @@ def train_and_evaluate(config, workdir: str):
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_spec)
   with config.unlocked():
     if init_dir:
-      overrides = hf_interop.model_overrides(hf_interop.read_hf_config(init_dir))
+      overrides = hf_interop.model_overrides(hf_interop.read_hf_config(init_dir),
+                                             config.model.extend_positions_to)
       config.model.update({k: overrides[k] for k in _SHAPE_KEYS})
     if not config.model.temperature:
       config.model.temperature = contrastive.DEFAULT_TEMPERATURE[config.model.similarity]
@@ -223,7 +225,8 @@ def train_and_evaluate(config, workdir: str):
     logging.info("Resuming from %s/checkpoints/%d", workdir, start_step)
     state, _ = checkpoints.restore(mngr, start_step, state)
   elif init_dir:
-    state = state.replace(params=hf_interop.load_hf_bert(init_dir, state.params))
+    state = state.replace(params=hf_interop.load_hf_bert(init_dir, state.params,
+                                                         config.model.position_extension))
     logging.info("Encoder initialised from %s", init_dir)
 
   # ---------------------------------------------------------------- Input

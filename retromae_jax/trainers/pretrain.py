@@ -32,7 +32,7 @@ from retromae_jax.models.retromae import make_model, model_config_from
 
 
 _SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                 "max_position_embeddings", "type_vocab_size")
+                 "max_position_embeddings", "type_vocab_size", "family", "pad_token_id")
 
 
 def _resolve_model_shape(config, vocab_size: int):
@@ -40,7 +40,8 @@ def _resolve_model_shape(config, vocab_size: int):
   section follows it."""
   overrides = {}
   if config.init.hf_dir:
-    overrides = hf_interop.model_overrides(hf_interop.read_hf_config(config.init.hf_dir))
+    overrides = hf_interop.model_overrides(hf_interop.read_hf_config(config.init.hf_dir),
+                                           config.model.extend_positions_to)
   elif config.init.checkpoint:
     meta, _ = checkpoints.read_meta(config.init.checkpoint)
     overrides = {k: v for k, v in meta["model"].items() if k in _SHAPE_FIELDS}
@@ -177,7 +178,8 @@ def train_and_evaluate(config, workdir: str):
       params, _, step_dir = checkpoints.restore_params(config.init.checkpoint, params)
       logging.info("Parameters initialised from %s", step_dir)
     if config.init.hf_dir:
-      params = hf_interop.load_hf_bert(config.init.hf_dir, params)
+      params = hf_interop.load_hf_bert(config.init.hf_dir, params,
+                                       config.model.position_extension)
       logging.info("Encoder initialised from %s", config.init.hf_dir)
     if config.init.decoder_dir:
       params = {**params, "decoder": export_lib.load_decoder(config.init.decoder_dir,

@@ -2,6 +2,7 @@
 
 import functools
 
+from retromae_jax.models import bert
 from retromae_jax.trainers import sharding
 from retromae_jax.models.objectives import config as objectives
 
@@ -18,8 +19,9 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
       ("total_steps", config.total_steps > 0, "expected a positive number of steps"),
       ("log_every", config.log_every > 0, "expected a positive interval"),
       ("checkpoint_every", config.checkpoint_every > 0, "expected a positive interval"),
-      ("data.max_seq_length", 8 <= d.max_seq_length <= m.max_position_embeddings,
-       f"expected 8..model.max_position_embeddings ({m.max_position_embeddings})"),
+      ("data.max_seq_length", 8 <= d.max_seq_length <= bert.max_length(m),
+       f"expected 8..{bert.max_length(m)} (model.max_position_embeddings less the family's "
+       "position offset)"),
       ("data.decoder_pool_size", d.decoder_pool_size >= 1, "expected >= 1"),
       ("model.num_heads", m.num_heads > 0 and m.hidden_size % m.num_heads == 0,
        f"expected a divisor of model.hidden_size ({m.hidden_size})"),
