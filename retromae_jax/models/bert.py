@@ -149,7 +149,8 @@ class Embeddings(nn.Module):
     if position_ids is None:
       position_ids = jnp.arange(vectors.shape[-2])
     x = vectors + self.positions(position_ids)
-    x = x + self.token_type_embeddings(jnp.zeros((), jnp.int32))
+    # Type 0 (shape [1] in: flax's Embed special-cases one-row tables, which RoBERTa's are).
+    x = x + self.token_type_embeddings(jnp.zeros((1,), jnp.int32))[0]
     x = self.layer_norm(x)
     return self.dropout(x, deterministic=deterministic)
 
