@@ -313,8 +313,10 @@ def extend_positions(table: np.ndarray, rows: int, offset: int, method: str = "t
   positions (RoBERTa's padding_idx + 1 rows) and are kept as they are.
 
   'tile': learned position p' = p mod (n - offset), so each new stretch starts again from the
-  learned start (Longformer's copy initialisation). 'interpolate': linear interpolation of the
-  learned rows over the longer range (p' = p * (n - offset - 1) / (rows - offset - 1)).
+  learned start (Longformer's copy initialisation); positions the checkpoint covered keep their
+  rows, so short inputs give the checkpoint's outputs. 'interpolate': linear interpolation of the
+  learned rows over the longer range (p' = p * (n - offset - 1) / (rows - offset - 1)), as ViTs
+  resize theirs; every position moves, so it needs more training to recover.
   """
   if method not in POSITION_EXTENSIONS:
     raise ValueError(f"model.position_extension: expected one of {', '.join(POSITION_EXTENSIONS)}, "
