@@ -457,3 +457,50 @@ def test_position_table_extension(family_model):
     long_ids = np.tile(ids[:1, 1:-1], (1, 10))[:, :200]
     long_hidden, _ = _our_outputs(cfg, params, long_ids, np.ones_like(long_ids))
     assert np.isfinite(long_hidden).all()
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+def _main(config, workdir, *overrides):
+  cmd = [sys.executable, "-m", "retromae_jax.main", f"--config={config}", f"--workdir={workdir}",
+         *overrides]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def test_xlm_roberta_pretraining_then_finetuning(tokenizer_dirs, tmp_path):
+  """From a (random) XLM-R checkpoint with its SentencePiece tokenizer: RetroMAE pretraining,
+  then contrastive fine-tuning of its export; both exports are XLM-R directories transformers
+  loads."""
+  transformers = pytest.importorskip("transformers")
+  tok_dir = tokenizer_dirs["xlm-roberta"]
+  vocab = tokenizer_lib.load_tokenizer(tok_dir).get_vocab_size()
+  init = _torch_model("xlm-roberta", vocab, tmp_path / "init")
+  pretrained = str(tmp_path / "pretrain")
+  rows = _main("configs/base.py:smoke", pretrained, f"--config.tokenizer={tok_dir}",
+               f"--config.init.hf_dir={init}", "--config.batch_size=4",
+               "--config.data.max_seq_length=64", "--config.total_steps=2",
+               "--config.log_every=1", "--config.checkpoint_every=2",
+               "--config.data.shuffle_buffer=100")
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(np.isfinite(r["enc_loss"]) and np.isfinite(r["dec_loss"]) for r in rows)
+  encoder = os.path.join(pretrained, "export", "encoder")
+  with open(os.path.join(encoder, "config.json"), encoding="utf-8") as f:
+    written = json.load(f)
+  assert (written["model_type"], written["architectures"]) == ("xlm-roberta",
+                                                               ["XLMRobertaForMaskedLM"])
+  transformers.AutoModelForMaskedLM.from_pretrained(encoder)
+
+  finetuned = str(tmp_path / "finetune")
+  rows = _main("configs/finetune.py:smoke", finetuned, f"--config.init.model={pretrained}",
+               "--config.batch_size=4", "--config.total_steps=2", "--config.log_every=1",
+               "--config.checkpoint_every=2", "--config.eval.data=")
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+  model_dir = os.path.join(finetuned, "export", "encoder")
+  with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["architectures"] == ["XLMRobertaModel"]
+  transformers.AutoModel.from_pretrained(model_dir)
