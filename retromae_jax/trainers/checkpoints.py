@@ -53,8 +53,11 @@ def make_meta(model_cfg, tokenizer_spec: str, **extra) -> dict:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> bool:
-  return mngr.save(step, args=ocp.args.Composite(
+  saved = mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  logging.info("Checkpoint step %d: saving to %s/%d (in the background)", step, mngr.directory,
+               step)
+  return saved
 
 
 # ---------------------------------------------------------------------------------------------
