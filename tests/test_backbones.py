@@ -504,3 +504,47 @@ def test_xlm_roberta_pretraining_then_finetuning(tokenizer_dirs, tmp_path):
   with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["architectures"] == ["XLMRobertaModel"]
   transformers.AutoModel.from_pretrained(model_dir)
+
+
+_STEP_MEMORY = re.compile(r"Compiled step per device \([^)]*\): arguments ([\d.]+) MiB, "
+                          r"outputs [\d.]+ MiB, temporaries ([\d.]+) MiB")
+
+
+def _pretrain_step_memory(tokenizer_dir, workdir, seq_len, attention_impl):
+  """(arguments + temporaries MiB of the compiled update step, peak RSS MiB of the process) of
+  a 2-step RoBERTa pretraining run at seq_len, read from the trainer's log and the kernel."""
+  script = ("import atexit, resource, runpy, sys; atexit.register(lambda: print('PEAK_RSS_KIB', "
+            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); "
+            "sys.argv = sys.argv[1:]; runpy.run_module('retromae_jax.main', run_name='__main__')")
+  cmd = [sys.executable, "-c", script, "main", "--config=configs/base.py:smoke",
+         f"--workdir={workdir}", f"--config.tokenizer={tokenizer_dir}",
+         "--config.model.family=roberta", "--config.model.type_vocab_size=1",
+         "--config.model.layer_norm_eps=1e-5", "--config.model.hidden_size=64",
+         "--config.model.num_layers=2", "--config.model.num_heads=4",
+         "--config.model.intermediate_size=128", f"--config.model.attention={attention_impl}",
+         f"--config.model.max_position_embeddings={seq_len + 2}",
+         f"--config.data.max_seq_length={seq_len}", "--config.data.source=pydoc:modules",
+         "--config.batch_size=2", "--config.total_steps=2", "--config.log_every=1",
+         "--config.checkpoint_every=2", "--config.data.shuffle_buffer=10"]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  arguments, temporaries = map(float, _STEP_MEMORY.search(proc.stderr).groups())
+  peak_rss = int(re.search(r"PEAK_RSS_KIB (\d+)", proc.stderr).group(1)) / 1024
+  return arguments + temporaries, peak_rss
+
+
+@pytest.mark.slow
+def test_long_input_pretraining_memory(tokenizer_dirs, tmp_path):
+  """RetroMAE pretraining of a tiny RoBERTa at 4096 tokens against 512 (batch 2): the step's
+  memory with chunked attention, and with the dense [L, L] logits for contrast. Memory, not time:
+  these figures hold on a shared machine."""
+  tok_dir = tokenizer_dirs["roberta"]
+  figures = {}
+  for seq_len, impl in ((512, "auto"), (4096, "chunked"), (4096, "dense")):
+    figures[seq_len, impl] = _pretrain_step_memory(tok_dir, tmp_path / f"{seq_len}_{impl}",
+                                                   seq_len, impl)
+  for (seq_len, impl), (step, rss) in figures.items():
+    print(f"L={seq_len} attention={impl}: step {step:.1f} MiB, process peak RSS {rss:.0f} MiB")
+  short, long_chunked, long_dense = (figures[k][0] for k in figures)
+  assert long_chunked < 0.5 * long_dense
+  assert long_chunked < 16 * short  # 8x the tokens; the decoder's boolean [L, L] row masks remain

@@ -442,6 +442,11 @@ def _check_tied_decoder(ckpt: _Checkpoint, loaded: dict, decoder_name: str) -> N
 # ---------------------------------------------------------------------------------------------
 
 
+def _pad_token_id(model_cfg, family: str) -> int:
+  pad = getattr(model_cfg, "pad_token_id", -1)  # config.model says -1 for the family's default
+  return pad if pad >= 0 else DEFAULT_PAD[family]
+
+
 def _special_token_ids(tokenizer_dir: str | None, family: str, pad_token_id: int) -> dict:
   """pad (and for RoBERTa-style families bos/eos) ids for config.json, from the tokenizer when
   there is one. A RoBERTa-style pad must be the model's: it decides the position ids."""
@@ -513,7 +518,7 @@ def save_hf_bert(params: dict, model_cfg, out_dir: str, tokenizer_dir: str | Non
       "type_vocab_size": sizes["type_vocab_size"],
       "initializer_range": float(model_cfg.initializer_range),
       "layer_norm_eps": float(model_cfg.layer_norm_eps),
-      **_special_token_ids(tokenizer_dir, family_name, getattr(model_cfg, "pad_token_id", 0)),
+      **_special_token_ids(tokenizer_dir, family_name, _pad_token_id(model_cfg, family_name)),
       "position_embedding_type": "absolute",
       "tie_word_embeddings": True,
       "dtype": "float32",

@@ -18,11 +18,10 @@ The other objectives (retromae_jax/objectives) share the encoder side; make_mode
 """
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from retromae_jax.models import decoder_mask
-from retromae_jax.models.bert import ModelConfig, TransformerLayer, model_config_from  # noqa: F401  (re-exported for callers)
+from retromae_jax.models.bert import ModelConfig, TransformerLayer
 from retromae_jax.models.objectives.autoregressive import AutoregressiveDecoding
 from retromae_jax.models.objectives.basic import BasicDecoding
 from retromae_jax.models.objectives.config import ObjectiveConfig

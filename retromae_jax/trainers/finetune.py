@@ -26,7 +26,7 @@ from retromae_jax.evaluators import embed
 from retromae_jax.evaluators import periodic
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import biencoder
-from retromae_jax.models.retromae import model_config_from
+from retromae_jax.models.bert import model_config_from
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import loop
 from retromae_jax.trainers import metrics as metrics_lib

@@ -20,7 +20,8 @@ from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import losses
 from retromae_jax.models.objectives.config import objective_config_from
-from retromae_jax.models.retromae import make_model, model_config_from
+from retromae_jax.models.bert import model_config_from
+from retromae_jax.models.retromae import make_model
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import flops
 from retromae_jax.trainers import loop
