@@ -89,6 +89,23 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # Rematerialisation of encoder layers in the backward pass: 'none', 'full' (recompute
   # everything: least memory), 'dots' (keep matmul outputs without batch dimensions).
   c.model.remat = "none"
+  # Encoder family when training from scratch ('bert' | 'roberta' | 'xlm-roberta'); an init.hf_dir's
+  # config.json model_type overrides it. RoBERTa-style families number positions from
+  # pad_token_id + 1 (so max_position_embeddings = longest input + pad_token_id + 1, 514 for 512);
+  # their checkpoints have type_vocab_size 1 and layer_norm_eps 1e-5, and their tokenizer uses
+  # <s> </s> <pad> <mask> (pad_token_id must be the tokenizer's pad id).
+  c.model.family = "bert"
+  c.model.pad_token_id = -1  # -1: the family's (0 for BERT, 1 for RoBERTa / XLM-R)
+  # Attention (retromae_jax/models/attention.py): 'auto' = 'dense' up to 1024 keys, 'chunked'
+  # (query blocks of attention_block; memory linear in the length) beyond; 'cudnn' = the fused
+  # GPU kernel (bf16, no attention dropout).
+  c.model.attention = "auto"
+  c.model.attention_block = 512
+  # Longer inputs than an init.hf_dir checkpoint's positions cover (e.g. 8192): its position table
+  # grows to this many positions, the new rows from the learned ones by 'tile' (copy them again
+  # and again, Longformer's recipe) or 'interpolate' (stretch them linearly). 0 = keep its length.
+  c.model.extend_positions_to = 0
+  c.model.position_extension = "tile"
 
   # ---- Objective (the defaults are RetroMAE's). Each value below names a part of the objective,
   # one file each in retromae_jax/objectives/ (registry.py lists them) ----

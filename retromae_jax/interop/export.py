@@ -105,7 +105,7 @@ def export_checkpoint(path: str, out_dir: str, max_seq_length: int | None = None
   written["encoder"] = export_encoder(params, cfg, meta, os.path.join(out_dir, "encoder"))
   written["sentence-transformers"] = export_sentence_transformers(
       written["encoder"], os.path.join(out_dir, "sentence-transformers"), cfg.hidden_size,
-      max_seq_length or cfg.max_position_embeddings)
+      max_seq_length or cfg.max_length)
   if "decoder" in params:
     written["decoder"] = decoder_lib.save_decoder(params["decoder"], meta, os.path.join(out_dir, "decoder"))
   logging.info("Exported %s to %s: %s", step_dir, out_dir, ", ".join(written))

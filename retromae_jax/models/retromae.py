@@ -19,11 +19,10 @@ The other objectives (retromae_jax/models/objectives/) share the encoder side; t
 """
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from retromae_jax.models import decoder_mask
-from retromae_jax.models.bert import ModelConfig, TransformerLayer
+from retromae_jax.models.bert import TransformerLayer
 from retromae_jax.models.objectives.layers import Stack, TwoStreamBody
 from retromae_jax.models.objectives.mlm import MaskedLM
 
@@ -51,7 +50,7 @@ class RetroMAE(MaskedLM):
     if cfg.query_stream == "embeddings":
       query_stream = self.bert.embeddings.from_vectors(h_everywhere, deterministic)
     elif cfg.query_stream == "raw":
-      query_stream = h_everywhere + self.bert.embeddings.position_embeddings(jnp.arange(seq_len))
+      query_stream = h_everywhere + self.bert.embeddings.positions(jnp.arange(seq_len))
     else:
       raise ValueError(f"model.query_stream: expected 'embeddings' or 'raw', got {cfg.query_stream!r}")
     query_stream = nn.with_logical_constraint(query_stream, ("batch", "length", "embed"))
@@ -60,19 +59,3 @@ class RetroMAE(MaskedLM):
         batch["decoder_pool"], batch["decoder_choice"], batch["attention_mask"])
     decoded = self.decoder(query_stream, kv_stream, visible[:, None], deterministic)
     return self.mlm_head(decoded, self.word_embeddings)
-
-
-def model_config_from(config, vocab_size: int) -> ModelConfig:
-  """Builds the static ModelConfig from `config.model`, resolving 'auto' dtype and vocab -1."""
-  m = config.model
-  dtype = m.dtype
-  if dtype == "auto":
-    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  return ModelConfig(
-      vocab_size=m.vocab_size if m.vocab_size > 0 else vocab_size,
-      hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
-      intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
-      type_vocab_size=m.type_vocab_size, dropout_rate=m.dropout_rate,
-      attention_dropout_rate=m.attention_dropout_rate, initializer_range=m.initializer_range,
-      layer_norm_eps=m.layer_norm_eps, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(m.param_dtype),
-      query_stream=m.query_stream, remat=m.remat)

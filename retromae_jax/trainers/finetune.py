@@ -27,7 +27,7 @@ from retromae_jax.evaluators import embed
 from retromae_jax.evaluators import periodic
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import biencoder
-from retromae_jax.models.retromae import model_config_from
+from retromae_jax.models.bert import model_config_from
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import gradient_cache
 from retromae_jax.trainers import loop
@@ -49,7 +49,8 @@ def train_and_evaluate(config, workdir: str):
   tokenizer_spec = config.tokenizer or init_dir or "default"
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_spec)
   if init_dir:
-    loop.apply_model_shape(config, hf_interop.model_overrides(hf_interop.read_hf_config(init_dir)))
+    loop.apply_model_shape(config, hf_interop.model_overrides(hf_interop.read_hf_config(init_dir),
+                                                              config.model.extend_positions_to))
   if not config.model.temperature:
     with config.unlocked():
       config.model.temperature = biencoder.DEFAULT_TEMPERATURE[config.model.similarity]
@@ -122,7 +123,7 @@ def train_and_evaluate(config, workdir: str):
 
   def init_params(params):
     if init_dir:
-      params = hf_interop.load_hf_bert(init_dir, params)
+      params = hf_interop.load_hf_bert(init_dir, params, config.model.position_extension)
       logging.info("Encoder initialised from %s", init_dir)
     return params
 

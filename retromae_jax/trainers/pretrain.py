@@ -20,7 +20,7 @@ from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import losses
-from retromae_jax.models.retromae import model_config_from
+from retromae_jax.models.bert import model_config_from
 from retromae_jax.objectives.config import objective_config_from
 from retromae_jax.objectives.registry import make_model
 from retromae_jax.trainers import checkpoints
@@ -41,7 +41,7 @@ def train_and_evaluate(config, workdir: str):
   # An HF init directory or an init checkpoint fixes the model's shape (not its dropout).
   if config.init.hf_dir:
     loop.apply_model_shape(config, hf_interop.model_overrides(
-        hf_interop.read_hf_config(config.init.hf_dir)))
+        hf_interop.read_hf_config(config.init.hf_dir), config.model.extend_positions_to))
   elif config.init.checkpoint:
     loop.apply_model_shape(config, checkpoints.read_meta(config.init.checkpoint)[0]["model"])
 
@@ -141,7 +141,8 @@ def train_and_evaluate(config, workdir: str):
       params, _, step_dir = checkpoints.restore_params(config.init.checkpoint, params)
       logging.info("Parameters initialised from %s", step_dir)
     if config.init.hf_dir:
-      params = hf_interop.load_hf_bert(config.init.hf_dir, params)
+      params = hf_interop.load_hf_bert(config.init.hf_dir, params,
+                                       config.model.position_extension)
       logging.info("Encoder initialised from %s", config.init.hf_dir)
     if config.init.decoder_dir:
       params = {**params, "decoder": decoder_lib.load_decoder(config.init.decoder_dir,

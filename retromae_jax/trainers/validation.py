@@ -7,6 +7,7 @@ import functools
 from retromae_jax.evaluators import metrics as retrieval_metrics
 from retromae_jax.evaluators.embed import POOLINGS
 from retromae_jax.models.biencoder import SIMILARITIES
+from retromae_jax.models import bert
 from retromae_jax.trainers import sharding
 from retromae_jax.objectives import registry
 
@@ -61,7 +62,7 @@ def _shared_checks(config, shape_known: bool):
 
 def _pretrain_checks(config, shape_known: bool):
   d, m = config.data, config.model
-  max_len = m.max_position_embeddings if shape_known else float("inf")
+  max_len = bert.max_length(m) if shape_known else float("inf")  # positions less the offset
   return [
       ("data.encoder_mask_ratio", 0.0 < d.encoder_mask_ratio < 1.0, "expected a ratio in (0, 1)"),
       ("data.decoder_mask_ratio", 0.0 < d.decoder_mask_ratio < 1.0, "expected a ratio in (0, 1)"),
@@ -81,8 +82,8 @@ def _pretrain_checks(config, shape_known: bool):
 
 
 def _finetune_checks(config, shape_known: bool):
-  d, m, e = config.data, config.model, config.eval
-  max_len = m.max_position_embeddings if shape_known else float("inf")
+  d, m = config.data, config.model
+  max_len = bert.max_length(m) if shape_known else float("inf")  # positions less the offset
   chunk = config.gradient_cache.chunk_size
   return [
       ("task", config.task == "finetune", "expected 'finetune'"),
