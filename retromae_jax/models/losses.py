@@ -35,7 +35,7 @@ def masked_cross_entropy(logits, labels, denominator=None):
 
 
 def bag_of_words_loss(bow_logits, input_ids, bow_weights, denominator=None):
-  """DupMAE's L_bow (spec section 4), mean over examples.
+  """DupMAE's L_bow (DupMAE), mean over examples.
 
   bow_logits [B, V]: the encoder's MLM logits max-pooled over positions 1..L-1
   (objectives/mlm.bag_of_words_pool); bow_weights [B, L]: 1/len(text ids) at one position per

@@ -11,7 +11,7 @@ What is computed follows FlagEmbedding's pretraining code (RetroMAE's reference)
 - each query row sees the positions its drawn pool mask leaves visible (retromae_jax/models/decoder_mask.py).
 Gradients of the decoder loss reach the encoder through h (not detached).
 
-decoder.num_layers > 1 (the seed's deeper decoder, not in the references): layer l's queries are
+decoder.num_layers > 1 (a deeper decoder, not in the references): layer l's queries are
 layer l-1's output, while keys/values stay H2 and the mask stays M in every layer. Query rows
 never attend to each other, so no row ever sees its own token, however deep the stack.
 The other objectives (retromae_jax/models/objectives/) share the encoder side; the registry

@@ -6,10 +6,10 @@ Every objective shares the encoder (BertModel), its MLM head and the host data p
 adds at most one module named `decoder`. Chosen by the config (configs/base.py):
 
   objective.kind     retromae (encoder + decoder) | mlm (encoder and MLM head only)
-  decoder.kind       enhanced (spec section 2) | basic | cross_attention | autoregressive
+  decoder.kind       enhanced (the reference default) | basic | cross_attention | autoregressive
   decoder.num_layers 1..12
   encoder.masking    corrupt (80/10/10 in place) | drop (the encoder reads only unmasked tokens)
-  objective.bow_weight  DupMAE's bag-of-words loss weight (spec section 4); 0 = off
+  objective.bow_weight  DupMAE's bag-of-words loss weight (DupMAE); 0 = off
 
 Modules: mlm.py (the shared encoder side, alone the MLM baseline), layers.py (decoder layer
 stacks), basic.py, cross_attention.py, autoregressive.py. The static ObjectiveConfig:
