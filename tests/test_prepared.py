@@ -246,6 +246,10 @@ def test_mismatched_settings_fail_with_the_fix(two_shards, tmp_path, tok):
     prepare.prepare("pydoc", two_shards, _config(""))
   with pytest.raises(ValueError, match="holds chunks, not documents"):
     sources.documents(f"prepared:{two_shards}")
+  tiny = tmp_path / "tiny.jsonl"
+  tiny.write_text(json.dumps({"text": "Too short."}) + "\n")
+  with pytest.raises(ValueError, match="no chunk of at least 8 tokens in 1 documents"):
+    prepare.prepare(f"jsonl:{tiny}", str(tmp_path / "out"), _config(""), num_workers=1)
 
 
 # ---------------------------------------------------------------- training

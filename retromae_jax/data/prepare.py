@@ -122,6 +122,9 @@ def prepare(source: str, out: str, config, num_workers: int = 0) -> dict:
         num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
       shards = list(pool.map(prepare_shard, tasks))
 
+  if not sum(s["num_chunks"] for s in shards):
+    raise ValueError(f"--source {source!r}: no chunk of at least {config.data.min_chunk_tokens} "
+                     f"tokens in {sum(s['num_documents'] for s in shards)} documents")
   # Documents are numbered shard after shard.
   offset = 0
   for shard in shards:
