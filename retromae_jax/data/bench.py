@@ -1,8 +1,13 @@
 """Throughput of the host input pipeline alone (no model).
 
   python -m retromae_jax.data.bench --config=configs/base.py:minilm [--num_batches=50]
+      [--start_step=N] [--config.data.source=prepared:DIR]
 
 The last stdout line is JSON:
+  seconds_to_first_batch         from building the pipeline to its first batch, which is batch
+                                 start_step: what a resume at that step waits for (the raw
+                                 pipeline reads and tokenises every batch before it; a prepared
+                                 corpus seeks to it)
   examples_per_s, tokens_per_s   the whole pipeline (documents -> masked batches), after one
                                  warm-up batch; tokens = real tokens (attention_mask)
   masking_examples_per_s         masking.make_batch alone on already-tokenised batches: the
@@ -17,10 +22,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import masking, pipeline
+from retromae_jax.data import masking, pipeline, prepared
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 50, "batches to time")
+_START_STEP = flags.DEFINE_integer("start_step", 0, "the first batch, as a resume at that step")
 flags.mark_flags_as_required(["config"])
 
 
@@ -31,15 +37,23 @@ def main(argv):
   tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
   batch_size = pipeline.host_batch_size(config, 1)
 
-  batches = pipeline.pretrain_batches(config, tokenizer)
-  next(batches)  # warm-up: reading the source, filling the shuffle buffer
+  start = time.perf_counter()
+  batches = pipeline.pretrain_batches(config, tokenizer, start_step=_START_STEP.value)
+  next(batches)  # also the warm-up: reading the source, filling the shuffle buffer
+  to_first_batch = time.perf_counter() - start
   start = time.perf_counter()
   tokens = sum(int(next(batches)["attention_mask"].sum()) for _ in range(num_batches))
   elapsed = time.perf_counter() - start
+  batches.close()
 
   # Masking alone, on the same kind of batches, tokenised beforehand.
-  chunks = pipeline.chunk_dataset(config, tokenizer).repeat().batch(batch_size)
-  raw = list(chunks.take(num_batches).as_numpy_iterator())
+  if prepared.is_prepared(config.data.source):
+    data = prepared.PreparedData(config, tokenizer)
+    raw = [data.rows(np.arange(i * batch_size, (i + 1) * batch_size))
+           for i in range(num_batches)]
+  else:
+    chunks = pipeline.chunk_dataset(config, tokenizer).repeat().batch(batch_size)
+    raw = list(chunks.take(num_batches).as_numpy_iterator())
   spec = pipeline.masking_spec(config, tokenizer)
   rng = np.random.default_rng(config.seed)
   masking.make_batch(*raw[0], spec, rng)  # warm-up
@@ -52,6 +66,8 @@ def main(argv):
       "examples_per_s": round(num_batches * batch_size / elapsed, 1),
       "tokens_per_s": round(tokens / elapsed, 1),
       "masking_examples_per_s": round(len(raw) * batch_size / mask_elapsed, 1),
+      "seconds_to_first_batch": round(to_first_batch, 3),
+      "start_step": _START_STEP.value,
       "batch_size": batch_size,
       "max_seq_length": config.data.max_seq_length,
       "num_batches": num_batches,

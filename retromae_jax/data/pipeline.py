@@ -42,7 +42,7 @@ import tokenizers
 from absl import logging
 
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import chunking, masking, sources
+from retromae_jax.data import chunking, masking, prepared, sources
 from retromae_jax.objectives import contract, registry
 from retromae_jax.objectives.config import objective_config_from
 
@@ -166,7 +166,11 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
   this process's shards, shard after shard (see data_shards).
 
   Iterate it with pretrain_batches (or close your own iterator before the program exits).
+  A `prepared:` data.source is read by index instead (data/prepared.py).
   """
+  if prepared.is_prepared(config.data.source):
+    return prepared.pretrain_dataset(config, tokenizer, process_index=process_index,
+                                     process_count=process_count, start_step=start_step)
   host_batch_size(config, process_count)  # validates the split
   num_shards = data_shards(config, process_count)
   per_process = num_shards // process_count

@@ -1,0 +1,178 @@
+"""Prepare a corpus once: tokenise and chunk it, write the chunks for reading by index.
+
+  python -m retromae_jax.data.prepare --source=SOURCE --out=DIR \
+      [--config=configs/base.py --config.data.max_seq_length=512 ...] [--num_workers=N]
+
+SOURCE is any raw data.source (jsonl:GLOB, text:GLOB, tfds:NAME[:SPLIT], pydoc, pydoc:modules).
+The chunks are exactly the raw pipeline's (data/chunking.py, the config's tokenizer,
+data.max_seq_length and data.min_chunk_tokens): worker w of N chunks the documents that process w
+of N would read (data/sources.py) and writes output shard w. Train on DIR with
+--config.data.source=prepared:DIR (data/prepared.py). DIR gets:
+  chunks-W-of-N.array_record   one record per chunk: its token ids, no [CLS]/[SEP], as
+                               little-endian uint16 (int32 for vocabularies over 65,536)
+  documents-W-of-N.npy         int64, per chunk: the index of its document (shard after shard)
+  tokenizer/                   the tokenizer's files
+  prepared.json                settings, tokenizer fingerprint, per-shard and total counts
+                               (documents, chunks, tokens, dropped short chunks, skipped lines
+                               by reason); written last, so a DIR with it is complete
+The workers are processes (every core by default); a corpus that outgrows one machine is split
+into several SOURCE globs prepared on several machines and trained on as a mixture (see
+docs/prepared_data.md).
+"""
+
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+import numpy as np
+
+from retromae_jax.data import tokenizer as tokenizer_lib
+from retromae_jax.data import chunking, prepared, sources
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "configs/base.py[:PRESET]")
+_SOURCE = flags.DEFINE_string("source", None, "a raw data.source: jsonl:GLOB, text:GLOB, ...")
+_OUT = flags.DEFINE_string("out", None, "output directory (must not hold a prepared corpus)")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "worker processes = output shards; "
+                                    "0 = one per CPU core")
+flags.mark_flags_as_required(["source", "out"])
+
+_WRITER_OPTIONS = "group_size:1"  # one record per group: a random read decodes one chunk only
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+  source: str
+  data_dir: str
+  tokenizer: str
+  max_seq_length: int
+  min_chunk_tokens: int
+  index: int
+  count: int
+  out: str
+  token_dtype: str
+
+
+def prepare_shard(task: ShardTask) -> dict:
+  """Chunks the documents of share `task.index` of `task.count` and writes output shard index.
+
+  Returns its counts. Documents are chunked one at a time (chunk_documents on a one-document
+  list), which gives exactly the chunks of the batched call (a chunk never spans documents) and
+  tells which document each chunk comes from.
+  """
+  from array_record.python import array_record_module
+
+  tokenizer = tokenizer_lib.load_tokenizer(task.tokenizer)
+  is_continuation = tokenizer_lib.continuation_table(tokenizer)
+  skips, counts = sources.SkipCounter(), chunking.ChunkStats()
+  docs = sources.documents(task.source, task.data_dir, task.index, task.count, skips=skips)
+  chunks_name, documents_name = prepared.shard_names(task.index, task.count)
+  tmp = os.path.join(task.out, chunks_name + ".tmp")
+  writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
+  doc_of_chunk = []
+  dtype = np.dtype(task.token_dtype).newbyteorder("<")
+  for doc, text in enumerate(docs.as_numpy_iterator()):
+    for chunk in chunking.chunk_documents(
+        [text.decode("utf-8")], tokenizer, max_seq_length=task.max_seq_length,
+        min_chunk_tokens=task.min_chunk_tokens, is_continuation=is_continuation, stats=counts):
+      writer.write(chunk.astype(dtype).tobytes())
+      doc_of_chunk.append(doc)
+  writer.close()
+  os.replace(tmp, os.path.join(task.out, chunks_name))
+  np.save(os.path.join(task.out, documents_name), np.asarray(doc_of_chunk, np.int64))
+  logging.info("prepare: shard %d/%d: %s; skipped lines %s", task.index, task.count, counts,
+               skips.as_dict())
+  return {"chunks": chunks_name, "documents": documents_name, "num_chunks": counts.chunks,
+          "num_documents": counts.documents, "tokens": counts.tokens,
+          "dropped_chunks": counts.dropped_chunks, "dropped_tokens": counts.dropped_tokens,
+          "skipped_lines": skips.as_dict()}
+
+
+def prepare(source: str, out: str, config, num_workers: int = 0) -> dict:
+  """Writes the prepared corpus of `source` to `out` (module docstring); returns prepared.json."""
+  from retromae_jax.interop import hf as hf_interop  # the tokenizer file names exports use
+
+  if prepared.is_prepared(source):
+    raise ValueError(f"--source {source!r}: already prepared; expected a raw data.source")
+  if os.path.exists(os.path.join(out, prepared.META)):
+    raise ValueError(f"--out {out}: already holds a prepared corpus ({prepared.META}); remove it "
+                     "or choose another directory")
+  start = time.perf_counter()
+  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
+  vocab_size = tokenizer_lib.special_ids(tokenizer).vocab_size
+  num_workers = num_workers or os.cpu_count() or 1
+  os.makedirs(out, exist_ok=True)
+  tasks = [ShardTask(source, config.data.data_dir, config.tokenizer, config.data.max_seq_length,
+                     config.data.min_chunk_tokens, index, num_workers, out,
+                     "uint16" if vocab_size <= 1 << 16 else "int32")
+           for index in range(num_workers)]
+  sources.documents(source, config.data.data_dir, skips=sources.SkipCounter())  # fails early
+  if num_workers == 1:
+    shards = [prepare_shard(tasks[0])]
+  else:
+    # Each worker runs the tokenizer on one core: the workers are the parallelism. Spawned, not
+    # forked: TensorFlow's threads do not survive a fork.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    with concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+      shards = list(pool.map(prepare_shard, tasks))
+
+  if not sum(s["num_chunks"] for s in shards):
+    raise ValueError(f"--source {source!r}: no chunk of at least {config.data.min_chunk_tokens} "
+                     f"tokens in {sum(s['num_documents'] for s in shards)} documents")
+  # Documents are numbered shard after shard.
+  offset = 0
+  for shard in shards:
+    path = os.path.join(out, shard["documents"])
+    np.save(path, np.load(path) + offset)
+    offset += shard["num_documents"]
+
+  directory = tokenizer_lib.files_dir(config.tokenizer)
+  names = ([os.path.basename(config.tokenizer)] if os.path.isfile(config.tokenizer) else
+           [n for n in hf_interop.TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))])
+  os.makedirs(os.path.join(out, prepared.TOKENIZER_DIR), exist_ok=True)
+  for name in names:
+    shutil.copy(os.path.join(directory, name), os.path.join(out, prepared.TOKENIZER_DIR, name))
+
+  totals = {key: sum(s[key] for s in shards) for key in (
+      "num_documents", "num_chunks", "tokens", "dropped_chunks", "dropped_tokens")}
+  meta = {
+      "format": prepared.FORMAT,
+      "source": source,
+      "data_dir": config.data.data_dir,
+      "tokenizer": config.tokenizer,
+      "tokenizer_fingerprint": prepared.tokenizer_fingerprint(tokenizer),
+      "token_dtype": tasks[0].token_dtype,
+      "max_seq_length": config.data.max_seq_length,
+      "min_chunk_tokens": config.data.min_chunk_tokens,
+      "stats": {
+          "documents": totals["num_documents"], "chunks": totals["num_chunks"],
+          "tokens": totals["tokens"], "dropped_chunks": totals["dropped_chunks"],
+          "dropped_tokens": totals["dropped_tokens"],
+          "skipped_lines": {reason: sum(s["skipped_lines"][reason] for s in shards)
+                            for reason in sources.SkipCounter.REASONS},
+      },
+      "shards": shards,
+      "seconds": round(time.perf_counter() - start, 1),
+  }
+  tmp = os.path.join(out, prepared.META + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=1)
+  os.replace(tmp, os.path.join(out, prepared.META))
+  return meta
+
+
+def main(argv):
+  del argv
+  meta = prepare(_SOURCE.value, _OUT.value, _CONFIG.value, _NUM_WORKERS.value)
+  logging.info("prepare: wrote %s in %.1f s", _OUT.value, meta["seconds"])
+  print(json.dumps({"out": _OUT.value, **meta["stats"], "seconds": meta["seconds"]}))
+
+
+if __name__ == "__main__":
+  app.run(main)
