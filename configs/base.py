@@ -48,14 +48,18 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # ---- Data (host-side tf.data; see retromae_jax/data) ----
   c.data = ml_collections.ConfigDict()
   # jsonl:GLOB | text:GLOB | tfds:NAME[:SPLIT] | pydoc (the Python standard library's
-  # docstrings, real English text found on every machine: the embedded default).
+  # docstrings, real English text found on every machine: the embedded default) |
+  # prepared:DIR[@W],prepared:DIR2[@W2] (corpora from python -m retromae_jax.data.prepare,
+  # read by index; weights W mix several: docs/prepared_data.md).
   c.data.source = "pydoc"
   c.data.data_dir = ""  # TFDS data_dir (gs:// works)
   c.data.max_seq_length = 512
   c.data.encoder_mask_ratio = 0.30
   c.data.decoder_mask_ratio = 0.50
   c.data.decoder_pool_size = 128  # FlagEmbedding: min(n, 128) pool masks per example
-  c.data.shuffle_buffer = 10_000  # chunks, per data shard (see num_shards)
+  # Chunks per data shard (see num_shards); prepared sources shuffle by index instead, and only
+  # <= 1 (no shuffling) matters to them.
+  c.data.shuffle_buffer = 10_000
   c.data.min_chunk_tokens = 8  # chunks shorter than this (in tokens) are dropped and counted
   c.data.prefetch = 2
   # Logical shards of the corpus (each a fixed slice with its own seeds and its own rows of every
