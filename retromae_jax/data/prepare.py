@@ -95,8 +95,6 @@ def prepare_shard(task: ShardTask) -> dict:
 
 def prepare(source: str, out: str, config, num_workers: int = 0) -> dict:
   """Writes the prepared corpus of `source` to `out` (module docstring); returns prepared.json."""
-  from retromae_jax.interop import hf as hf_interop  # the tokenizer file names exports use
-
   if prepared.is_prepared(source):
     raise ValueError(f"--source {source!r}: already prepared; expected a raw data.source")
   if os.path.exists(os.path.join(out, prepared.META)):
@@ -132,12 +130,9 @@ def prepare(source: str, out: str, config, num_workers: int = 0) -> dict:
     np.save(path, np.load(path) + offset)
     offset += shard["num_documents"]
 
-  directory = tokenizer_lib.files_dir(config.tokenizer)
-  names = ([os.path.basename(config.tokenizer)] if os.path.isfile(config.tokenizer) else
-           [n for n in hf_interop.TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))])
   os.makedirs(os.path.join(out, prepared.TOKENIZER_DIR), exist_ok=True)
-  for name in names:
-    shutil.copy(os.path.join(directory, name), os.path.join(out, prepared.TOKENIZER_DIR, name))
+  for path in tokenizer_lib.file_paths(config.tokenizer):
+    shutil.copy(path, os.path.join(out, prepared.TOKENIZER_DIR, os.path.basename(path)))
 
   totals = {key: sum(s[key] for s in shards) for key in (
       "num_documents", "num_chunks", "tokens", "dropped_chunks", "dropped_tokens")}

@@ -116,3 +116,13 @@ def files_dir(spec: str) -> str:
   if spec == "default":
     return str(DEFAULT_DIR)
   return spec if os.path.isdir(spec) else os.path.dirname(spec)
+
+
+def file_paths(spec: str) -> list[str]:
+  """The tokenizer files a checkpoint, an export or a prepared corpus carries along: the given
+  tokenizer.json, or those of TOKENIZER_FILES that the directory holds."""
+  if os.path.isfile(spec):
+    return [spec]
+  directory = files_dir(spec)
+  return [os.path.join(directory, n) for n in TOKENIZER_FILES
+          if os.path.isfile(os.path.join(directory, n))]

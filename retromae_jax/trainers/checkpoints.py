@@ -40,12 +40,10 @@ def make_meta(model_cfg, tokenizer_spec: str, **extra) -> dict:
   checkpoint alone can be exported or continued: python -m retromae_jax.tools.export) and `extra`
   (the objective, the task)."""
   directory = tokenizer_lib.files_dir(tokenizer_spec)
-  names = ([os.path.basename(tokenizer_spec)] if os.path.isfile(tokenizer_spec)
-           else [n for n in tokenizer_lib.TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))])
   files = {}
-  for name in names:
-    with open(os.path.join(directory, name), encoding="utf-8") as f:
-      files[name] = f.read()
+  for path in tokenizer_lib.file_paths(tokenizer_spec):
+    with open(path, encoding="utf-8") as f:
+      files[os.path.basename(path)] = f.read()
   return {"model": {k: str(v) if k in ("dtype", "param_dtype") else v
                     for k, v in vars(model_cfg).items()},
           "tokenizer": directory, "tokenizer_files": files, **extra}
