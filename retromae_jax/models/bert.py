@@ -34,6 +34,7 @@ class ModelConfig:
   param_dtype: Any = jnp.float32
   query_stream: str = "embeddings"  # decoder query stream: 'embeddings' | 'raw'
   remat: str = "none"  # encoder layers in the backward pass: 'none' | 'full' | 'dots'
+  sentence_vector: str = "cls"  # the decoder's h: 'cls' | 'mean' (retromae_jax/models/pooling.py)
 
   @property
   def head_dim(self) -> int:

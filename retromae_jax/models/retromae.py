@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from retromae_jax.models import decoder_mask
+from retromae_jax.models import pooling
 from retromae_jax.models.bert import ModelConfig, TransformerLayer
 from retromae_jax.models.objectives.autoregressive import AutoregressiveDecoding
 from retromae_jax.models.objectives.basic import BasicDecoding
@@ -44,9 +45,9 @@ class RetroMAE(MaskedLM):
     return Stack(TwoStreamBody, self.cfg, self.objective.decoder_layers)
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
-    del key_mask  # the decoder attends to h and to the original tokens' embeddings only
+    # The decoder attends to h and to the original tokens' embeddings only.
     cfg = self.cfg
-    h = hidden[:, :1]  # [B, 1, D]: the sentence vector
+    h = pooling.sentence_vector(hidden, key_mask, cfg.sentence_vector)[:, None]  # [B, 1, D]
     seq_len = batch["input_ids"].shape[1]
     kv_stream = self.bert.embeddings(batch["input_ids"], deterministic)
     kv_stream = jnp.concatenate([h.astype(kv_stream.dtype), kv_stream[:, 1:]], axis=1)
@@ -87,4 +88,5 @@ def model_config_from(config, vocab_size: int) -> ModelConfig:
       type_vocab_size=m.type_vocab_size, dropout_rate=m.dropout_rate,
       attention_dropout_rate=m.attention_dropout_rate, initializer_range=m.initializer_range,
       layer_norm_eps=m.layer_norm_eps, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(m.param_dtype),
-      query_stream=m.query_stream, remat=m.remat)
+      query_stream=m.query_stream, remat=m.remat,
+      sentence_vector=m.get("sentence_vector", "cls"))

@@ -21,6 +21,8 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from retromae_jax.interop import export as export_lib
+from retromae_jax.models import pooling as pooling_lib
 from retromae_jax.trainers import checkpoints
 from retromae_jax.models import biencoder as contrastive
 from retromae_jax.evaluators import embed as encode
@@ -72,7 +74,8 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
        f"expected 3..model.max_position_embeddings ({max_len})"),
       ("data.passage_max_len", 3 <= d.passage_max_len <= max_len,
        f"expected 3..model.max_position_embeddings ({max_len})"),
-      ("model.pooling", m.pooling in encode.POOLINGS, f"expected one of {encode.POOLINGS}"),
+      ("model.pooling", m.pooling in encode.POOLING_CHOICES,
+       f"expected one of {encode.POOLING_CHOICES}"),
       ("model.similarity", m.similarity in contrastive.SIMILARITIES,
        f"expected one of {contrastive.SIMILARITIES}"),
       ("model.temperature", m.temperature >= 0, "expected > 0, or 0 for the similarity's "
@@ -138,6 +141,7 @@ def train_and_evaluate(config, workdir: str):
     if init_dir:
       overrides = hf_interop.model_overrides(hf_interop.read_hf_config(init_dir))
       config.model.update({k: overrides[k] for k in _SHAPE_KEYS})
+    config.model.pooling = pooling_lib.resolve(init_dir, config.model.pooling)
     if not config.model.temperature:
       config.model.temperature = contrastive.DEFAULT_TEMPERATURE[config.model.similarity]
   validate(config, shape_known=True)  # the lengths, against the init model's positions
@@ -329,6 +333,10 @@ def train_and_evaluate(config, workdir: str):
   # ---------------------------------------------------------------- Export
   out = os.path.join(workdir, "export", "encoder")
   export(state.params, out)
+  if is_main:  # records the pooling: encode/evaluate --pooling=auto read it
+    export_lib.export_sentence_transformers(
+        out, os.path.join(workdir, "export", "sentence-transformers"), model_cfg.hidden_size,
+        d.passage_max_len, config.model.pooling)
   writer.close()
   logging.info("Encoder exported to %s (HF BertModel format)", out)
   return state

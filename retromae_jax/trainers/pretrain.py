@@ -22,6 +22,7 @@ from retromae_jax.trainers import flops
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import losses
 from retromae_jax.trainers import metrics as metrics_lib
+from retromae_jax.trainers import init_parts
 from retromae_jax.trainers import optim
 from retromae_jax.trainers import sharding
 from retromae_jax.data import tokenizer as tokenizer_lib
@@ -78,9 +79,16 @@ def train_and_evaluate(config, workdir: str):
   objective = objective_config_from(config)
   model = make_model(model_cfg, objective)
   logging.info("Objective: %s", objective)
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
   example = {name: jax.ShapeDtypeStruct(shape, dtype)
              for name, (shape, dtype) in pipeline.batch_shapes(config, 1).items()}
+  new_parts = init_parts.new_parts(config, init_parts.model_parts(model, example))
+  if new_parts and (config.init.hf_dir or config.init.checkpoint):
+    logging.info("Not in the initial checkpoint, starting at random initialisation: %s%s",
+                 ", ".join(new_parts), f" (trained alone for the first "
+                 f"{config.optim.freeze_encoder_steps} steps)"
+                 if config.optim.freeze_encoder_steps else "")
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps, new_parts)
+  encoder_schedule = optim.encoder_schedule(config.optim, config.total_steps)
 
   state, state_shardings = train_state.create_sharded_state(model, tx, example, mesh, rules, config.seed)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -133,6 +141,8 @@ def train_and_evaluate(config, workdir: str):
     params = optax.apply_updates(state.params, updates)
     step_metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step),
                         tokens=batch["attention_mask"].sum(), **aux)
+    if optim.has_groups(config.optim):
+      step_metrics["lr_encoder"] = encoder_schedule(state.step)
     return train_state.TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
   global_example = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
@@ -240,7 +250,8 @@ def train_and_evaluate(config, workdir: str):
     out = os.path.join(workdir, "export")
     encoder = export_lib.export_encoder(params, model_cfg, meta, os.path.join(out, "encoder"))
     export_lib.export_sentence_transformers(encoder, os.path.join(out, "sentence-transformers"),
-                                            model_cfg.hidden_size, config.data.max_seq_length)
+                                            model_cfg.hidden_size, config.data.max_seq_length,
+                                            model_cfg.sentence_vector)
     if "decoder" in params:
       export_lib.save_decoder(params["decoder"], meta, os.path.join(out, "decoder"))
     logging.info("Exported to %s: encoder/ (HF BERT), sentence-transformers/, decoder/", out)

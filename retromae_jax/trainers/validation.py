@@ -2,6 +2,7 @@
 
 import functools
 
+from retromae_jax.models import pooling
 from retromae_jax.trainers import sharding
 from retromae_jax.models.objectives import config as objectives
 
@@ -25,6 +26,15 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
        f"expected a divisor of model.hidden_size ({m.hidden_size})"),
       ("model.query_stream", m.query_stream in ("embeddings", "raw"),
        "expected 'embeddings' or 'raw'"),
+      ("model.sentence_vector", m.get("sentence_vector", "cls") in pooling.POOLINGS and (
+          m.get("sentence_vector", "cls") == "cls" or config.objective.kind == "mlm"
+          or config.decoder.kind == "enhanced"),
+       f"expected one of {pooling.POOLINGS} ('mean' with decoder.kind=enhanced only)"),
+      ("optim.freeze_encoder_steps",
+       0 <= config.optim.get("freeze_encoder_steps", 0) < config.total_steps,
+       "expected 0 (off) or fewer steps than total_steps"),
+      ("optim.encoder_learning_rate", config.optim.get("encoder_learning_rate", 0.0) >= 0,
+       "expected >= 0 (0 = optim.learning_rate)"),
       ("model.dtype", m.dtype in ("auto", "float32", "bfloat16", "float16"),
        "expected auto, float32, bfloat16 or float16"),
       ("optim.warmup_ratio", 0.0 <= config.optim.warmup_ratio < 1.0, "expected [0, 1)"),
