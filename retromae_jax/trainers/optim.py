@@ -56,8 +56,8 @@ def param_labels(new_parts):
   new_parts = frozenset(new_parts)
 
   def labels(params):
-    return {part: jax.tree.map(lambda _, p=part: NEW if p in new_parts else PROVIDED, subtree)
-            for part, subtree in params.items()}
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: NEW if path[0].key in new_parts else PROVIDED, params)
   return labels
 
 
