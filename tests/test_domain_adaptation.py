@@ -215,6 +215,15 @@ def test_warmup_in_the_pretraining_program(tmp_path):
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved[2]["bert"]),
                                                     jax.tree.leaves(saved[3]["bert"]))]
   assert sum(moved) > len(moved) // 2
+  # Resumable: the optimizer state (per-group step counters, masked moments) restores, and the
+  # resumed steps continue where the checkpoint stopped.
+  longer = [a.replace("total_steps=3", "total_steps=4") for a in cmd]
+  proc = subprocess.run(longer, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "Resuming from" in proc.stderr
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[3]["lr_encoder"] > 0
 
 
 # ---------------------------------------------------------------- The domain's set and the driver

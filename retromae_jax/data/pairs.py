@@ -136,7 +136,7 @@ def load_examples(source: str, split: str = "train", hard_negatives: str = "",
   elif scheme == "beir" and arg:
     examples = read_beir(arg, split, hard_negatives, process_index, process_count)
   elif source == "pydoc":
-    from retromae_jax.retrieval import pydoc_set  # builds the set on first use
+    from retromae_jax.data import pydoc_set  # builds the set on first use
     examples = read_beir(pydoc_set.cached_dir(), split, hard_negatives, process_index,
                          process_count)
   else:

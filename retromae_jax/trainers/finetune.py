@@ -119,7 +119,7 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
 
 def _beir_dir(spec: str) -> str:
   if spec == "pydoc":
-    from retromae_jax.retrieval import pydoc_set  # builds the set on first use
+    from retromae_jax.data import pydoc_set  # builds the set on first use
     return pydoc_set.cached_dir()
   return spec.removeprefix("beir:")
 
