@@ -189,12 +189,12 @@ def main(argv=None):
   arms = [a.strip() for a in args.arms.split(",") if a.strip()]
   for arm in arms:
     parse_arm(arm)
-  cfg = dict(PRESETS[args.preset], seed=args.seed, workdir=workdir,
-             start=os.path.abspath(args.start or default_start()),
-             pretrain_flags=args.pretrain_flag, finetune_flags=args.finetune_flag)
-  for key in list(cfg):
+  cfg = dict(PRESETS[args.preset])
+  for key in list(cfg):  # the preset's values, unless a flag overrides them
     if getattr(args, key, None) is not None:
       cfg[key] = getattr(args, key)
+  cfg.update(seed=args.seed, workdir=workdir, start=os.path.abspath(args.start or default_start()),
+             pretrain_flags=args.pretrain_flag, finetune_flags=args.finetune_flag)
 
   # The domain's set, built once into the workdir (a rerun reuses it).
   from retromae_jax.data import beir
