@@ -128,16 +128,16 @@ def _read_seconds(workdir: str):
     return json.load(f)["seconds"]
 
 
-def evaluate(model_dir: str, data, cfg: dict) -> dict:
+def evaluate(model_dir: str, data, cfg: dict, pooling: str = "cls") -> dict:
   """Scores an encoder: means plus the per-query nDCG@10 (in data.qrels' query order)."""
   from retromae_jax.evaluators import embed as encode
   from retromae_jax.evaluators import metrics
   from retromae_jax.evaluators import search
   _, model_cfg, params, tok = encode.load_encoder(model_dir)
   start = time.perf_counter()
-  docs = encode.embed(model_cfg, params, tok, list(data.corpus.values()), "cls", True,
+  docs = encode.embed(model_cfg, params, tok, list(data.corpus.values()), pooling, True,
                       cfg["eval_max_len"], 64)
-  queries = encode.embed(model_cfg, params, tok, list(data.queries.values()), "cls", True,
+  queries = encode.embed(model_cfg, params, tok, list(data.queries.values()), pooling, True,
                          cfg["eval_query_max_len"], 64)
   scores, indices = search.search(queries, docs, 100)
   run = metrics.run_from_topk(list(data.queries), list(data.corpus), indices, scores)
@@ -149,11 +149,11 @@ def evaluate(model_dir: str, data, cfg: dict) -> dict:
   return out
 
 
-def cached_eval(path: str, model_dir: str, data_fn, cfg: dict) -> dict:
+def cached_eval(path: str, model_dir: str, data_fn, cfg: dict, pooling: str = "cls") -> dict:
   if os.path.isfile(path):
     with open(path, encoding="utf-8") as f:
       return json.load(f)
-  result = evaluate(model_dir, data_fn(), cfg)
+  result = evaluate(model_dir, data_fn(), cfg, pooling)
   with open(path, "w", encoding="utf-8") as f:
     json.dump(result, f)
   print(f"  {os.path.relpath(path, REPO)}: {METRIC} {result[METRIC]:.4f}", flush=True)

@@ -90,6 +90,10 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # Decoder query stream: 'embeddings' = LayerNorm(h + pos_i + type_0) (FlagEmbedding, DupMAE;
   # works for RoBERTa-style backbones) or 'raw' = h + pos_i (the RetroMAE repository).
   c.model.query_stream = "embeddings"
+  # The sentence vector h the decoder reconstructs from (and that export, encode and evaluate
+  # read): 'cls' = the [CLS] state (the reference), 'mean' = the mean over real tokens (the
+  # pooling sentence-transformers models such as all-MiniLM-L6-v2 were trained with).
+  c.model.sentence_vector = "cls"
   # Rematerialisation of encoder layers in the backward pass: 'none', 'full' (recompute
   # everything: least memory), 'dots' (keep matmul outputs without batch dimensions).
   c.model.remat = "none"
@@ -140,6 +144,13 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
   c.optim.grad_clip_norm = 1.0
+  # Warm-up of the new parts (docs/domain_adaptation.md): for this many steps only the parts the
+  # initial checkpoint did not provide (a missing MLM head, the decoder) train; the provided ones
+  # are frozen (no update, no optimizer-state change). 0 = off.
+  c.optim.freeze_encoder_steps = 0
+  # Peak learning rate of the provided parts (after their freeze, with their own warmup over the
+  # remaining steps); 0 = optim.learning_rate.
+  c.optim.encoder_learning_rate = 0.0
 
   # ---- Initialisation ----
   c.init = ml_collections.ConfigDict()

@@ -66,7 +66,10 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
 
   # ---- Model: the encoder's shape and dtype (configs/base.py), pooling and similarity ----
   c.model = pretrain.model
-  c.model.pooling = "cls"  # cls (RetroMAE, BGE) | mean (sentence-transformers)
+  # auto (the init model's own: its sentence-transformers pooling config, e.g. mean for
+  # all-MiniLM-L6-v2 or a model pretrained with model.sentence_vector=mean; else cls) |
+  # cls (RetroMAE, BGE) | mean (sentence-transformers)
+  c.model.pooling = "auto"
   # cosine: L2-normalised embeddings (BGE); dot: raw inner product (the RetroMAE repository).
   c.model.similarity = "cosine"
   # 0 = the similarity's default: 0.02 for cosine (FlagEmbedding), 1.0 for dot (RetroMAE).

@@ -1,12 +1,14 @@
 """Sentence embeddings from a HF BERT directory or one of our workdirs.
 
   python -m retromae_jax.tools.encode --model=PATH --input=FILE.jsonl --output=FILE.npy
-      [--pooling=cls|mean] [--normalize] [--max_len=N] [--batch_size=N]
+      [--pooling=auto|cls|mean] [--normalize] [--max_len=N] [--batch_size=N]
 
 Each input line is a JSON object whose `text` field is embedded; row i of the float32 [N, D]
-output is the i-th non-blank line. `--pooling=cls` (the default) is RetroMAE's sentence vector,
-the last hidden state at [CLS]; `--pooling=mean` averages the real tokens (sentence-transformers'
-mean pooling), and `--normalize` scales each row to unit L2 norm.
+output is the i-th non-blank line. `--pooling=cls` is RetroMAE's sentence vector, the last hidden
+state at [CLS]; `--pooling=mean` averages the real tokens (sentence-transformers' mean pooling);
+`--pooling=auto` (the default) is the one the model was trained with, as its sentence-transformers
+pooling config says (ours: model.sentence_vector; all-MiniLM-L6-v2: mean), else cls.
+`--normalize` scales each row to unit L2 norm.
 
 On several devices each batch is split over them (data parallelism): over the mesh the params
 already live on, or over all devices with the params replicated.
@@ -37,9 +39,11 @@ from retromae_jax.data import jsonl
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.models.bert import ModelConfig
+from retromae_jax.models import pooling as pooling_lib
 from retromae_jax.models.retromae import RetroMAE
 
-POOLINGS = ("cls", "mean")
+POOLINGS = pooling_lib.POOLINGS
+POOLING_CHOICES = ("auto",) + POOLINGS  # auto: what the model was trained with (pooling.resolve)
 _LENGTH_MULTIPLE = 8
 # Seconds between progress lines while a corpus is embedded (a final line always follows).
 PROGRESS_EVERY_S = 10.0
@@ -76,14 +80,8 @@ def resolve_model_dir(path: str) -> str:
 
 
 def pool(hidden, mask, pooling: str, normalize: bool):
-  if pooling == "cls":
-    pooled = hidden[:, 0]
-  else:
-    weights = mask.astype(hidden.dtype)[..., None]
-    pooled = (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-  if normalize:
-    pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
-  return pooled
+  pooled = pooling_lib.sentence_vector(hidden, mask, pooling)
+  return pooling_lib.l2_normalize(pooled) if normalize else pooled
 
 
 def load_encoder(model_dir: str):
@@ -102,7 +100,9 @@ def load_encoder(model_dir: str):
 
 def embed_texts(model_dir: str, texts: Sequence[str], pooling: str = "cls",
                 normalize: bool = False, max_len: int = 512, batch_size: int = 64) -> np.ndarray:
-  """Embeds `texts` with the encoder in `model_dir`; returns float32 [len(texts), hidden]."""
+  """Embeds `texts` with the encoder in `model_dir`; returns float32 [len(texts), hidden].
+  pooling 'auto': the model's own (its sentence-transformers pooling config; else cls)."""
+  pooling = pooling_lib.resolve(model_dir, pooling)
   _, cfg, params, tok = load_encoder(model_dir)
   return embed(cfg, params, tok, texts, pooling, normalize, max_len, batch_size)
 

@@ -5,9 +5,10 @@
 writes
   DIR/encoder/                HF BERT (`BertForMaskedLM`: encoder + MLM head, config, tokenizer);
                               `transformers.AutoModel(ForMaskedLM)` loads it
-  DIR/sentence-transformers/  the same encoder plus modules.json, CLS pooling and normalisation:
+  DIR/sentence-transformers/  the same encoder plus modules.json, the model's sentence vector as
+                              pooling (model.sentence_vector: cls or mean) and normalisation:
                               `SentenceTransformer(DIR/sentence-transformers)` embeds like
-                              `python -m retromae_jax.tools.encode --pooling=cls --normalize`
+                              `python -m retromae_jax.tools.encode --pooling=auto --normalize`
   DIR/decoder/                the RetroMAE decoder's own parameters (safetensors, names are our
                               parameter paths) and decoder.json; `--config.init.decoder_dir=`
                               re-imports it (with `--config.init.hf_dir=DIR/encoder`) to continue
@@ -27,6 +28,7 @@ from absl import logging
 
 from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import hf as hf_interop
+from retromae_jax.models import pooling as pooling_lib
 from retromae_jax.trainers import checkpoints
 from retromae_jax.models.bert import ModelConfig
 
@@ -61,10 +63,10 @@ def export_encoder(params: dict, cfg: ModelConfig, meta: dict, out_dir: str) -> 
 
 
 def export_sentence_transformers(encoder_dir: str, out_dir: str, hidden_size: int,
-                                 max_seq_length: int) -> str:
-  """A sentence-transformers folder: the HF encoder at its root, then CLS pooling and L2
-  normalisation (RetroMAE's / BGE's sentence vector). Written as plain JSON: sentence-transformers
-  (and torch) are not dependencies of this package."""
+                                 max_seq_length: int, pooling: str = "cls") -> str:
+  """A sentence-transformers folder: the HF encoder at its root, then `pooling` (the model's
+  sentence vector: CLS, RetroMAE's / BGE's, or mean) and L2 normalisation. Written as plain JSON:
+  sentence-transformers (and torch) are not dependencies of this package."""
   os.makedirs(out_dir, exist_ok=True)
   for name in os.listdir(encoder_dir):
     shutil.copyfile(os.path.join(encoder_dir, name), os.path.join(out_dir, name))
@@ -74,11 +76,7 @@ def export_sentence_transformers(encoder_dir: str, out_dir: str, hidden_size: in
       {"idx": 2, "name": "2", "path": "2_Normalize",
        "type": "sentence_transformers.models.Normalize"},
   ]
-  pooling = {"word_embedding_dimension": hidden_size, "pooling_mode_cls_token": True,
-             "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
-             "pooling_mode_mean_sqrt_len_tokens": False,
-             "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False,
-             "include_prompt": True}
+  pooling = pooling_lib.sentence_transformers_config(pooling, hidden_size)
   files = {
       "modules.json": modules,
       "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
@@ -105,7 +103,7 @@ def export_checkpoint(path: str, out_dir: str, max_seq_length: int | None = None
   written["encoder"] = export_encoder(params, cfg, meta, os.path.join(out_dir, "encoder"))
   written["sentence-transformers"] = export_sentence_transformers(
       written["encoder"], os.path.join(out_dir, "sentence-transformers"), cfg.hidden_size,
-      max_seq_length or cfg.max_length)
+      max_seq_length or cfg.max_length, cfg.sentence_vector)
   if "decoder" in params:
     written["decoder"] = decoder_lib.save_decoder(params["decoder"], meta, os.path.join(out_dir, "decoder"))
   logging.info("Exported %s to %s: %s", step_dir, out_dir, ", ".join(written))

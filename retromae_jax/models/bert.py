@@ -45,6 +45,7 @@ class ModelConfig:
   pad_token_id: int = 0  # RoBERTa-style families count positions from pad_token_id + 1
   attention: str = "auto"  # retromae_jax/models/attention.py: 'auto' | 'dense' | 'chunked' | 'cudnn'
   attention_block: int = 512  # queries per block of 'chunked' attention
+  sentence_vector: str = "cls"  # the decoder's h: 'cls' | 'mean' (retromae_jax/models/pooling.py)
 
   @property
   def head_dim(self) -> int:
@@ -93,7 +94,8 @@ def model_config_from(config, vocab_size: int) -> ModelConfig:
       layer_norm_eps=m.layer_norm_eps, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(m.param_dtype),
       query_stream=m.query_stream, remat=m.remat, family=family,
       pad_token_id=pad if pad >= 0 else DEFAULT_PAD[family], attention=m.get("attention", "auto"),
-      attention_block=m.get("attention_block", 512))
+      attention_block=m.get("attention_block", 512),
+      sentence_vector=m.get("sentence_vector", "cls"))
 
 
 def _normal(cfg: ModelConfig, names):

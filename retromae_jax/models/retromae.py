@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from retromae_jax.models import decoder_mask
+from retromae_jax.models import pooling
 from retromae_jax.models.bert import TransformerLayer
 from retromae_jax.models.objectives.layers import Stack, TwoStreamBody
 from retromae_jax.models.objectives.mlm import MaskedLM
@@ -40,9 +41,9 @@ class RetroMAE(MaskedLM):
     return Stack(TwoStreamBody, self.cfg, self.objective.decoder_layers)
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
-    del key_mask  # the decoder attends to h and to the original tokens' embeddings only
+    # The decoder attends to h and to the original tokens' embeddings only.
     cfg = self.cfg
-    h = hidden[:, :1]  # [B, 1, D]: the sentence vector
+    h = pooling.sentence_vector(hidden, key_mask, cfg.sentence_vector)[:, None]  # [B, 1, D]
     seq_len = batch["input_ids"].shape[1]
     kv_stream = self.bert.embeddings(batch["input_ids"], deterministic)
     kv_stream = jnp.concatenate([h.astype(kv_stream.dtype), kv_stream[:, 1:]], axis=1)

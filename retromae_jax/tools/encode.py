@@ -1,7 +1,7 @@
 """Sentence embeddings from a HF BERT directory or one of our workdirs.
 
   python -m retromae_jax.tools.encode --model=PATH --input=FILE.jsonl --output=FILE.npy
-      [--pooling=cls|mean] [--normalize] [--max_len=N] [--batch_size=N]
+      [--pooling=auto|cls|mean] [--normalize] [--max_len=N] [--batch_size=N]
 
 The library behind it: retromae_jax/evaluators/embed.py.
 """
@@ -18,8 +18,9 @@ def _define_flags():
   flags.DEFINE_string("model", None, "HF BERT directory, or a workdir with export/encoder.")
   flags.DEFINE_string("input", None, "jsonl file; the `text` field of each line is embedded.")
   flags.DEFINE_string("output", None, "Where to write the float32 [N, D] .npy array.")
-  flags.DEFINE_enum("pooling", "cls", embed.POOLINGS, "cls: [CLS] hidden state; mean: average over "
-                    "real tokens.")
+  flags.DEFINE_enum("pooling", "auto", embed.POOLING_CHOICES, "auto: the model's own (its "
+                    "sentence-transformers pooling config; else cls); cls: [CLS] hidden state; "
+                    "mean: average over real tokens.")
   flags.DEFINE_bool("normalize", False, "L2-normalise each embedding.")
   flags.DEFINE_integer("max_len", 512, "Truncate texts to this many tokens, [CLS]/[SEP] "
                        "included (capped at max_position_embeddings).")

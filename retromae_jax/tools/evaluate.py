@@ -1,7 +1,7 @@
 """Retrieval quality of an encoder on a BEIR folder: nDCG@10, MRR@10, recall, MAP.
 
   python -m retromae_jax.tools.evaluate --model=PATH --beir_dir=DIR [--split=test]
-      [--pooling=cls|mean] [--normalize] [--max_len=N] [--query_max_len=N] [--batch_size=N]
+      [--pooling=auto|cls|mean] [--normalize] [--max_len=N] [--query_max_len=N] [--batch_size=N]
       [--top_k=100] [--query_prefix=STR] [--passage_prefix=STR]
 
 The library behind it: retromae_jax/evaluators/retrieval.py.
@@ -13,14 +13,16 @@ from absl import app, flags, logging
 
 from retromae_jax.evaluators import retrieval
 from retromae_jax.evaluators import embed
+from retromae_jax.models import pooling as pooling_lib
 
 
 def _define_flags():
   flags.DEFINE_string("model", None, "HF BERT directory, or a workdir with export/encoder.")
   flags.DEFINE_string("beir_dir", None, "BEIR folder: corpus.jsonl, queries.jsonl, qrels/.")
   flags.DEFINE_string("split", "test", "Which qrels/{split}.tsv to score.")
-  flags.DEFINE_enum("pooling", "cls", embed.POOLINGS, "cls: [CLS] hidden state; mean: average "
-                    "over real tokens.")
+  flags.DEFINE_enum("pooling", "auto", embed.POOLING_CHOICES, "auto: the model's own (its "
+                    "sentence-transformers pooling config; else cls); cls: [CLS] hidden state; "
+                    "mean: average over real tokens.")
   flags.DEFINE_bool("normalize", False, "L2-normalise embeddings (cosine similarity).")
   flags.DEFINE_integer("max_len", 512, "Passage (and by default query) length in tokens.")
   flags.DEFINE_integer("query_max_len", None, "Query length in tokens; default --max_len.")
@@ -34,7 +36,8 @@ def _define_flags():
 def main(argv):
   del argv
   f = flags.FLAGS
-  result = retrieval.evaluate_model(f.model, f.beir_dir, f.split, pooling=f.pooling, normalize=f.normalize,
+  pooling = pooling_lib.resolve(f.model, f.pooling)
+  result = retrieval.evaluate_model(f.model, f.beir_dir, f.split, pooling=pooling, normalize=f.normalize,
                           max_len=f.max_len, query_max_len=f.query_max_len,
                           batch_size=f.batch_size, top_k=f.top_k, query_prefix=f.query_prefix,
                           passage_prefix=f.passage_prefix)

@@ -25,8 +25,10 @@ from retromae_jax.data import pairs
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.evaluators import embed
 from retromae_jax.evaluators import periodic
+from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import biencoder
+from retromae_jax.models import pooling as pooling_lib
 from retromae_jax.models.bert import model_config_from
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import gradient_cache
@@ -51,8 +53,10 @@ def train_and_evaluate(config, workdir: str):
   if init_dir:
     loop.apply_model_shape(config, hf_interop.model_overrides(hf_interop.read_hf_config(init_dir),
                                                               config.model.extend_positions_to))
-  if not config.model.temperature:
-    with config.unlocked():
+  with config.unlocked():
+    # 'auto': the pooling the initial model was trained with (its sentence-transformers config).
+    config.model.pooling = pooling_lib.resolve(init_dir, config.model.pooling)
+    if not config.model.temperature:
       config.model.temperature = biencoder.DEFAULT_TEMPERATURE[config.model.similarity]
 
   # ---------------------------------------------------------------- Mesh
@@ -96,7 +100,7 @@ def train_and_evaluate(config, workdir: str):
                                          chunk_size)
 
   update_step = loop.make_update_step(
-      loss_and_grads, tx, schedule,
+      loss_and_grads, tx, {"lr": schedule},
       lambda b: b["query_attention_mask"].sum() + b["passage_attention_mask"].sum(), config.seed)
 
   def compile_for(chunk_size: int):
@@ -195,6 +199,10 @@ def train_and_evaluate(config, workdir: str):
   # ---------------------------------------------------------------- Export
   out = os.path.join(workdir, "export", "encoder")
   export(state.params, out)
+  if is_main:  # records the pooling: encode/evaluate --pooling=auto read it
+    export_lib.export_sentence_transformers(
+        out, os.path.join(workdir, "export", "sentence-transformers"), model_cfg.hidden_size,
+        d.passage_max_len, config.model.pooling)
   writer.close()
   logging.info("Encoder exported to %s (HF BertModel format)", out)
   return state

@@ -48,10 +48,12 @@ def make_mesh(config):
 # ---------------------------------------------------------------------------------- Update step
 
 
-def make_update_step(loss_and_grads: Callable, tx, schedule, count_tokens: Callable, seed: int):
+def make_update_step(loss_and_grads: Callable, tx, schedules: dict, count_tokens: Callable,
+                     seed: int):
   """update_step(state, batch, **static) -> (state, metrics), a pure function to jit.
 
   loss_and_grads(params, batch, dropout_key, **static) -> ((loss, aux), grads);
+  schedules: {metric name: learning-rate schedule} ('lr', and 'lr_encoder' for a second group);
   count_tokens(batch) -> the real tokens the step trained on (for tokens/s).
   """
   dropout_root = jax.random.key(seed + 1)
@@ -62,8 +64,8 @@ def make_update_step(loss_and_grads: Callable, tx, schedule, count_tokens: Calla
     (loss, aux), grads = loss_and_grads(state.params, batch, dropout_key, **static)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step),
-                   tokens=count_tokens(batch), **aux)
+    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), tokens=count_tokens(batch),
+                   **{name: schedule(state.step) for name, schedule in schedules.items()}, **aux)
     return train_state.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return update_step
@@ -148,12 +150,12 @@ class LoggingWindow:
     self.start += time.perf_counter() - start
 
   def close(self) -> dict:
-    """The window's scalars (means, the last learning rate, rates); starts the next window."""
+    """The window's scalars (means; learning rates at its last step; rates); starts the next
+    window."""
     metrics = jax.device_get(self.metrics)  # blocks until the window's work is done
     seconds = time.perf_counter() - self.start
-    scalars = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]
-               if k not in ("tokens", "lr")}
-    scalars["lr"] = float(metrics[-1]["lr"])
+    scalars = {k: float(metrics[-1][k]) if k.startswith("lr") else
+               float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k != "tokens"}
     scalars["tokens_per_s"] = float(sum(m["tokens"] for m in metrics)) / seconds
     scalars["steps_per_s"] = len(metrics) / seconds
     self.metrics, self.start = [], time.perf_counter()

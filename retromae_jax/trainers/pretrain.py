@@ -27,6 +27,7 @@ from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import flops
 from retromae_jax.trainers import loop
 from retromae_jax.trainers import metrics as metrics_lib
+from retromae_jax.trainers import init_parts
 from retromae_jax.trainers import optim
 from retromae_jax.trainers import sharding
 from retromae_jax.trainers import train_state
@@ -65,9 +66,20 @@ def train_and_evaluate(config, workdir: str):
   objective = objective_config_from(config)
   model = make_model(model_cfg, objective)
   logging.info("Objective: %s", objective)
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
   example = {name: jax.ShapeDtypeStruct(shape, dtype)
              for name, (shape, dtype) in pipeline.batch_shapes(config, 1).items()}
+  # An initial model without an MLM head or decoder leaves them at their random init: named here,
+  # and (optim.freeze_encoder_steps) trained alone first, so they do not disturb the encoder.
+  new_parts = init_parts.new_parts(config, init_parts.model_parts(model, example))
+  if new_parts and (config.init.hf_dir or config.init.checkpoint):
+    logging.info("Not in the initial checkpoint, starting at random initialisation: %s%s",
+                 ", ".join(new_parts), f" (trained alone for the first "
+                 f"{config.optim.freeze_encoder_steps} steps)"
+                 if config.optim.freeze_encoder_steps else "")
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps, new_parts)
+  schedules = {"lr": schedule}
+  if optim.has_groups(config.optim):
+    schedules["lr_encoder"] = optim.encoder_schedule(config.optim, config.total_steps)
   state, state_shardings = train_state.create_sharded_state(model, tx, example, mesh, rules,
                                                             config.seed)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -108,7 +120,7 @@ def train_and_evaluate(config, workdir: str):
     totals, _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(accum_steps), micro))
     return totals
 
-  update_step = loop.make_update_step(loss_and_grads, tx, schedule,
+  update_step = loop.make_update_step(loss_and_grads, tx, schedules,
                                       lambda batch: batch["attention_mask"].sum(), config.seed)
   batch_sharding = {k: sharding.batch_sharding(mesh, rules) for k in example}
   global_example = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
@@ -188,7 +200,8 @@ def train_and_evaluate(config, workdir: str):
     out = os.path.join(workdir, "export")
     encoder = export_lib.export_encoder(params, model_cfg, meta, os.path.join(out, "encoder"))
     export_lib.export_sentence_transformers(encoder, os.path.join(out, "sentence-transformers"),
-                                            model_cfg.hidden_size, config.data.max_seq_length)
+                                            model_cfg.hidden_size, config.data.max_seq_length,
+                                            model_cfg.sentence_vector)
     if "decoder" in params:
       decoder_lib.save_decoder(params["decoder"], meta, os.path.join(out, "decoder"))
     logging.info("Exported to %s: encoder/ (HF BERT), sentence-transformers/, decoder/", out)

@@ -20,6 +20,11 @@ class TrainState:
   opt_state: optax.OptState
 
 
+def _masked(x) -> bool:
+  """A parameter another group of optax.partition / multi_transform owns (trainers/optim.py)."""
+  return isinstance(x, optax.MaskedNode)
+
+
 def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
   """Initialises the TrainState directly into its shardings (no full copy on any one device).
 
@@ -45,8 +50,8 @@ def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
     state_shardings = TrainState(
         step=sharding.replicated(mesh), params=param_shardings,
         opt_state=optax.tree_map_params(
-            tx, lambda _, s: s, abstract_state.opt_state, param_shardings,
-            transform_non_params=lambda _: sharding.replicated(mesh)))
+            tx, lambda x, s: x if _masked(x) else s, abstract_state.opt_state, param_shardings,
+            transform_non_params=lambda _: sharding.replicated(mesh), is_leaf=_masked))
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(seed))
   return state, state_shardings
 

