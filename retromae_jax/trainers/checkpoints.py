@@ -17,9 +17,13 @@ Faults stop loudly and lose nothing (docs/reliability.md):
     aside to <step>.damaged and the newest intact step is restored instead.
 """
 
+import contextlib
+import gc
+import logging as std_logging
 import os
 import re
 import signal
+import sys
 import time
 
 import jax
@@ -96,10 +100,15 @@ def _first_line(error: BaseException) -> str:
 
 def _save_failed(mngr: ocp.CheckpointManager, cause: BaseException | str) -> SaveFailed:
   cause = cause if isinstance(cause, str) else _first_line(cause)
-  complete = [s for s in mngr.all_steps(read=True)]
+  complete = _steps_on_disk(mngr)
   last = f"step {max(complete)}" if complete else "none"
   return SaveFailed(f"{mngr.directory}: saving a checkpoint failed ({cause}); the newest "
                     f"complete checkpoint is {last}")
+
+
+def _steps_on_disk(mngr: ocp.CheckpointManager) -> list[int]:
+  mngr.reload()  # the directory as it is now, not as the manager last listed it
+  return list(mngr.all_steps())
 
 
 def _background_error(mngr: ocp.CheckpointManager) -> str | None:
@@ -113,7 +122,7 @@ def _background_error(mngr: ocp.CheckpointManager) -> str | None:
     mngr.wait_until_finished()  # joins the finished finalize thread: re-raises what it raised
   except Exception as e:
     return _first_line(e)
-  if step not in mngr.all_steps(read=True):  # Orbax may log a failed finalize without raising
+  if step not in _steps_on_disk(mngr):  # Orbax may log a failed finalize without raising
     return f"step {step} was not committed (Orbax's log above says why)"
   return None
 
@@ -135,6 +144,20 @@ def raise_if_save_failed(mngr: ocp.CheckpointManager, everywhere: bool = True) -
       error = f"process(es) {failed.tolist()} could not write their part"
   if error:
     raise _save_failed(mngr, error)
+
+
+@contextlib.contextmanager
+def on_failure(mngr: ocp.CheckpointManager, timeout_s: float = 60.0):
+  """Around a training loop: when it raises (divergence, bad input), the save of an earlier,
+  good state still in progress completes first (finish_pending); after SaveFailed there is
+  nothing left to wait for."""
+  try:
+    yield
+  except SaveFailed:
+    raise
+  except BaseException:
+    finish_pending(mngr, timeout_s)
+    raise
 
 
 def finish_pending(mngr: ocp.CheckpointManager, timeout_s: float = 60.0) -> None:
@@ -247,9 +270,25 @@ def _abstract(tree):
 
 def _damaged(step_dir: str, error: BaseException) -> Damaged:
   """Damaged naming the step and, where the error lets it be told, the damaged file."""
-  found = _damaged_file(step_dir, str(error))
+  chain = [error]  # TensorStore's own message is the innermost cause: it says what failed where
+  while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 8:
+    chain.append(cause)
+  found = _damaged_file(step_dir, "\n".join(str(e) for e in chain))
   where = f"damaged file {found}" if found else "the damaged file could not be told"
-  return Damaged(f"{step_dir}: the checkpoint cannot be read ({where}; {_first_line(error)})")
+  return Damaged(f"{step_dir}: the checkpoint cannot be read ({where}; {_first_line(chain[-1])})")
+
+
+def _collect_quietly() -> None:
+  """A failed read leaves TensorStore coroutines that Python reports as they are collected, at
+  exit if not before: dozens of tracebacks of the failure already reported in one line, after
+  the run's last line. Collects them now, silently."""
+  hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+  asyncio_log = std_logging.getLogger("asyncio")
+  disabled, asyncio_log.disabled = asyncio_log.disabled, True
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook, asyncio_log.disabled = hook, disabled
 
 
 def _damaged_file(step_dir: str, message: str) -> str | None:
@@ -289,13 +328,15 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
   <step>.damaged (kept for inspection, never deleted); a checkpoint that does not fit the model
   raises (the config changed: the files are fine). Raises Damaged when no checkpoint is intact."""
   moved = []
-  for step in sorted(mngr.all_steps(read=True), reverse=True):
+  for step in sorted(_steps_on_disk(mngr), reverse=True):
     step_dir = os.path.join(str(mngr.directory), str(step))
     try:
       state, _ = restore(mngr, step, abstract_state)
       problem = None
     except Damaged as e:
       state, problem = None, str(e)
+    if problem is not None:
+      _collect_quietly()
     if jax.process_count() > 1:  # every process reads its own slices: all must have succeeded
       failed = np.flatnonzero(multihost_utils.process_allgather(np.int32(problem is not None)))
       if failed.size and problem is None:
@@ -379,14 +420,19 @@ def read_meta(path: str) -> tuple[dict, str]:
 
 
 def save_if_due(mngr: ocp.CheckpointManager, step: int, state, meta: dict, config,
-                preemption: "PreemptionWatch") -> bool:
+                preemption: "PreemptionWatch", check_state=None) -> bool:
   """Saves every `config.checkpoint_every` steps, at the last step, and when preempted (then
-  waits until the save is complete); returns True when the run must stop now (preempted)."""
+  waits until the save is complete); returns True when the run must stop now (preempted).
+
+  Call it at every step boundary: it first raises SaveFailed if an earlier save failed.
+  `check_state()`, called before a save, raises to refuse it (divergence.Guard.check: a
+  non-finite state is never written)."""
   due = step % config.checkpoint_every == 0 or step == config.total_steps
-  # Before writing more, a failed earlier save stops the run (SaveFailed).
   raise_if_save_failed(mngr, everywhere=due or step % config.log_every == 0)
   preempted = preemption.reached(mngr, step)
   if due or preempted:
+    if check_state is not None:
+      check_state()
     save(mngr, step, state, meta)
   if preempted:
     mngr.wait_until_finished()
