@@ -273,6 +273,35 @@ def test_a_cut_safetensors_file_is_named_at_start_up(tmp_path):
     preflight.check_safetensors(path)
 
 
+def test_a_cut_model_safetensors_in_init_hf_dir_fails_before_compiling(tmp_path):
+  hf_dir = tmp_path / "bert"
+  hf_dir.mkdir()
+  (hf_dir / "config.json").write_text(json.dumps({
+      "model_type": "bert", "vocab_size": 30522, "hidden_size": 128, "num_hidden_layers": 2,
+      "num_attention_heads": 2, "intermediate_size": 512, "max_position_embeddings": 128}))
+  weights = str(hf_dir / "model.safetensors")
+  _write_safetensors(weights, {"embeddings.word_embeddings.weight": np.zeros((30522, 128))})
+  os.truncate(weights, os.path.getsize(weights) // 2)  # a download cut in half
+  rc, stderr, seconds, _ = _run(str(tmp_path / "run"),
+                                _args(_corpus(str(tmp_path)), f"--config.init.hf_dir={hf_dir}"))
+  assert rc == 1
+  assert _last_line(stderr).startswith(f"{weights}: cut short ("), _last_line(stderr)
+  assert "Compiled step" not in stderr and seconds < 60
+
+
+def test_evaluate_refuses_qrels_that_match_nothing_before_loading_the_model(tmp_path):
+  # Every id mismatched: this used to score nDCG@10 0.0000 and exit 0.
+  beir.write(str(tmp_path), {"d1": "one", "d2": "two"}, {"q1": "x"}, {"test": {"q1": {"D1": 1}}})
+  proc = subprocess.run([sys.executable, "-m", "retromae_jax.tools.evaluate",
+                         f"--model={tmp_path}/no_model", f"--beir_dir={tmp_path}"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert _last_line(proc.stderr).endswith(
+      f"{beir.qrels_path(str(tmp_path), 'test')}: 0 of 1 query ids are not in queries.jsonl, 1 of "
+      "1 judged document ids are not in corpus.jsonl (first: 'D1'); expected ids that match the "
+      "folder's files (or allow them: eval.allow_missing_ids / --allow_missing_ids)")
+
+
 def test_qrels_naming_unknown_ids_fail_unless_allowed(tmp_path):
   beir.write(str(tmp_path), {"d1": "one", "d2": "two"}, {"q1": "x", "q2": "y"},
              {"test": {"q1": {"d1": 1, "d9": 1}, "q3": {"d2": 1}}})

@@ -435,7 +435,10 @@ def save_if_due(mngr: ocp.CheckpointManager, step: int, state, meta: dict, confi
       check_state()
     save(mngr, step, state, meta)
   if preempted:
-    mngr.wait_until_finished()
+    try:
+      mngr.wait_until_finished()
+    except Exception as e:
+      raise _save_failed(mngr, e) from e
     logging.warning("Preempted: saved step %d; the same command resumes from it", step)
   return preempted
 
