@@ -8,7 +8,7 @@
    twice: the first pass includes compiling one program per padded length, the second does not.
    --torch also times sentence-transformers on the same texts, as a reference point.
 2. Search: --queries x --docs random float32 embeddings of --dim, top --top_k by dot product with
-   retrieval/search.py (first call compiles; the second is timed), and numpy's full score matrix
+   evaluators/search.py (first call compiles; the second is timed), and numpy's full score matrix
    with argpartition for comparison (it needs the whole [Q, N] matrix in memory; we do not).
 Prints one JSON object.
 """

@@ -132,6 +132,19 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # A decoder/ written by `python -m retromae_jax.tools.export` (with init.hf_dir = its encoder/).
   c.init.decoder_dir = ""
 
+  # ---- Zero-shot retrieval while pretraining (retromae_jax/evaluators/periodic.py) ----
+  c.eval = ml_collections.ConfigDict()
+  c.eval.data = ""  # a BEIR folder (DIR or beir:DIR), or 'pydoc'; '' = no evaluation
+  c.eval.split = "test"
+  c.eval.every_steps = 0  # 0 = only at the end (when eval.data is set)
+  c.eval.at_start = True  # also before the first step: the initial encoder's score
+  c.eval.pooling = "cls"  # the sentence vector RetroMAE trains; 'mean' for mean-pooled models
+  c.eval.normalize = True  # cosine similarity, as fine-tuning and BGE use
+  c.eval.query_max_len = 64
+  c.eval.passage_max_len = 256  # both capped at model.max_position_embeddings
+  c.eval.batch_size = 64
+  c.eval.top_k = 100
+
   # ---- Mesh (axes data x fsdp x tensor; -1 = the remaining devices) ----
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1

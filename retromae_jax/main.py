@@ -1,44 +1,61 @@
 """Entry point: `python -m retromae_jax.main --config=configs/base.py[:preset] --workdir=DIR`.
 
-The config's `task` picks the program: 'pretrain' (RetroMAE, retromae_jax/trainers/pretrain.py; the default
-when the config has no `task`, as configs/base.py) or 'finetune' (contrastive fine-tuning,
-retromae_jax/trainers/finetune.py; configs/finetune.py).
+The config's `task` picks the program: 'pretrain' (RetroMAE, retromae_jax/trainers/pretrain.py;
+the default when the config has no `task`, as configs/base.py) or 'finetune' (contrastive
+fine-tuning, retromae_jax/trainers/finetune.py; configs/finetune.py).
 
 Any config key can be overridden: `--config.data.source=jsonl:/data/*.jsonl --config.batch_size=64`.
+The console shows our own lines (progress, one line per checkpoint save, evaluation) and every
+warning; --third_party_logs brings back the INFO lines of the libraries (Orbax, JAX, TF).
 """
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+import logging as std_logging
+import os
 
-from retromae_jax.trainers import validation as config_check
-from retromae_jax.trainers import distributed
-from retromae_jax.trainers import finetune
-from retromae_jax.trainers import pretrain as train
+# TensorFlow's C++ start-up notes (CPU instruction sets, oneDNN) are no news to a user.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-TASKS = {"pretrain": (config_check.validate, train.train_and_evaluate),
-         "finetune": (finetune.validate, finetune.train_and_evaluate)}
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from retromae_jax.trainers import distributed  # noqa: E402
+from retromae_jax.trainers import finetune  # noqa: E402
+from retromae_jax.trainers import pretrain  # noqa: E402
+
+TASKS = {"pretrain": pretrain.train_and_evaluate, "finetune": finetune.train_and_evaluate}
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/base.py", "Config file (configs/base.py[:preset]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics and the export go (default workdirs/<preset>).")
+_THIRD_PARTY_LOGS = flags.DEFINE_bool(
+    "third_party_logs", False, "Also show the INFO lines of libraries (Orbax logs ~40 per save).")
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class _OwnLinesAndWarnings(std_logging.Filter):
+  """Passes our INFO lines and everyone's warnings and errors."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not _THIRD_PARTY_LOGS.value:
+    logging.get_absl_handler().addFilter(_OwnLinesAndWarnings())
   config = _CONFIG.value
   task = config.get("task", "pretrain")
   if task not in TASKS:
     raise ValueError(f"config.task: expected one of {sorted(TASKS)}, got {task!r}")
-  validate, run = TASKS[task]
-  validate(config)
   distributed.initialize()
   workdir = _WORKDIR.value or f"workdirs/{config.preset}"
   logging.info("Workdir: %s (task %s)", workdir, task)
-  run(config, workdir)
+  TASKS[task](config, workdir)
 
 
 if __name__ == "__main__":

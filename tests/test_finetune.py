@@ -118,25 +118,25 @@ def test_smoke_finetune_evaluates_exports_and_resumes(tmp_path):
 ])
 def test_invalid_settings_fail_naming_the_key(key, value, message):
   from configs import finetune as finetune_config
-  from retromae_jax.trainers import finetune
+  from retromae_jax.trainers import validation
   config = finetune_config.get_config("smoke")
   section, name = key.split(".")
   config[section][name] = value
   with pytest.raises(ValueError, match=re.escape(message)):
-    finetune.validate(config)
+    validation.validate(config)
 
 
 def test_lengths_are_checked_against_the_init_models_positions_once_known():
   from configs import finetune as finetune_config
-  from retromae_jax.trainers import finetune
+  from retromae_jax.trainers import validation
   config = finetune_config.get_config("smoke")  # max_position_embeddings 128
   config.data.passage_max_len = 256
   config.init.model = "/some/hf/dir"  # its config.json decides, read at start-up
-  finetune.validate(config)
+  validation.validate(config)
   with pytest.raises(ValueError, match="passage_max_len"):
-    finetune.validate(config, shape_known=True)
+    validation.validate(config, shape_known=True)
   with pytest.raises(ValueError, match="not divisible by the 3 data-parallel devices"):
-    finetune.validate(finetune_config.get_config("smoke"), num_data_parallel=3)
+    validation.validate(finetune_config.get_config("smoke"), num_data_parallel=3)
 
 
 def _train_losses(workdir, devices, *overrides):

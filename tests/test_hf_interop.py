@@ -24,7 +24,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import tokenizers  # noqa: E402
 
-from retromae_jax import encode, hf_interop  # noqa: E402
+from retromae_jax.evaluators import embed as encode  # noqa: E402
+from retromae_jax.interop import hf as hf_interop  # noqa: E402
 from retromae_jax.models.bert import MLMHead, ModelConfig  # noqa: E402
 from retromae_jax.models.retromae import RetroMAE  # noqa: E402
 

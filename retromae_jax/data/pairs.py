@@ -3,10 +3,10 @@
 Sources (config.data.train):
   jsonl:GLOB   FlagEmbedding's format, one object per line: {"query": str, "pos": [str],
                "neg": [str]}; `neg` may be empty or missing; a string is read as a 1-list
-  beir:DIR     a BEIR folder (retrieval/beir.py): the queries judged in qrels/{data.split}.tsv,
+  beir:DIR     a BEIR folder (data/beir.py): the queries judged in qrels/{data.split}.tsv,
                positives = documents with relevance > 0, negatives = documents judged 0, plus
                the mined ones of config.data.hard_negatives (below), if given
-  pydoc        the offline pydoc retrieval set (retrieval/pydoc_set.py) as `beir:`
+  pydoc        the offline pydoc retrieval set (data/pydoc_set.py) as `beir:`
 Hard negatives for a BEIR source (config.data.hard_negatives): the jsonl file that
 `python -m retromae_jax.tools.mine --data=DIR` writes, FlagEmbedding lines matched to the BEIR queries by
 their text (queries missing from it keep their judged negatives only). The same file also
@@ -136,7 +136,7 @@ def load_examples(source: str, split: str = "train", hard_negatives: str = "",
   elif scheme == "beir" and arg:
     examples = read_beir(arg, split, hard_negatives, process_index, process_count)
   elif source == "pydoc":
-    from retromae_jax.retrieval import pydoc_set  # builds the set on first use
+    from retromae_jax.data import pydoc_set  # builds the set on first use
     examples = read_beir(pydoc_set.cached_dir(), split, hard_negatives, process_index,
                          process_count)
   else:

@@ -19,7 +19,7 @@ in sorted file order (data/stdlib_docs.py), so one Python version always builds 
 other versions build a similar one (pydoc_set.json records which, and the counts).
 
 API:
-  build(out_dir) -> dict          writes the BEIR folder (retrieval/beir.py), returns the counts
+  build(out_dir) -> dict          writes the BEIR folder (data/beir.py), returns the counts
   cached_dir() -> str             built once per process into a temporary folder (tests, demos)
 """
 

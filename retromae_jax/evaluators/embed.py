@@ -14,11 +14,16 @@ already live on, or over all devices with the params replicated.
 Texts are sorted by length and each batch is padded to a multiple of 8 tokens: short texts do not
 pay for long ones, and the forward pass compiles once per distinct padded length (at most
 max_len / 8 times, usually a few).
+
+A long corpus logs a progress line (texts done / total, texts/s, ETA) at most every
+PROGRESS_EVERY_S seconds, and a final line when it is done (process 0 only).
 """
 
+import datetime
 import functools
 import json
 import os
+import time
 from typing import Sequence
 
 import flax.linen as nn
@@ -36,6 +41,8 @@ from retromae_jax.models.retromae import RetroMAE
 
 POOLINGS = ("cls", "mean")
 _LENGTH_MULTIPLE = 8
+# Seconds between progress lines while a corpus is embedded (a final line always follows).
+PROGRESS_EVERY_S = 10.0
 
 
 def _is_hf_dir(path: str) -> bool:
@@ -133,8 +140,12 @@ def _data_parallel(params):
 
 
 def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: str = "cls",
-          normalize: bool = False, max_len: int = 512, batch_size: int = 64) -> np.ndarray:
-  """Embeds `texts` with in-memory encoder params ({'bert': ...}) and a `tokenizers.Tokenizer`."""
+          normalize: bool = False, max_len: int = 512, batch_size: int = 64,
+          label: str = "embed") -> np.ndarray:
+  """Embeds `texts` with in-memory encoder params ({'bert': ...}) and a `tokenizers.Tokenizer`.
+
+  `label` starts the progress lines (e.g. 'corpus', 'queries').
+  """
   if pooling not in POOLINGS:
     raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
   if batch_size < 1:
@@ -157,6 +168,8 @@ def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: st
     rows = -(-rows // mesh.size) * mesh.size
     batch_sharding = NamedSharding(mesh, P(mesh.axis_names))
   out = np.zeros((len(ids), cfg.hidden_size), np.float32)
+  progress = _Progress(label, len(ids), sum(len(x) for x in ids))
+  done_tokens = 0
   for start in range(0, len(ids), rows):
     chosen = order[start:start + rows]
     length = -(-max(len(ids[i]) for i in chosen) // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE
@@ -171,7 +184,42 @@ def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: st
                                                             lambda idx, x=x: x[idx])
                                for x in (batch_ids, batch_mask))
     out[chosen] = np.asarray(forward(params, batch_ids, batch_mask))[:len(chosen)]
+    done_tokens += sum(len(ids[i]) for i in chosen)
+    progress.update(start + len(chosen), done_tokens)
   return out
+
+
+class _Progress:
+  """Progress lines for embed(): texts done / total, texts/s and ETA.
+
+  `update` is called after a batch's embeddings are on the host (np.asarray returned), so the
+  rates count finished work, not work merely dispatched to the device. Compilation is in them:
+  it is part of what the caller waits for. The ETA divides the tokens left by the tokens/s so
+  far: texts go in order of length, so the texts left are the longer ones.
+  """
+
+  def __init__(self, label: str, total_texts: int, total_tokens: int):
+    self.label = label
+    self.total_texts = total_texts
+    self.total_tokens = total_tokens
+    self.enabled = jax.process_index() == 0
+    self.start = self.last_log = time.perf_counter()
+
+  def update(self, done_texts: int, done_tokens: int):
+    now = time.perf_counter()
+    if done_texts < self.total_texts and now - self.last_log < PROGRESS_EVERY_S:
+      return
+    self.last_log = now
+    if not self.enabled:
+      return
+    elapsed = max(now - self.start, 1e-9)
+    if done_texts == self.total_texts:
+      when = f"done in {datetime.timedelta(seconds=round(elapsed))}"
+    else:
+      left = (self.total_tokens - done_tokens) * elapsed / max(done_tokens, 1)
+      when = f"ETA {datetime.timedelta(seconds=round(left))}"
+    logging.info("%s: %d/%d texts (%.0f%%) | %.1f texts/s | %s", self.label, done_texts,
+                 self.total_texts, 100 * done_texts / self.total_texts, done_texts / elapsed, when)
 
 
 def read_texts(path: str) -> list[str]:

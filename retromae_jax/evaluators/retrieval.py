@@ -9,8 +9,8 @@ mismatched, the scores would be 0 and look like a bad model) unless --allow_miss
 
 --model is a HF BERT directory or one of our workdirs (encode.resolve_model_dir). The corpus and
 the split's judged queries are embedded (batches split over all devices), every query's top_k
-documents found by exact search (retrieval/search.py: dot product; with --normalize that is
-cosine), and the run scored with trec_eval's semantics (retrieval/metrics.py). The last line
+documents found by exact search (evaluators/search.py: dot product; with --normalize that is
+cosine), and the run scored with trec_eval's semantics (evaluators/metrics.py). The last line
 printed is one JSON object:
   {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100", "p@10", ["recall@<top_k>"],
    "num_queries", "num_docs", "encode_seconds", "search_seconds"}
@@ -74,10 +74,10 @@ def evaluate_params(cfg, params, tokenizer, data, split: str = "test", *, poolin
   start = time.perf_counter()
   corpus_emb = encode.embed(cfg, params, tokenizer,
                             [passage_prefix + t for t in data.corpus.values()], pooling,
-                            normalize, max_len, batch_size)
+                            normalize, max_len, batch_size, label="corpus")
   query_emb = encode.embed(cfg, params, tokenizer,
                            [query_prefix + t for t in data.queries.values()], pooling, normalize,
-                           query_max_len or max_len, batch_size)
+                           query_max_len or max_len, batch_size, label="queries")
   encode_seconds = time.perf_counter() - start
   result = evaluate_embeddings(query_emb, corpus_emb, data, top_k, measures)
   result["encode_seconds"] = encode_seconds

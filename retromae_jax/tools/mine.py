@@ -135,9 +135,11 @@ def main(argv):
     queries, positives, candidates, pos_rows = _from_pairs(f.data, f.corpus)
   _, cfg, params, tok = encode.load_encoder(f.model)
   corpus_emb = encode.embed(cfg, params, tok, [f.passage_prefix + t for t in candidates],
-                            f.pooling, f.normalize, f.max_len, f.batch_size)
+                            f.pooling, f.normalize, f.max_len, f.batch_size,
+                            label="corpus")
   query_emb = encode.embed(cfg, params, tok, [f.query_prefix + q for q in queries], f.pooling,
-                           f.normalize, f.query_max_len or f.max_len, f.batch_size)
+                           f.normalize, f.query_max_len or f.max_len, f.batch_size,
+                           label="queries")
   row = {text: i for i, text in enumerate(candidates)}
   same_as_query = [[row[q]] if q in row else [] for q in queries]
   negatives = mine(query_emb, corpus_emb, pos_rows, f.top_k, start, end, same_as_query)

@@ -90,6 +90,8 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> bool:
   # The step whose outcome _background_error checks once it has ended (kept on the manager: the
   # save in flight is the manager's state).
   mngr.unchecked_save = step
+  logging.info("Checkpoint step %d: saving to %s/%d (in the background)", step, mngr.directory,
+               step)
   return started
 
 

@@ -4,7 +4,6 @@ to TensorBoard, and a human progress line. Only process 0 writes."""
 import datetime
 import json
 import os
-import time
 
 from absl import logging
 import jax
@@ -39,21 +38,26 @@ class MetricsWriter:
       self._tb.add_scalar(name, value, step)
     self._tb.flush()
 
-  def progress(self, step: int, steps_per_s: float, scalars: dict):
+  def progress(self, step: int, scalars: dict):
+    """One human line: the losses (each term of the objective on its own), accuracies, rates
+    and the ETA from this window's rate (its steps timed to completion: loop.LoggingWindow)."""
     if not self.enabled:
       return
-    left = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else float("nan")
-    eta = str(datetime.timedelta(seconds=int(left))) if left == left else "?"
+    rate = scalars["steps_per_s"]
+    eta = datetime.timedelta(seconds=int((self.total_steps - step) / rate)) if rate > 0 else "?"
     # Only the objective's own terms: the MLM baseline has no decoder, drop no encoder loss.
     terms = ", ".join(f"{t} {scalars[t + '_loss']:.4f}" for t in ("enc", "dec", "bow")
                       if t + "_loss" in scalars)
-    accs = " ".join(f"{t} {scalars[t + '_acc']:.3f}" for t in ("enc", "dec")
-                    if t + "_acc" in scalars)
-    logging.info(
-        "step %d/%d | loss %.4f (%s) | acc %s | lr %.2e | %.2f steps/s | %.0f tok/s | "
-        "MFU %.1f%% | ETA %s", step, self.total_steps, scalars["loss"], terms, accs,
-        scalars["lr"], steps_per_s, scalars["tokens_per_s"],
-        100 * scalars.get("mfu", float("nan")), eta)
+    accs = " ".join(f"{t} {scalars[k]:.3f}" for t, k in (("enc", "enc_acc"), ("dec", "dec_acc"),
+                                                          ("", "accuracy")) if k in scalars)
+    parts = [f"step {step}/{self.total_steps}",
+             f"loss {scalars['loss']:.4f}" + (f" ({terms})" if terms else ""),
+             f"acc {accs.strip()}" if accs else "",
+             f"grad norm {scalars['grad_norm']:.3f}", f"lr {scalars['lr']:.2e}",
+             f"{rate:.2f} steps/s", f"{scalars['tokens_per_s']:.0f} tok/s",
+             f"{scalars['queries_per_s']:.1f} queries/s" if "queries_per_s" in scalars else "",
+             f"MFU {100 * scalars['mfu']:.1f}%" if "mfu" in scalars else "", f"ETA {eta}"]
+    logging.info(" | ".join(p for p in parts if p))
 
   def close(self):
     if self._jsonl:
@@ -71,28 +75,3 @@ def _truncate_after(path: str, step: int) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
       f.writelines(kept)
     os.replace(tmp, path)
-
-
-def window_scalars(window: list, seconds: float) -> dict:
-  """What a logged line holds for a window of steps (their per-step metrics, still on device):
-  the means, the last learning rate, and the throughput in real tokens and steps per second."""
-  window = jax.device_get(window)
-  scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]
-             if k not in ("tokens", "lr")}
-  scalars["lr"] = float(window[-1]["lr"])
-  scalars["tokens_per_s"] = float(sum(m["tokens"] for m in window)) / seconds
-  scalars["steps_per_s"] = len(window) / seconds
-  return scalars
-
-
-class Stopwatch:
-  """Wall time over a window of steps; restarted after the first (compiling) step."""
-
-  def __init__(self):
-    self.reset()
-
-  def reset(self):
-    self.start = time.perf_counter()
-
-  def elapsed(self) -> float:
-    return time.perf_counter() - self.start

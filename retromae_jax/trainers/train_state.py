@@ -1,4 +1,4 @@
-"""The training state and how it is created on a mesh: shared by pretraining (train.py) and
+"""The training state and how it is created on a mesh: shared by pretraining (pretrain.py) and
 fine-tuning (finetune.py)."""
 
 import os

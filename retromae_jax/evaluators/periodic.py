@@ -1,0 +1,78 @@
+"""Retrieval evaluation during training, for both programs (config.eval).
+
+Pretraining and fine-tuning score the encoder they are training on a BEIR split every
+eval.every_steps steps and at the last step (and, with eval.at_start, before the first step):
+`eval/<measure>` rows in metrics.jsonl and one log line. Pretraining sees whether its encoder gets
+better for retrieval while it pretrains; fine-tuning also keeps its best step (on_best).
+"""
+
+import time
+
+from absl import logging
+
+from retromae_jax.data import beir
+from retromae_jax.evaluators import metrics as retrieval_metrics
+from retromae_jax.evaluators import retrieval
+
+
+def beir_dir(spec: str) -> str:
+  """A BEIR folder from eval.data / data.train: 'pydoc' (built on first use), DIR or beir:DIR."""
+  if spec == "pydoc":
+    from retromae_jax.data import pydoc_set  # builds the set on first use
+    return pydoc_set.cached_dir()
+  return spec.removeprefix("beir:")
+
+
+class RetrievalEvaluator:
+  """evaluator(step, params) scores `params` (the encoder under 'bert') on the eval split."""
+
+  def __init__(self, data: beir.BeirData, model_cfg, tokenizer, writer, *, every_steps: int,
+               total_steps: int, measures: tuple, embed_kwargs: dict, on_result=None):
+    self.data, self.model_cfg, self.tokenizer, self.writer = data, model_cfg, tokenizer, writer
+    self.every_steps, self.total_steps = every_steps, total_steps
+    self.measures, self.embed_kwargs, self.on_result = measures, embed_kwargs, on_result
+
+  @classmethod
+  def from_config(cls, config, model_cfg, tokenizer, writer, on_result=None):
+    """The evaluator config.eval asks for, or None (eval.data = '')."""
+    e = config.eval
+    if not e.data:
+      return None
+    if config.get("task", "pretrain") == "finetune":
+      # Fine-tuning evaluates as it trains: its pooling, similarity, lengths and instructions.
+      d, m = config.data, config.model
+      embed_kwargs = dict(pooling=m.pooling, normalize=m.similarity == "cosine",
+                          max_len=d.passage_max_len, query_max_len=d.query_max_len,
+                          query_prefix=d.query_instruction, passage_prefix=d.passage_instruction)
+    else:
+      limit = model_cfg.max_position_embeddings
+      embed_kwargs = dict(pooling=e.pooling, normalize=e.normalize,
+                          max_len=min(e.passage_max_len, limit),
+                          query_max_len=min(e.query_max_len, limit))
+    measures = retrieval_metrics.DEFAULT_MEASURES
+    if e.get("metric"):
+      measures = tuple(dict.fromkeys(measures + (e.metric,)))
+    start = time.perf_counter()
+    data = beir.load(beir_dir(e.data), e.split)
+    logging.info("Evaluation set %s (%s split): %d queries, %d documents, loaded in %.1f s",
+                 e.data, e.split, len(data.queries), len(data.corpus),
+                 time.perf_counter() - start)
+    return cls(data, model_cfg, tokenizer, writer, every_steps=e.every_steps,
+               total_steps=config.total_steps, measures=measures,
+               embed_kwargs=dict(embed_kwargs, batch_size=e.batch_size, top_k=e.top_k),
+               on_result=on_result)
+
+  def due(self, step: int) -> bool:
+    return bool(self.every_steps and step % self.every_steps == 0) or step == self.total_steps
+
+  def __call__(self, step: int, params) -> dict:
+    """Scores the params (every process takes part; all get the same result) and logs it."""
+    result = retrieval.evaluate_params(self.model_cfg, {"bert": params["bert"]}, self.tokenizer,
+                                       self.data, measures=self.measures, **self.embed_kwargs)
+    self.writer.write(step, {f"eval/{k}": result[k] for k in self.measures})
+    logging.info("eval step %d: %s (%.0f s)", step,
+                 " | ".join(f"{k} {result[k]:.4f}" for k in self.measures),
+                 result["encode_seconds"] + result["search_seconds"])
+    if self.on_result is not None:
+      self.on_result(step, params, result)
+    return result

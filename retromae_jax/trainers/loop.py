@@ -1,0 +1,195 @@
+"""The mechanics both training programs share (pretrain.py, finetune.py).
+
+The programs differ in their model, loss, data and evaluation; everything else is here, once:
+the mesh, the update step's frame, compiling a step that fits in memory, restore-or-init, global
+batches, the logging window (timed to the completion of its steps), the loop with its saves and
+preemption, and gathering the parameters for an export.
+"""
+
+import contextlib
+import time
+from typing import Callable, Iterator
+
+from absl import logging
+import jax
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from retromae_jax.trainers import checkpoints
+from retromae_jax.trainers import sharding
+from retromae_jax.trainers import train_state
+
+# The model keys that an initial model (a HF directory's config.json, a checkpoint's meta) fixes:
+# its shape. Everything else (dropout, dtype, remat) stays the config's choice.
+SHAPE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+              "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+              "initializer_range")
+
+
+def apply_model_shape(config, source: dict) -> None:
+  """Sets config.model's shape keys from `source` (keys it lacks stay as configured)."""
+  with config.unlocked():
+    config.model.update({k: source[k] for k in SHAPE_KEYS if k in source})
+
+
+# ---------------------------------------------------------------------------------- Mesh
+
+
+def make_mesh(config):
+  """(mesh, logical axis rules) from config.mesh and config.sharding_rules."""
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.LOGICAL_AXIS_RULES[config.sharding_rules]
+  logging.info("Mesh %s over %d devices (%s), %d process(es)", dict(mesh.shape),
+               jax.device_count(), jax.devices()[0].device_kind, jax.process_count())
+  return mesh, rules
+
+
+# ---------------------------------------------------------------------------------- Update step
+
+
+def make_update_step(loss_and_grads: Callable, tx, schedule, count_tokens: Callable, seed: int):
+  """update_step(state, batch, **static) -> (state, metrics), a pure function to jit.
+
+  loss_and_grads(params, batch, dropout_key, **static) -> ((loss, aux), grads);
+  count_tokens(batch) -> the real tokens the step trained on (for tokens/s).
+  """
+  dropout_root = jax.random.key(seed + 1)
+
+  def update_step(state, batch, **static):
+    # Dropout depends only on (seed, step): not on the mesh or on where the run resumed.
+    dropout_key = jax.random.fold_in(dropout_root, state.step)
+    (loss, aux), grads = loss_and_grads(state.params, batch, dropout_key, **static)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step),
+                   tokens=count_tokens(batch), **aux)
+    return train_state.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return update_step
+
+
+def compile_to_fit(compile_for: Callable, setting, *, auto: bool, smaller: Callable,
+                   describe: Callable, key: str, hint: str):
+  """The compiled step for `setting`, or, when it needs more memory than a device has and `auto`
+  is on, for smaller(needed_bytes, available_bytes): the same global batch and loss computed in
+  smaller pieces (microbatches, gradient-cache chunks) rather than an out-of-memory crash.
+
+  compile_for(setting) -> (compiled, bytes per device); describe(setting) names it in the log;
+  key and hint make the error if even the smaller setting does not fit.
+  """
+  step, needed = compile_for(setting)
+  available = train_state.device_memory_bytes()
+  if not (auto and available and needed > available):
+    return step
+  setting = smaller(needed, available)
+  logging.warning("The step needs %.1f GiB per device, %.1f GiB available: %s (config.%s)",
+                  needed / 2**30, available / 2**30, describe(setting), key)
+  step, needed = compile_for(setting)
+  if needed > available:
+    raise ValueError(f"config.batch_size: even {describe(setting)} needs {needed / 2**30:.1f} GiB "
+                     f"per device, more than the {available / 2**30:.1f} GiB available: {hint}")
+  return step
+
+
+# ---------------------------------------------------------------------------------- Restore / init
+
+
+def restore_or_init(mngr, state, init_params: Callable):
+  """(state, start_step): the latest checkpoint of the workdir, else `state` with its params
+  replaced by init_params(params) (an initial model, or the random init as it is).
+
+  Every restore reads onto the shardings of the freshly built state: a checkpoint written on
+  another mesh or process count loads all the same (Orbax reads each device's slice).
+  """
+  start_step = mngr.latest_step() or 0
+  if start_step:
+    logging.info("Resuming from %s/%d", mngr.directory, start_step)
+    state, _ = checkpoints.restore(mngr, start_step, state)
+    return state, start_step
+  return state.replace(params=init_params(state.params)), 0
+
+
+def global_batches(local_batches: Iterator[dict], batch_sharding: dict) -> Iterator[dict]:
+  """Each process's rows assembled into global arrays laid out by `batch_sharding`."""
+  for local in local_batches:
+    yield {k: jax.make_array_from_process_local_data(s, local[k])
+           for k, s in batch_sharding.items()}
+
+
+def gather_params(params):
+  """The full parameters on every host (every process takes part: they may span hosts)."""
+  return multihost_utils.process_allgather(params, tiled=True)
+
+
+# ---------------------------------------------------------------------------------- Logging window
+
+
+class LoggingWindow:
+  """The steps since the last logged line and the wall time they took to FINISH.
+
+  JAX dispatches a step and returns at once; the clock is read only after the window's metrics
+  have been fetched, which waits for its last step (and, through the state, every step before
+  it). The time includes the input pipeline and checkpoint saves, i.e. what the wall clock
+  shows; only evaluation is left out (`paused`), as it is no training.
+  """
+
+  def __init__(self):
+    self.metrics = []
+    self.start = time.perf_counter()
+
+  def add(self, step_metrics: dict):
+    self.metrics.append(step_metrics)
+
+  @contextlib.contextmanager
+  def paused(self):
+    start = time.perf_counter()
+    yield
+    self.start += time.perf_counter() - start
+
+  def close(self) -> dict:
+    """The window's scalars (means, the last learning rate, rates); starts the next window."""
+    metrics = jax.device_get(self.metrics)  # blocks until the window's work is done
+    seconds = time.perf_counter() - self.start
+    scalars = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]
+               if k not in ("tokens", "lr")}
+    scalars["lr"] = float(metrics[-1]["lr"])
+    scalars["tokens_per_s"] = float(sum(m["tokens"] for m in metrics)) / seconds
+    scalars["steps_per_s"] = len(metrics) / seconds
+    self.metrics, self.start = [], time.perf_counter()
+    return scalars
+
+
+# ---------------------------------------------------------------------------------- Loop
+
+
+def train(config, state, train_step, batches: Iterator[dict], *, start_step: int, mngr, meta,
+          writer, rates: Callable[[dict], dict] = lambda scalars: {}, evaluator=None):
+  """Runs steps start_step+1 .. config.total_steps; returns (state, preempted).
+
+  Logs every config.log_every steps, the first and the last (the first line gives the ETA of a
+  slow run at once), with rates(scalars) added (MFU, queries/s); saves by
+  checkpoints.save_if_due; runs evaluator(step, params) where evaluator.due(step).
+  """
+  preemption = checkpoints.PreemptionWatch()
+  window = None
+  step = start_step
+  while step < config.total_steps:
+    batch = next(batches)
+    if window is None:
+      window = LoggingWindow()  # the pipeline's start-up (first batch read) is no step
+    state, step_metrics = train_step(state, batch)
+    step += 1
+    window.add(step_metrics)
+    if step % config.log_every == 0 or step in (start_step + 1, config.total_steps):
+      scalars = window.close()
+      scalars.update(rates(scalars))
+      writer.write(step, scalars)
+      writer.progress(step, scalars)
+    if checkpoints.save_if_due(mngr, step, state, meta, config, preemption):
+      return state, True
+    if evaluator is not None and evaluator.due(step):
+      with window.paused():
+        evaluator(step, state.params)
+  mngr.wait_until_finished()
+  return state, False
