@@ -144,6 +144,9 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.eval.passage_max_len = 256  # both capped at model.max_position_embeddings
   c.eval.batch_size = 64
   c.eval.top_k = 100
+  # Qrels naming queries or documents missing from the folder: an error, unless allowed (then
+  # counted and logged; those documents count as misses).
+  c.eval.allow_missing_ids = False
 
   # ---- Mesh (axes data x fsdp x tensor; -1 = the remaining devices) ----
   c.mesh = ml_collections.ConfigDict()

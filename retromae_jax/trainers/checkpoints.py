@@ -148,6 +148,14 @@ def raise_if_save_failed(mngr: ocp.CheckpointManager, everywhere: bool = True) -
     raise _save_failed(mngr, error)
 
 
+def wait_until_saved(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the save in progress; raises SaveFailed if it failed."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    raise _save_failed(mngr, e) from e
+
+
 @contextlib.contextmanager
 def on_failure(mngr: ocp.CheckpointManager, timeout_s: float = 60.0):
   """Around a training loop: when it raises (divergence, bad input), the save of an earlier,
@@ -437,10 +445,7 @@ def save_if_due(mngr: ocp.CheckpointManager, step: int, state, meta: dict, confi
       check_state()
     save(mngr, step, state, meta)
   if preempted:
-    try:
-      mngr.wait_until_finished()
-    except Exception as e:
-      raise _save_failed(mngr, e) from e
+    wait_until_saved(mngr)
     logging.warning("Preempted: saved step %d; the same command resumes from it", step)
   return preempted
 

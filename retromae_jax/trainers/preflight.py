@@ -28,16 +28,16 @@ _SCAN_LINES = 100_000
 def check(config, workdir: str) -> None:
   """Runs the checks of config.task ('pretrain' when absent) for `config` and `workdir`."""
   check_writable(os.path.join(workdir, "checkpoints"))
+  evaluation = config.get("eval")
+  allow_missing_ids = bool(evaluation and evaluation.get("allow_missing_ids", False))
+  if evaluation and evaluation.data and evaluation.data != "pydoc":
+    check_beir(evaluation.data.removeprefix("beir:"), evaluation.split, allow_missing_ids)
   if config.get("task", "pretrain") == "finetune":
     if config.init.model:
       from retromae_jax.evaluators import embed  # resolves a workdir to its export/encoder
       check_hf_dir(embed.resolve_model_dir(config.init.model), tokenizer=not config.tokenizer)
     if config.data.train.startswith("beir:"):
-      check_beir(config.data.train.removeprefix("beir:"), config.data.split,
-                 config.eval.get("allow_missing_ids", False))
-    if config.eval.data and config.eval.data != "pydoc":
-      check_beir(config.eval.data.removeprefix("beir:"), config.eval.split,
-                 config.eval.get("allow_missing_ids", False))
+      check_beir(config.data.train.removeprefix("beir:"), config.data.split, allow_missing_ids)
     return
   check_data_source(config.data.source)
   if config.init.hf_dir:
