@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import re
-import resource
 import shutil
 import struct
 import subprocess
@@ -60,13 +59,11 @@ def _args(corpus, *more):
 
 def _run(workdir, args, limit_fsize=None, timeout=600):
   """(returncode, stderr, seconds the process ran, wall-clock datetime at its exit)."""
-  preexec = None
-  if limit_fsize:  # a full disk, as root can meet it: writes past the limit fail with EFBIG
-    preexec = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit_fsize, limit_fsize))
+  command = [sys.executable, "-m", "retromae_jax.main", f"--workdir={workdir}", *args]
+  if limit_fsize:  # a full disk, as root meets it too: writes past the limit fail with EFBIG
+    command = ["bash", "-c", f'ulimit -f {limit_fsize // 1024} && exec "$@"', "bash", *command]
   start = time.monotonic()
-  proc = subprocess.run([sys.executable, "-m", "retromae_jax.main", f"--workdir={workdir}", *args],
-                        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                        preexec_fn=preexec)
+  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
   return proc.returncode, proc.stderr, time.monotonic() - start, datetime.datetime.now()
 
 
