@@ -321,7 +321,9 @@ def nonfinite_arrays(tree) -> list[str]:
   the answer is the same on every process)."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   floats = [(p, x) for p, x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
-  finite = jax.device_get([jnp.isfinite(x).all() for _, x in floats])
+  # Host arrays (restore_params for an export) are checked where they are, not copied to a device.
+  finite = jax.device_get([np.isfinite(x).all() if isinstance(x, np.ndarray)
+                           else jnp.isfinite(x).all() for _, x in floats])
   return [_path_key(p) for (p, _), ok in zip(floats, finite) if not ok]
 
 
