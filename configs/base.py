@@ -94,15 +94,33 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # Rematerialisation of encoder layers in the backward pass: 'none', 'full' (recompute
   # everything: least memory), 'dots' (keep matmul outputs without batch dimensions).
   c.model.remat = "none"
+  # Encoder family when training from scratch ('bert' | 'roberta' | 'xlm-roberta'); an init.hf_dir's
+  # config.json model_type overrides it. RoBERTa-style families number positions from
+  # pad_token_id + 1 (so max_position_embeddings = longest input + pad_token_id + 1, 514 for 512);
+  # their checkpoints have type_vocab_size 1 and layer_norm_eps 1e-5, and their tokenizer uses
+  # <s> </s> <pad> <mask> (pad_token_id must be the tokenizer's pad id).
+  c.model.family = "bert"
+  c.model.pad_token_id = -1  # -1: the family's (0 for BERT, 1 for RoBERTa / XLM-R)
+  # Attention (retromae_jax/models/attention.py): 'auto' = 'dense' up to 1024 keys, 'chunked'
+  # (query blocks of attention_block; memory linear in the length) beyond; 'cudnn' = the fused
+  # GPU kernel (bf16, no attention dropout).
+  c.model.attention = "auto"
+  c.model.attention_block = 512
+  # Longer inputs than an init.hf_dir checkpoint's positions cover (e.g. 8192): its position table
+  # grows to this many positions, the new rows from the learned ones by 'tile' (copy them again
+  # and again, Longformer's recipe) or 'interpolate' (stretch them linearly). 0 = keep its length.
+  c.model.extend_positions_to = 0
+  c.model.position_extension = "tile"
 
-  # ---- Objective (retromae_jax/objectives; the defaults are the spec's RetroMAE) ----
+  # ---- Objective (the defaults are RetroMAE's). Each value below names a part of the objective,
+  # one file each in retromae_jax/objectives/ (registry.py lists them) ----
   c.objective = ml_collections.ConfigDict()
   c.objective.kind = "retromae"  # 'retromae' (encoder + decoder) | 'mlm' (no decoder at all)
-  # DupMAE's bag-of-words loss (spec section 4; 0.1 in DupMAE): L = L_enc + L_dec + w * L_bow.
+  # DupMAE's bag-of-words loss (0.1 in DupMAE): L = L_enc + L_dec + w * L_bow.
   # 0 = off. On, the MLM head runs at every encoder position ([B, L, V] logits).
   c.objective.bow_weight = 0.0
   c.decoder = ml_collections.ConfigDict()
-  # 'enhanced' (spec section 2) | 'basic' (reconstructs a [MASK]-ed copy from it and h) |
+  # 'enhanced' (RetroMAE's) | 'basic' (reconstructs a [MASK]-ed copy from it and h) |
   # 'cross_attention' (the same input, cross-attending to the encoder) | 'autoregressive'
   # (causal, conditioned on h, as SEED-Encoder).
   c.decoder.kind = "enhanced"
@@ -110,7 +128,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.decoder.cross_attend_to = "sentence"  # cross_attention: 'sentence' (h) | 'tokens' (all)
   c.decoder.attention_span = 0  # autoregressive: tokens seen besides h (SEED-Encoder); 0 = all
   c.encoder = ml_collections.ConfigDict()
-  # 'corrupt' (80/10/10 in place, spec) | 'drop' (MAE-style: the encoder reads only the unmasked
+  # 'corrupt' (80/10/10 in place, RetroMAE's) | 'drop' (MAE-style: the encoder reads only the unmasked
   # tokens at their original positions; no encoder loss, the decoder alone reconstructs).
   c.encoder.masking = "corrupt"
 

@@ -73,7 +73,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # 0 = the similarity's default: 0.02 for cosine (FlagEmbedding), 1.0 for dot (RetroMAE).
   c.model.temperature = 0.0
 
-  # ---- Memory: the gradient cache (retromae_jax/models/biencoder.py) ----
+  # ---- Memory: the gradient cache (retromae_jax/trainers/gradient_cache.py) ----
   c.gradient_cache = ml_collections.ConfigDict()
   # Rows (queries or passages) encoded at a time; 0 = the whole batch at once (plain step).
   # Same gradients, one chunk's activations in memory, one extra forward pass.

@@ -16,7 +16,7 @@ import pytest
 
 from retromae_jax.trainers import checkpoints
 from retromae_jax.evaluators import embed as encode
-from retromae_jax import resume_check
+import resume_check  # tests/resume_check.py (pytest puts tests/ on sys.path)
 from retromae_jax.interop import export as export_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from retromae_jax.models import biencoder as contrastive
+from retromae_jax.models import contrastive_loss
+from retromae_jax.trainers import gradient_cache
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.models.bert import ModelConfig
 
@@ -55,7 +57,7 @@ def test_loss_is_the_reference_formula(similarity):
     q_in, p_in = _normalized(q), _normalized(p)
   else:
     q_in, p_in = q, p
-  loss, aux = contrastive.contrastive_loss(jnp.float32(q_in), jnp.float32(p_in), temperature)
+  loss, aux = contrastive_loss.contrastive_loss(jnp.float32(q_in), jnp.float32(p_in), temperature)
   expected = reference_loss(q, p, temperature, normalize=similarity == "cosine")
   assert float(loss) == pytest.approx(expected, rel=1e-5)
   scores = q_in @ p_in.T
@@ -64,8 +66,8 @@ def test_loss_is_the_reference_formula(similarity):
   # Invalid passages (missing negatives) leave every softmax; a query's positive is always valid.
   valid = rng.random(18) < 0.5
   valid[::3] = True
-  loss, _ = contrastive.contrastive_loss(jnp.float32(q_in), jnp.float32(p_in), temperature,
-                                         jnp.asarray(valid))
+  loss, _ = contrastive_loss.contrastive_loss(jnp.float32(q_in), jnp.float32(p_in), temperature,
+                                              jnp.asarray(valid))
   expected = reference_loss(q, p, temperature, valid, normalize=similarity == "cosine")
   assert float(loss) == pytest.approx(expected, rel=1e-5)
 
@@ -100,8 +102,8 @@ def test_gradient_cache_gives_the_plain_gradients_with_dropout():
   key = jax.random.key(7)
 
   def both(params, batch, key):
-    return (contrastive.value_and_grad(spec, params, batch, key),
-            contrastive.value_and_grad(spec, params, batch, key, chunk_size=4))
+    return (gradient_cache.value_and_grad(spec, params, batch, key),
+            gradient_cache.value_and_grad(spec, params, batch, key, chunk_size=4))
 
   both = _compiled(both, params, batch, key)
   ((loss, aux), grads), ((c_loss, c_aux), c_grads) = both(params, batch, key)
@@ -145,7 +147,7 @@ def test_empty_negatives_train_against_in_batch_passages_only(tmp_path):
                               batch["query_attention_mask"])
     p = contrastive.represent(spec, params, batch["passage_input_ids"].reshape(12, 16),
                               batch["passage_attention_mask"].reshape(12, 16))
-    return contrastive.loss_fn(spec, params, batch)[0], q, p
+    return contrastive_loss.loss_fn(spec, params, batch)[0], q, p
 
   loss, q, p = _compiled(loss_and_vectors, params, batch)(params, batch)
   expected = reference_loss(q, p, 0.02, batch["passage_valid"].reshape(12))
@@ -160,6 +162,7 @@ def test_global_loss_and_gradients_on_8_devices_equal_1_device():
       import json, jax, jax.numpy as jnp, numpy as np, flax.linen as nn, optax
       import ml_collections
       from retromae_jax.models import biencoder as contrastive
+      from retromae_jax.trainers import gradient_cache
       from retromae_jax.trainers import sharding
       from retromae_jax.trainers import train_state
       from tests.test_contrastive import TINY, _random_batch
@@ -173,7 +176,7 @@ def test_global_loss_and_gradients_on_8_devices_equal_1_device():
       key = jax.random.key(7)
 
       def run(spec, params, batch):
-        return jax.jit(lambda p, b: contrastive.value_and_grad(spec, p, b, key))(params, batch)
+        return jax.jit(lambda p, b: gradient_cache.value_and_grad(spec, p, b, key))(params, batch)
 
       sharded = {k: jax.device_put(v, sharding.batch_sharding(mesh, rules))
                  for k, v in batch.items()}

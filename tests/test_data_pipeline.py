@@ -15,6 +15,7 @@ import tensorflow as tf
 from configs.base import get_config
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import chunking, masking, pipeline, sources
+from retromae_jax.objectives.contract import IGNORE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,7 +145,7 @@ def test_batch_contract(corpus, tok):
     assert (batch["input_ids"][pos >= n[:, None]] == ids.pad).all()
     text = (pos >= 1) & (pos < n[:, None] - 1)
     assert not np.isin(batch["input_ids"][text], [ids.cls, ids.sep, ids.pad]).any()
-    assert (batch["decoder_targets"][~text] == masking.IGNORE).all()
+    assert (batch["decoder_targets"][~text] == IGNORE).all()
     assert shapes["encoder_positions"][0][1] == round(64 * 0.3)
     assert (batch["decoder_choice"][pos >= n[:, None]] == 0).all()
 

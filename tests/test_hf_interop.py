@@ -294,11 +294,12 @@ def test_load_logs_unused_and_initialised_parts(minilm, caplog):
 # ------------------------------------------------------------------------------------ errors
 
 
-def test_rejects_roberta_config(tmp_path):
+def test_rejects_unsupported_model_type(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(
-      {"model_type": "roberta", "hidden_size": 768, "num_attention_heads": 12}))
+      {"model_type": "distilbert", "hidden_size": 768, "num_attention_heads": 12}))
   (tmp_path / "model.safetensors").write_bytes(b"")
-  with pytest.raises(ValueError, match=r"model_type is 'roberta'.*only 'bert'") as e:
+  with pytest.raises(ValueError, match=r"model_type is 'distilbert'.*only 'bert', 'roberta', "
+                     r"'xlm-roberta'.*vocab_transform") as e:
     hf_interop.read_hf_config(str(tmp_path))
   assert "config.json" in str(e.value) and "\n" not in str(e.value)
 

@@ -5,6 +5,7 @@ import pytest
 
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import chunking, masking, sources
+from retromae_jax.objectives.contract import IGNORE
 
 L = 128
 
@@ -123,7 +124,7 @@ def real():
 
 def _encoder_masked(batch):
   masked = np.zeros(batch["input_ids"].shape, bool)
-  valid = batch["encoder_targets"] != masking.IGNORE
+  valid = batch["encoder_targets"] != IGNORE
   rows = np.broadcast_to(np.arange(len(masked))[:, None], valid.shape)
   masked[rows[valid], batch["encoder_positions"][valid]] = True
   return masked
@@ -166,7 +167,7 @@ def test_encoder_never_masks_specials_or_padding(real):
   assert not masked[outside].any()
   np.testing.assert_array_equal(batch["encoder_input_ids"][~masked], batch["input_ids"][~masked])
   positions, targets = batch["encoder_positions"], batch["encoder_targets"]
-  valid = targets != masking.IGNORE
+  valid = targets != IGNORE
   assert (positions[~valid] == 0).all()
   np.testing.assert_array_equal(
       targets[valid], np.take_along_axis(batch["input_ids"], positions, axis=1)[valid])
@@ -232,7 +233,7 @@ def test_decoder_targets_skip_cls_and_sep(real):
   pos = np.arange(L)
   inside = (pos >= 1) & (pos < lengths[:, None] - 1)
   np.testing.assert_array_equal(targets[inside], batch["input_ids"][inside])
-  assert (targets[~inside] == masking.IGNORE).all()
+  assert (targets[~inside] == IGNORE).all()
 
 
 def test_same_rng_same_masks_different_rng_different(real):

@@ -1,4 +1,4 @@
-"""The host side of the objectives (data/objective_fields.py, masking.make_batch) on real text:
+"""The host side of the objectives (retromae_jax/objectives/, masking.make_batch) on real text:
 each variant's fields against loop references written from the batch contract (pipeline.py)."""
 
 import numpy as np
@@ -6,7 +6,9 @@ import pytest
 
 from configs import base
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import chunking, masking, objective_fields, pipeline, sources
+from retromae_jax.data import chunking, masking, pipeline, sources
+from retromae_jax.objectives.bag_of_words import bag_of_words_weights
+from retromae_jax.objectives.drop import dropped_encoder_input
 
 L, N = 64, 96
 
@@ -85,7 +87,7 @@ def test_drop_keeps_exactly_the_tokens_corrupt_would_have_masked_out(text):
 def test_drop_masks_the_last_text_tokens_when_too_many_are_left():
   ids = np.array([[1, 10, 11, 12, 13, 14, 2, 0]])
   masked = np.array([[0, 0, 1, 0, 0, 0, 0, 0]], bool)  # 4 text tokens left, room for 2
-  fields, final = objective_fields.dropped_encoder_input(ids, np.array([7]), masked, 4, pad_id=0)
+  fields, final = dropped_encoder_input(ids, np.array([7]), masked, 4, pad_id=0)
   assert fields["encoder_input_ids"].tolist() == [[1, 10, 12, 2]]
   assert fields["encoder_position_ids"].tolist() == [[0, 1, 3, 6]]
   assert fields["encoder_attention_mask"].tolist() == [[1, 1, 1, 1]]
@@ -140,7 +142,7 @@ def test_bag_of_words_weights_encode_the_set_of_text_ids(text):
   unk = tok.token_to_id("[UNK]")
   input_ids = input_ids.copy()
   input_ids[:, 2] = unk  # special tokens inside the text count in len(text) but are no target
-  weights = objective_fields.bag_of_words_weights(input_ids, lengths, is_special)
+  weights = bag_of_words_weights(input_ids, lengths, is_special)
   for row in range(N):
     text_ids = input_ids[row, 1:lengths[row] - 1].tolist()
     expected = {t: 1 / len(text_ids) for t in set(text_ids) if not is_special[t]}

@@ -18,9 +18,10 @@ from configs import base
 from retromae_jax.trainers import validation as config_check
 from retromae_jax.models import losses
 from retromae_jax.models.bert import ModelConfig
-from retromae_jax.data import objective_fields
-from retromae_jax.models.objectives.config import ObjectiveConfig
-from retromae_jax.models.retromae import make_model
+from retromae_jax.objectives.bag_of_words import bag_of_words_weights
+from retromae_jax.objectives.config import ObjectiveConfig
+from retromae_jax.objectives.drop import dropped_encoder_input
+from retromae_jax.objectives.registry import make_model
 
 B, L, P, V, D, H, F = 3, 12, 6, 50, 16, 4, 32
 PAD, CLS, SEP, MASK, UNK = 0, 1, 2, 3, 4
@@ -173,7 +174,7 @@ def _batch(seed=0):
       decoder_choice=np.where(mask, rng.integers(0, P, (B, L)), 0).astype(np.int32),
       decoder_input_ids=np.where(dec_masked, MASK, ids).astype(np.int32),
       decoder_targets=np.where(dec_masked, ids, -100).astype(np.int32),
-      bow_weights=objective_fields.bag_of_words_weights(ids, lengths, IS_SPECIAL)), lengths
+      bow_weights=bag_of_words_weights(ids, lengths, IS_SPECIAL)), lengths
 
 
 def _init(objective, batch, seed=0):
@@ -343,7 +344,7 @@ def test_drop_encoder_reads_only_the_unmasked_tokens_at_their_original_positions
   batch, lengths = _batch()
   masked = np.zeros((B, L), bool)
   masked[0, [2, 3, 7]] = masked[1, [1, 2]] = masked[2, [4, 5, 6, 8]] = True
-  fields, final_mask = objective_fields.dropped_encoder_input(
+  fields, final_mask = dropped_encoder_input(
       batch["input_ids"], lengths, masked, width=9, pad_id=PAD)
   np.testing.assert_array_equal(final_mask, masked)  # width 9 fits every example here
   model, params = _init(objective, {**batch, **fields})

@@ -132,8 +132,9 @@ def test_forward_and_losses_match_numpy_reference(query_stream):
   keys = jax.random.split(jax.random.key(1), len(leaves))
   params = jax.tree.unflatten(tree, [
       a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
-  enc_logits, dec_logits = model.apply({"params": params}, batch, deterministic=True)
-  loss, aux = losses.retromae_loss(enc_logits, dec_logits, batch)
+  outputs = model.apply({"params": params}, batch, deterministic=True)
+  enc_logits, dec_logits = outputs["encoder_logits"], outputs["decoder_logits"]
+  loss, aux = losses.objective_loss(outputs, batch)  # L = L_enc + L_dec
 
   params64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   ref_enc, ref_dec, ref_enc_loss, ref_dec_loss = reference(params64, batch, query_stream)
@@ -159,7 +160,7 @@ def test_decoder_shares_embeddings_and_head_and_trains_encoder_through_h():
   assert set(params) == {"bert", "mlm_head", "decoder"}
 
   def dec_loss(p):
-    _, dec_logits = model.apply({"params": p}, batch, deterministic=True)
+    dec_logits = model.apply({"params": p}, batch, deterministic=True)["decoder_logits"]
     return losses.masked_cross_entropy(dec_logits, batch["decoder_targets"])[0]
 
   grads = jax.grad(dec_loss)(params)

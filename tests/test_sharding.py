@@ -31,7 +31,8 @@ def test_parameters_and_optimizer_state_are_sharded_as_the_rules_say():
       from retromae_jax.trainers import sharding
       from retromae_jax.trainers import train_state
       from retromae_jax.data import pipeline
-      from retromae_jax.models.retromae import RetroMAE, model_config_from
+      from retromae_jax.models.bert import model_config_from
+      from retromae_jax.models.retromae import RetroMAE
       config = base.get_config("smoke")
       config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 8, 1
       mesh = sharding.make_mesh(config.mesh)

@@ -17,8 +17,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import masking, pipeline
-from retromae_jax.models.objectives.config import ObjectiveConfig, objective_config_from
+from retromae_jax.data import pipeline
+from retromae_jax.objectives.config import ObjectiveConfig, objective_config_from
+from retromae_jax.objectives.contract import IGNORE
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _OUT = flags.DEFINE_string("out", None, "the .npz file to write")
@@ -28,11 +29,13 @@ flags.mark_flags_as_required(["config", "out"])
 
 def dense_view(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The batch contract's compact arrays -> the dense reference view (module docstring)."""
-  from retromae_jax.models.decoder_mask import decoder_attention  # imports JAX: only here
+  # The device's own expansion (imports JAX, so only here: the pipeline never needs it), not a
+  # NumPy copy that could drift from what training computes.
+  from retromae_jax.models.decoder_mask import decoder_attention
 
-  encoder_labels = np.full(batch["input_ids"].shape, masking.IGNORE, np.int32)
+  encoder_labels = np.full(batch["input_ids"].shape, IGNORE, np.int32)
   rows = np.arange(len(encoder_labels))[:, None]
-  valid = batch["encoder_targets"] != masking.IGNORE
+  valid = batch["encoder_targets"] != IGNORE
   encoder_labels[np.broadcast_to(rows, valid.shape)[valid], batch["encoder_positions"][valid]] = (
       batch["encoder_targets"][valid])
   visible = decoder_attention(batch["decoder_pool"], batch["decoder_choice"],

@@ -12,22 +12,21 @@ the next word that fits in the remainder. Each round lowers the remainder, which
 is shorter than the word that overflowed, so there are only a few rounds, each over the rows
 still walking.
 
-The encoder draws one mask per example and corrupts it 80/10/10 ([MASK] / random id / kept).
-The decoder draws a pool of P = min(n, decoder_pool_size) independent masks per example, sent
-bit-packed, and for each query row the pool row it uses (retromae_jax/models/decoder_mask.py expands
-them on the device).
-Other objectives (retromae_jax/objectives) change only their share of the batch: under
-encoder.masking=drop the encoder's mask is not corrupted but dropped; the basic and
-cross-attention decoders draw one whole-word mask at the decoder ratio instead of a pool; the
-autoregressive decoder and the MLM baseline draw none (data/objective_fields.py).
+The encoder draws one mask per example (every objective does, first); the parts of the
+objective (retromae_jax/objectives/registry.py) then build their fields from it, in order:
+encoder.masking=corrupt corrupts it 80/10/10 ([MASK] / random id / kept), drop removes the
+masked tokens; the enhanced decoder draws a pool of P = min(n, decoder_pool_size) independent
+masks per example, sent bit-packed, and for each query row the pool row it uses
+(retromae_jax/models/decoder_mask.py expands them on the device); the basic and
+cross-attention decoders draw one more whole-word mask at the decoder ratio; the others none.
 """
 
 import dataclasses
 
 import numpy as np
 
-from retromae_jax.data import objective_fields
-from retromae_jax.models.losses import IGNORE  # one label value for "no loss here", host and device
+from retromae_jax.objectives import contract, registry
+from retromae_jax.objectives.config import ObjectiveConfig
 
 _GROUP_ELEMENTS = 1 << 17  # (example, mask, word) cells of the decoder pool computed at once
 
@@ -45,11 +44,8 @@ class MaskingSpec:
   # the references' collator, a chosen word spends its budget but such tokens are never corrupted
   # nor predicted. None: no such tokens.
   is_special: np.ndarray | None = None
-  # The objective's share of the batch (retromae_jax/models/objectives/config.py): 'corrupt' | 'drop';
-  # the decoder's fields 'pool' | 'masked' | 'next_token' | 'none'; bag-of-words weights or not.
-  encoder_masking: str = "corrupt"
-  decoder_fields: str = "pool"
-  bag_of_words: bool = False
+  # Which fields the batch carries (retromae_jax/objectives/registry.py).
+  objective: ObjectiveConfig = ObjectiveConfig()
   pad_id: int = 0
 
   @property
@@ -57,12 +53,18 @@ class MaskingSpec:
     """Width of encoder_positions: the budget for n = L, which no example can exceed."""
     return encoder_capacity(self.max_seq_length, self.encoder_mask_ratio)
 
+  def dims(self, batch_size: int) -> contract.Dims:
+    return contract.Dims(batch_size, self.max_seq_length, self.encoder_capacity,
+                         self.decoder_pool_size)
+
   @property
   def encoder_width(self) -> int:
     """Width of the encoder's input: L, or under drop only what a full example leaves visible."""
-    if self.encoder_masking == "drop":
-      return objective_fields.drop_width(self.max_seq_length, self.encoder_capacity)
-    return self.max_seq_length
+    return registry.encoder_width(self.objective, self.dims(1))
+
+  def batch_shapes(self, batch_size: int) -> contract.Shapes:
+    """name -> (shape, dtype) of every array make_batch returns for `batch_size` rows."""
+    return registry.batch_shapes(self.objective, self.dims(batch_size))
 
 
 def encoder_capacity(max_seq_length: int, ratio: float) -> int:
@@ -197,84 +199,71 @@ def pack_token_bits(masks: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(packed.view(np.uint8).transpose(0, 2, 1))
 
 
+@dataclasses.dataclass(eq=False)
+class Draw:
+  """One batch being drawn: what each part's builder reads (objectives/contract.Part.build).
+
+  input_ids int32 [B, L] and lengths [B] (padded chunks), their words (word_spans), the spec, the
+  RNG (parts draw from it in the registry's order), and the encoder's whole-word mask, drawn
+  first for every objective.
+  """
+  input_ids: np.ndarray
+  lengths: np.ndarray
+  spec: MaskingSpec
+  rng: np.random.Generator
+  word_of_token: np.ndarray = dataclasses.field(init=False)
+  word_len: np.ndarray = dataclasses.field(init=False)
+  encoder_masked: np.ndarray = dataclasses.field(init=False)
+
+  def __post_init__(self):
+    self.word_of_token, self.word_len = word_spans(self.input_ids, self.lengths,
+                                                   self.spec.is_continuation)
+    self.encoder_masked = self.whole_word_mask(self.spec.encoder_mask_ratio)
+
+  def whole_word_mask(self, ratio: float) -> np.ndarray:
+    """bool [B, L]: one whole-word mask per example with budget round(n * ratio); special
+    tokens inside the text spend budget but are never masked."""
+    budget = mask_budget(self.lengths, ratio)
+    masked = whole_word_masks(self.word_of_token, self.word_len, budget, 1, rng=self.rng)[:, :, 0]
+    if self.spec.is_special is not None:
+      masked &= ~self.spec.is_special[self.input_ids]
+    return masked
+
+  def mask_pool(self, ratio: float, pool_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pools of P = min(n, pool_size) whole-word masks with budget round(n * ratio): (uint8
+    [B, pool_size, ceil(L/8)] bit-packed along the tokens, bit 1 = masked, rows past an
+    example's P zero; P [B])."""
+    return mask_pool(self.word_of_token, self.word_len, self.lengths, ratio, pool_size, self.rng)
+
+
 def make_batch(input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec,
                rng: np.random.Generator) -> dict[str, np.ndarray]:
   """The batch contract (see retromae_jax/data/pipeline.py) from padded ids and true lengths.
 
-  Draws, in this order: the encoder's mask, its corruption (corrupt only), then the decoder's
-  masks (pool, or one [MASK]-ed copy): the default objective's stream is the same as ever.
+  Draws, in this order: the encoder's mask, then each part's fields (objectives/registry.parts:
+  encoder, decoder, options), so the default objective's stream is the same as ever.
   """
   input_ids = np.asarray(input_ids, np.int32)
   lengths = np.asarray(lengths, np.int64)
-  batch, seq_len = input_ids.shape
-  pos = np.arange(seq_len)
-  real = pos < lengths[:, None]
-  word_of_token, word_len = word_spans(input_ids, lengths, spec.is_continuation)
+  real = np.arange(input_ids.shape[1]) < lengths[:, None]
+  draw = Draw(input_ids, lengths, spec, rng)
   out = {"input_ids": input_ids, "attention_mask": real.astype(np.int32)}
-
-  # ---- Encoder: one whole-word mask per example, corrupted 80/10/10 or dropped ----
-  enc_budget = mask_budget(lengths, spec.encoder_mask_ratio)
-  enc_masked = whole_word_masks(word_of_token, word_len, enc_budget, 1, rng=rng)[:, :, 0]
-  if spec.is_special is not None:
-    enc_masked &= ~spec.is_special[input_ids]
-  if spec.encoder_masking == "drop":
-    fields, _ = objective_fields.dropped_encoder_input(input_ids, lengths, enc_masked,
-                                                       spec.encoder_width, spec.pad_id)
-    out.update(fields)
-  else:
-    out.update(_corrupted_encoder_input(input_ids, enc_masked, spec, rng))
-
-  # ---- Decoder ----
-  if spec.decoder_fields == "pool":
-    out.update(_decoder_pool(input_ids, lengths, word_of_token, word_len, spec, rng))
-  elif spec.decoder_fields == "masked":
-    dec_budget = mask_budget(lengths, spec.decoder_mask_ratio)
-    dec_masked = whole_word_masks(word_of_token, word_len, dec_budget, 1, rng=rng)[:, :, 0]
-    if spec.is_special is not None:
-      dec_masked &= ~spec.is_special[input_ids]
-    out.update(objective_fields.masked_decoder_input(input_ids, dec_masked, spec.mask_id))
-  elif spec.decoder_fields == "next_token":
-    out["decoder_targets"] = objective_fields.next_token_targets(input_ids, lengths)
-  if spec.bag_of_words:
-    out["bow_weights"] = objective_fields.bag_of_words_weights(input_ids, lengths,
-                                                               spec.is_special)
+  for part in registry.parts(spec.objective):
+    out.update(part.build(draw))
   return out
 
 
-def _corrupted_encoder_input(input_ids, enc_masked, spec: MaskingSpec, rng):
-  """80/10/10 corruption of the masked tokens, and their positions and targets."""
-  batch, seq_len = input_ids.shape
-  pos = np.arange(seq_len)
-  draw = rng.random((batch, seq_len))
-  random_ids = rng.integers(0, spec.vocab_size, (batch, seq_len), dtype=np.int32)
-  corrupted = np.where(draw < 0.8, np.int32(spec.mask_id),
-                       np.where(draw < 0.9, random_ids, input_ids))
-  encoder_input_ids = np.where(enc_masked, corrupted, input_ids)
-  # Masked positions in ascending order, padded to the fixed capacity (position 0, label IGNORE).
-  capacity = spec.encoder_capacity
-  sort_key = np.where(enc_masked, pos, seq_len)
-  positions = np.sort(sort_key, axis=1)[:, :capacity]
-  valid = positions < seq_len
-  positions = np.where(valid, positions, 0)
-  encoder_targets = np.where(valid, np.take_along_axis(input_ids, positions, axis=1), IGNORE)
-  return {
-      "encoder_input_ids": encoder_input_ids.astype(np.int32),
-      "encoder_positions": positions.astype(np.int32),
-      "encoder_targets": encoder_targets.astype(np.int32),
-  }
-
-
-def _decoder_pool(input_ids, lengths, word_of_token, word_len, spec: MaskingSpec, rng):
-  """The enhanced decoder: pool of P = min(n, pool_size) masks, and a pool row per query row."""
-  batch, seq_len = input_ids.shape
-  real = np.arange(seq_len) < lengths[:, None]
+def mask_pool(word_of_token: np.ndarray, word_len: np.ndarray, lengths: np.ndarray, ratio: float,
+              pool_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """The enhanced decoder's pools: see Draw.mask_pool."""
+  batch, seq_len = word_of_token.shape
   num_words = word_len.shape[1]
-  pool_rows = np.minimum(lengths, spec.decoder_pool_size)
+  pool_rows = np.minimum(lengths, pool_size)
   # Only as many masks as the longest example needs, rounded up to a multiple of 8 (the fast
   # path of the gather and the bit packing); rows past an example's P are zeroed.
-  num_masks = min(-(-int(pool_rows.max(initial=1)) // 8) * 8, spec.decoder_pool_size)
-  dec_budget = mask_budget(lengths, spec.decoder_mask_ratio)
-  packed = np.zeros((batch, spec.decoder_pool_size, (seq_len + 7) // 8), np.uint8)
+  num_masks = min(-(-int(pool_rows.max(initial=1)) // 8) * 8, pool_size)
+  budget = mask_budget(lengths, ratio)
+  packed = np.zeros((batch, pool_size, (seq_len + 7) // 8), np.uint8)
   # A few examples at a time: arrays of ~1 MB are reused by malloc from one group to the next,
   # while whole-batch arrays are returned to the OS and page-faulted back in on every batch
   # (measured: 2x slower at batch 16, L=128).
@@ -282,13 +271,8 @@ def _decoder_pool(input_ids, lengths, word_of_token, word_len, spec: MaskingSpec
   for start in range(0, batch, group):
     rows = slice(start, start + group)
     words = max(1, int(np.count_nonzero(word_len[rows], axis=1).max()))
-    pool = whole_word_masks(word_of_token[rows], word_len[rows, :words], dec_budget[rows],
+    pool = whole_word_masks(word_of_token[rows], word_len[rows, :words], budget[rows],
                             num_masks, rng=rng)
     pool &= (np.arange(num_masks) < pool_rows[rows, None])[:, None, :]
     packed[rows, :num_masks] = pack_token_bits(pool)
-  choice = rng.integers(0, np.maximum(pool_rows, 1)[:, None], (batch, seq_len))
-  return {
-      "decoder_pool": packed,
-      "decoder_choice": np.where(real, choice, 0).astype(np.int32),
-      "decoder_targets": np.where(word_of_token >= 0, input_ids, IGNORE).astype(np.int32),
-  }
+  return packed, pool_rows

@@ -12,31 +12,21 @@
      global batch independent of the process count) -> prefetch
 
 THE BATCH CONTRACT (fixed shapes; L = data.max_seq_length, B = per-host batch,
-C = max(1, round(L * encoder_mask_ratio)), P = data.decoder_pool_size):
+C = max(1, round(L * encoder_mask_ratio)), P = data.decoder_pool_size): every batch carries
   input_ids          int32 [B, L]   [CLS] chunk [SEP], then the pad id
   attention_mask     int32 [B, L]   1 on real tokens
+then the fields of the objective's parts (config objective.* / decoder.* / encoder.*), each
+declared with its shape and meaning in its file under retromae_jax/objectives/ and put
+together by objectives/registry.batch_shapes. The default objective's batch (the spec's):
   encoder_input_ids  int32 [B, L]   input_ids after the 80/10/10 corruption of the masked words
   encoder_positions  int32 [B, C]   encoder-masked positions, ascending, padded with 0
-  encoder_targets    int32 [B, C]   their ORIGINAL ids, padded with -100
+  encoder_targets    int32 [B, C]   their ORIGINAL ids, padded with -100     (objectives/corrupt.py)
   decoder_pool       uint8 [B, P, ceil(L/8)]  np.packbits of the pool masks (bit 1 = masked)
   decoder_choice     int32 [B, L]   the pool row each query row uses (0 on padding rows)
   decoder_targets    int32 [B, L]   original ids on real tokens except [CLS] and [SEP], else -100
-retromae_jax.models.decoder_mask.decoder_attention(pool, choice, attention_mask) expands the decoder's
-dense [B, L, L] visibility on the device.
-
-That is the default objective's batch. Other objectives (config objective.* / decoder.* /
-encoder.*) replace their share of it, and only they emit their fields (data/objective_fields.py):
-  encoder.masking=drop (W = max(2, L - C)): instead of encoder_input_ids/positions/targets,
-    encoder_input_ids       int32 [B, W]  the unmasked tokens ([CLS] ... [SEP]), compacted, then pad
-    encoder_position_ids    int32 [B, W]  their original positions (0 on padding)
-    encoder_attention_mask  int32 [B, W]  1 on those tokens
-  decoder.kind=basic | cross_attention: instead of decoder_pool/choice,
-    decoder_input_ids  int32 [B, L]  input_ids with a whole-word mask at the decoder ratio -> [MASK]
-    decoder_targets    int32 [B, L]  original ids at those positions only, else -100
-  decoder.kind=autoregressive: decoder_targets [B, L] = the next token x_{t+1} for t = 0..n-3
-  objective.kind=mlm: no decoder field at all
-  objective.bow_weight > 0: bow_weights float32 [B, L] = 1/(n-2) at the first occurrence of each
-    non-special text id, else 0 (the set of the text's ids, DupMAE's bag-of-words target)
+                                                                            (objectives/enhanced.py)
+retromae_jax.models.decoder_mask.decoder_attention(pool, choice, attention_mask) expands the
+decoder's dense [B, L, L] visibility on the device.
 """
 
 import atexit
@@ -52,8 +42,9 @@ import tokenizers
 from absl import logging
 
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import chunking, masking, objective_fields, sources
-from retromae_jax.models.objectives.config import objective_config_from
+from retromae_jax.data import chunking, masking, sources
+from retromae_jax.objectives import contract, registry
+from retromae_jax.objectives.config import objective_config_from
 
 _DOCS_PER_CALL = 64  # documents per tokenizer call: big batches for the Rust side
 
@@ -75,8 +66,8 @@ class PipelineStats:
 
 def masking_spec(config: ml_collections.ConfigDict,
                  tokenizer: tokenizers.Tokenizer) -> masking.MaskingSpec:
+  """What masking.make_batch needs: the config's data section and objective, the tokenizer's ids."""
   ids = tokenizer_lib.special_ids(tokenizer)
-  objective = objective_config_from(config)
   return masking.MaskingSpec(
       max_seq_length=config.data.max_seq_length,
       encoder_mask_ratio=config.data.encoder_mask_ratio,
@@ -86,9 +77,7 @@ def masking_spec(config: ml_collections.ConfigDict,
       vocab_size=ids.vocab_size,
       is_continuation=tokenizer_lib.continuation_table(tokenizer),
       is_special=tokenizer_lib.special_table(tokenizer),
-      encoder_masking=objective.encoder_masking,
-      decoder_fields=objective.decoder_fields,
-      bag_of_words=objective.bag_of_words,
+      objective=objective_config_from(config),
       pad_id=ids.pad)
 
 
@@ -184,7 +173,7 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
   rows = config.batch_size // num_shards
   spec = masking_spec(config, tokenizer)
   seed = config.seed & (2**63 - 1)
-  shapes = batch_shapes(config, rows)
+  shapes = spec.batch_shapes(rows)
   names = tuple(shapes)
 
   def shard_batches(shard: int) -> tf.data.Dataset:
@@ -230,30 +219,11 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
 def batch_shapes(config: ml_collections.ConfigDict,
                  batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """name -> (shape, dtype) of every array of the batch contract, for the config's objective."""
-  objective = objective_config_from(config)
   seq_len = config.data.max_seq_length
-  capacity = masking.encoder_capacity(seq_len, config.data.encoder_mask_ratio)
-  rows = (batch_size, seq_len)
-  shapes = {"input_ids": (rows, np.int32), "attention_mask": (rows, np.int32)}
-  if objective.encoder_masking == "drop":
-    width = (batch_size, objective_fields.drop_width(seq_len, capacity))
-    shapes |= {"encoder_input_ids": (width, np.int32), "encoder_position_ids": (width, np.int32),
-               "encoder_attention_mask": (width, np.int32)}
-  else:
-    shapes |= {"encoder_input_ids": (rows, np.int32),
-               "encoder_positions": ((batch_size, capacity), np.int32),
-               "encoder_targets": ((batch_size, capacity), np.int32)}
-  if objective.decoder_fields == "pool":
-    pool = (batch_size, config.data.decoder_pool_size, (seq_len + 7) // 8)
-    shapes |= {"decoder_pool": (pool, np.uint8), "decoder_choice": (rows, np.int32),
-               "decoder_targets": (rows, np.int32)}
-  elif objective.decoder_fields == "masked":
-    shapes |= {"decoder_input_ids": (rows, np.int32), "decoder_targets": (rows, np.int32)}
-  elif objective.decoder_fields == "next_token":
-    shapes |= {"decoder_targets": (rows, np.int32)}
-  if objective.bag_of_words:
-    shapes |= {"bow_weights": (rows, np.float32)}
-  return shapes
+  dims = contract.Dims(batch_size, seq_len,
+                       masking.encoder_capacity(seq_len, config.data.encoder_mask_ratio),
+                       config.data.decoder_pool_size)
+  return registry.batch_shapes(objective_config_from(config), dims)
 
 
 class Batches:

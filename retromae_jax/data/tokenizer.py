@@ -12,7 +12,11 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from retromae_jax.data import word_starts
+
 DEFAULT_DIR = Path(__file__).parent / "assets" / "bert-base-uncased-wordpiece"
+# The files of a HF tokenizer directory that are copied along with a model (checkpoints, export).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 # (cls, sep, pad, mask) token strings, BERT first, then RoBERTa / XLM-R style.
 _SPECIAL_NAMES = (("[CLS]", "[SEP]", "[PAD]", "[MASK]"), ("<s>", "</s>", "<pad>", "<mask>"))
@@ -91,22 +95,10 @@ def special_ids(tokenizer: tokenizers.Tokenizer) -> SpecialIds:
 
 
 def continuation_table(tokenizer: tokenizers.Tokenizer) -> np.ndarray:
-  """bool[vocab_size]: True for ids that continue the previous token's word.
-
-  The spec groups WordPiece tokens into words by the '##' continuing prefix (whole-word masking).
-  Other models (BPE, Unigram) mark word STARTS instead ('Ġ', '▁'), and the references only
-  implement the '##' rule; for them the table is all False, so every token is its own word
-  (plain token-level masking), which is what the references' BERT-only code did for them too.
-  """
-  table = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=bool)
-  model = tokenizer.model
-  if isinstance(model, models.WordPiece):
-    prefix = model.continuing_subword_prefix
-    # Plain startswith, as the references test it (a bare '##' token counts too).
-    ids = [i for token, i in tokenizer.get_vocab(with_added_tokens=False).items()
-           if token.startswith(prefix)]
-    table[ids] = True
-  return table
+  """bool[vocab_size]: True for ids that continue the previous token's word (whole-word masking:
+  '##' pieces for WordPiece, ids without the 'Ġ' / '▁' word-start marker for byte-level BPE and
+  SentencePiece; see data/word_starts.py)."""
+  return word_starts.continuation_table(tokenizer)
 
 
 def special_table(tokenizer: tokenizers.Tokenizer) -> np.ndarray:

@@ -150,7 +150,7 @@ def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: st
     raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
   if batch_size < 1:
     raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-  max_len = min(max_len, cfg.max_position_embeddings)
+  max_len = min(max_len, cfg.max_length)
   tok.no_padding()
   tok.enable_truncation(max_len)  # counts the [CLS]/[SEP] the post-processor adds
   if not texts:
@@ -173,7 +173,7 @@ def embed(cfg: ModelConfig, params: dict, tok, texts: Sequence[str], pooling: st
   for start in range(0, len(ids), rows):
     chosen = order[start:start + rows]
     length = -(-max(len(ids[i]) for i in chosen) // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE
-    length = min(length, cfg.max_position_embeddings)
+    length = min(length, cfg.max_length)
     batch_ids = np.zeros((rows, length), np.int32)
     batch_mask = np.zeros((rows, length), np.int32)
     for row, i in enumerate(chosen):

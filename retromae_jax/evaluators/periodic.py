@@ -45,7 +45,7 @@ class RetrievalEvaluator:
                           max_len=d.passage_max_len, query_max_len=d.query_max_len,
                           query_prefix=d.query_instruction, passage_prefix=d.passage_instruction)
     else:
-      limit = model_cfg.max_position_embeddings
+      limit = model_cfg.max_length
       embed_kwargs = dict(pooling=e.pooling, normalize=e.normalize,
                           max_len=min(e.passage_max_len, limit),
                           query_max_len=min(e.query_max_len, limit))

@@ -25,11 +25,9 @@ From Python (the fine-tuning loop's periodic evaluation, with its in-memory para
   evaluate_embeddings(query_emb, corpus_emb, data, top_k=100, measures=None) -> dict
 """
 
-import json
 import time
 
 import numpy as np
-from absl import logging
 
 from retromae_jax.evaluators import embed as encode
 from retromae_jax.data import beir

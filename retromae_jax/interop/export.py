@@ -11,7 +11,7 @@ writes
   DIR/decoder/                the RetroMAE decoder's own parameters (safetensors, names are our
                               parameter paths) and decoder.json; `--config.init.decoder_dir=`
                               re-imports it (with `--config.init.hf_dir=DIR/encoder`) to continue
-                              pretraining with the trained decoder
+                              pretraining with the trained decoder (interop/decoder.py)
 
 Only the parameters are read (not the optimizer state), onto the host. The checkpoint's `meta`
 item carries the model shape and the tokenizer files, so nothing else from the training run is
@@ -23,19 +23,12 @@ import os
 import shutil
 
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
-from flax import traverse_util
-from safetensors.numpy import load_file, save_file
 
-from retromae_jax.trainers import checkpoints
+from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import hf as hf_interop
+from retromae_jax.trainers import checkpoints
 from retromae_jax.models.bert import ModelConfig
-
-DECODER_CONFIG = "decoder.json"
-DECODER_WEIGHTS = "decoder.safetensors"
-_DECODER_FORMAT = "retromae_jax.decoder/1"
-
 
 def model_config_from_meta(meta: dict, where: str) -> ModelConfig:
   fields = dict(meta.get("model") or {})
@@ -101,45 +94,6 @@ def export_sentence_transformers(encoder_dir: str, out_dir: str, hidden_size: in
   return out_dir
 
 
-def save_decoder(decoder_params: dict, meta: dict, out_dir: str) -> str:
-  """The decoder's parameters by path (e.g. 'attention/query/kernel') plus what built them."""
-  flat = traverse_util.flatten_dict(decoder_params, sep="/")
-  os.makedirs(out_dir, exist_ok=True)
-  save_file({k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in flat.items()},
-            os.path.join(out_dir, DECODER_WEIGHTS))
-  with open(os.path.join(out_dir, DECODER_CONFIG), "w", encoding="utf-8") as f:
-    json.dump({"format": _DECODER_FORMAT, "model": meta.get("model", {}),
-               "objective": meta.get("objective", {})}, f, indent=2)
-  return out_dir
-
-
-def load_decoder(decoder_dir: str, target: dict) -> dict:
-  """The decoder saved by save_decoder, checked against and placed like `target` (the model's
-  freshly initialised params['decoder'])."""
-  config_path = os.path.join(decoder_dir, DECODER_CONFIG)
-  weights_path = os.path.join(decoder_dir, DECODER_WEIGHTS)
-  for path in (config_path, weights_path):
-    if not os.path.isfile(path):
-      raise ValueError(f"init.decoder_dir: {path} does not exist (expected a directory written "
-                       "by `python -m retromae_jax.tools.export`)")
-  with open(config_path, encoding="utf-8") as f:
-    found = json.load(f).get("format")
-  if found != _DECODER_FORMAT:
-    raise ValueError(f"{config_path}: format {found!r}, expected {_DECODER_FORMAT!r}")
-  stored = load_file(weights_path)
-  wanted = traverse_util.flatten_dict(target, sep="/")
-  problems = [f"missing {k}" for k in sorted(set(wanted) - set(stored))]
-  problems += [f"unexpected {k}" for k in sorted(set(stored) - set(wanted))]
-  problems += [f"{k}: stored {stored[k].shape}, model {tuple(wanted[k].shape)}"
-               for k in sorted(set(stored) & set(wanted)) if stored[k].shape != wanted[k].shape]
-  if problems:
-    raise ValueError(f"{weights_path}: does not fit this model's decoder: "
-                     + "; ".join(problems[:8]))
-  # Each value goes where the target leaf lives (its sharding) with its dtype.
-  placed = {k: hf_interop.place(stored[k], v) for k, v in wanted.items()}
-  return traverse_util.unflatten_dict(placed, sep="/")
-
-
 def export_checkpoint(path: str, out_dir: str, max_seq_length: int | None = None) -> dict:
   """Writes encoder/, sentence-transformers/ and (when the model has one) decoder/ under
   out_dir from the checkpoint named by `path`; returns {name: directory}."""
@@ -151,8 +105,8 @@ def export_checkpoint(path: str, out_dir: str, max_seq_length: int | None = None
   written["encoder"] = export_encoder(params, cfg, meta, os.path.join(out_dir, "encoder"))
   written["sentence-transformers"] = export_sentence_transformers(
       written["encoder"], os.path.join(out_dir, "sentence-transformers"), cfg.hidden_size,
-      max_seq_length or cfg.max_position_embeddings)
+      max_seq_length or cfg.max_length)
   if "decoder" in params:
-    written["decoder"] = save_decoder(params["decoder"], meta, os.path.join(out_dir, "decoder"))
+    written["decoder"] = decoder_lib.save_decoder(params["decoder"], meta, os.path.join(out_dir, "decoder"))
   logging.info("Exported %s to %s: %s", step_dir, out_dir, ", ".join(written))
   return written

@@ -1,10 +1,15 @@
-"""Hugging Face BERT checkpoints in and out of our parameter tree.
+"""Hugging Face BERT, RoBERTa and XLM-RoBERTa checkpoints in and out of our parameter tree.
 
-One explicit name table (`_MAPPING`) ties each of our parameters to its HF name and to the
-reshape between the two layouts: HF stores `nn.Linear` weights as [out, in] and keeps every layer
+One explicit name table (`_BERT_RULES`, plus each family's MLM-head names in `_FAMILIES`) ties
+each of our parameters to its HF name and to the reshape between the two layouts: HF stores `nn.Linear` weights as [out, in] and keeps every layer
 separate; we store kernels as [in, out], split attention projections by head ([embed, heads, kv])
 and stack the encoder layers on a leading `layers` axis (nn.scan). Loading and saving both read
-that one table, so they cannot drift apart.
+that one table, so they cannot drift apart. The three families share the encoder's names under
+their own prefix (`bert.` / `roberta.`); the family comes from config.json's `model_type`.
+
+A checkpoint's position table can be extended to a longer model.max_position_embeddings on load
+(`extend_positions`): 'tile' copies the learned rows again and again (Longformer's recipe; a
+position p > 512 starts from the embedding of p mod 512), 'interpolate' stretches them linearly.
 
 Only the runtime libraries are used here (`safetensors` for tensors, json for configs); torch and
 `transformers` models appear only in the tests that check us against them.
@@ -24,18 +29,14 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from retromae_jax.data import tokenizer as tokenizer_lib
+from retromae_jax.models.bert import DEFAULT_PAD, FAMILIES, OFFSET_POSITIONS
 
 _CONFIG = "config.json"
 _WEIGHTS = "model.safetensors"
 _WEIGHTS_INDEX = "model.safetensors.index.json"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
-# What a non-BERT model_type would need before it could load (shown in the error message).
+# What another model_type would need before it could load (shown in the error message).
 _PORTING_NOTES = {
-    "roberta": "positions offset by padding_idx + 1, a 1-row token-type table, `roberta.` and "
-               "`lm_head.*` names",
-    "xlm-roberta": "positions offset by padding_idx + 1, a 1-row token-type table, `roberta.` and "
-                   "`lm_head.*` names",
     "camembert": "positions offset by padding_idx + 1, `roberta.` and `lm_head.*` names",
     "distilbert": "no token-type embeddings, `distilbert.transformer.layer.*` names, a "
                   "`vocab_transform`/`vocab_layer_norm` MLM head",
@@ -60,12 +61,12 @@ def _check_config(hf_config: dict, where: str) -> None:
   if model_type is None:  # very old configs: trust an all-BERT `architectures` list
     archs = hf_config.get("architectures") or []
     model_type = "bert" if archs and all(a.startswith("Bert") for a in archs) else None
-  if model_type != "bert":
+  if model_type not in _FAMILIES:
     needed = _PORTING_NOTES.get(
         model_type, "a name table in retromae_jax/interop/hf.py and any architectural "
         "differences in retromae_jax/models/bert.py")
-    raise _fail(where, f"model_type is {model_type!r}, but only 'bert' checkpoints are supported "
-                f"(supporting {model_type!r} would need: {needed})")
+    raise _fail(where, f"model_type is {model_type!r}, but only {', '.join(map(repr, _FAMILIES))} "
+                f"checkpoints are supported (supporting {model_type!r} would need: {needed})")
   act = hf_config.get("hidden_act", "gelu")
   if act != "gelu":
     raise _fail(where, f"hidden_act is {act!r}; only 'gelu' (the exact erf form our layers use) "
@@ -88,8 +89,12 @@ def _weights_file(hf_dir: str) -> str:
               f"either{hint}")
 
 
+def _family(hf_config: dict) -> str:
+  return hf_config.get("model_type") or "bert"  # _check_config let only all-BERT ones through
+
+
 def read_hf_config(hf_dir: str) -> dict:
-  """Reads and validates `hf_dir/config.json` of a BERT checkpoint stored as safetensors."""
+  """Reads and validates `hf_dir/config.json` of a BERT-family checkpoint stored as safetensors."""
   path = os.path.join(hf_dir, _CONFIG)
   if not os.path.isfile(path):
     raise _fail(path, "no such file; expected a Hugging Face model directory")
@@ -103,16 +108,29 @@ def read_hf_config(hf_dir: str) -> dict:
   return hf_config
 
 
-def model_overrides(hf_config: dict) -> dict:
-  """The `config.model` keys (also ModelConfig fields) that a HF BERT config determines."""
+def model_overrides(hf_config: dict, max_length: int = 0) -> dict:
+  """The `config.model` keys (also ModelConfig fields) that a HF config determines.
+
+  max_length > the checkpoint's longest input: the position table grows to cover it (load_hf_bert
+  then extends the stored rows; see `extend_positions`).
+  """
   _check_config(hf_config, "config.json")
+  family = _family(hf_config)
+  pad = hf_config.get("pad_token_id")
+  pad = DEFAULT_PAD[family] if pad is None else pad
+  positions = hf_config.get("max_position_embeddings", 512)
+  offset = pad + 1 if family in OFFSET_POSITIONS else 0
+  if max_length + offset > positions:
+    positions = max_length + offset
   return {
+      "family": family,
+      "pad_token_id": pad,
       "vocab_size": hf_config["vocab_size"],
       "hidden_size": hf_config["hidden_size"],
       "num_layers": hf_config["num_hidden_layers"],
       "num_heads": hf_config["num_attention_heads"],
       "intermediate_size": hf_config["intermediate_size"],
-      "max_position_embeddings": hf_config.get("max_position_embeddings", 512),
+      "max_position_embeddings": positions,
       "type_vocab_size": hf_config.get("type_vocab_size", 2),
       "layer_norm_eps": hf_config.get("layer_norm_eps", 1e-12),
       "initializer_range": hf_config.get("initializer_range", 0.02),
@@ -198,14 +216,32 @@ def _bert_rules() -> list[_Rule]:
   return rules
 
 
-def _mlm_rules() -> list[_Rule]:
-  return (_dense("mlm_head/dense", "cls.predictions.transform.dense")
-          + _layer_norm("mlm_head/LayerNorm", "cls.predictions.transform.LayerNorm")
-          + [_Rule("mlm_head/bias", "cls.predictions.bias", _same, _same)])
+def _mlm_rules(dense: str, layer_norm: str, bias: str) -> list[_Rule]:
+  return (_dense("mlm_head/dense", dense) + _layer_norm("mlm_head/LayerNorm", layer_norm)
+          + [_Rule("mlm_head/bias", bias, _same, _same)])
+
+
+class _Family(NamedTuple):
+  prefix: str  # of the encoder's tensors in a *ForMaskedLM checkpoint
+  mlm_rules: list[_Rule]
+  tied_decoder: str  # the MLM head's output matrix, tied to the word embeddings in ours
+  masked_lm: str  # `architectures` of an export with the MLM head, and without it
+  encoder_only: str
 
 
 _BERT_RULES = _bert_rules()
-_MLM_RULES = _mlm_rules()
+_ROBERTA_HEAD = _mlm_rules("lm_head.dense", "lm_head.layer_norm", "lm_head.bias")
+_FAMILIES = {
+    "bert": _Family("bert.", _mlm_rules("cls.predictions.transform.dense",
+                                        "cls.predictions.transform.LayerNorm",
+                                        "cls.predictions.bias"),
+                    "cls.predictions.decoder.weight", "BertForMaskedLM", "BertModel"),
+    "roberta": _Family("roberta.", _ROBERTA_HEAD, "lm_head.decoder.weight", "RobertaForMaskedLM",
+                       "RobertaModel"),
+    "xlm-roberta": _Family("roberta.", _ROBERTA_HEAD, "lm_head.decoder.weight",
+                           "XLMRobertaForMaskedLM", "XLMRobertaModel"),
+}
+assert tuple(_FAMILIES) == FAMILIES
 _ALIASES = ((re.compile(r"LayerNorm\.weight$"), "LayerNorm.gamma"),
             (re.compile(r"LayerNorm\.bias$"), "LayerNorm.beta"))
 
@@ -256,13 +292,45 @@ class _Checkpoint:
     return max(found) + 1 if found else 0
 
 
-def _prefix(ckpt: _Checkpoint, hf_dir: str) -> str:
-  for prefix in ("bert.", ""):
+def _prefix(ckpt: _Checkpoint, family: str) -> str:
+  """`bert.`/`roberta.` in a *ForMaskedLM checkpoint, '' in a bare BertModel/RobertaModel one."""
+  own = _FAMILIES[family].prefix
+  for prefix in (own, ""):
     if f"{prefix}embeddings.word_embeddings.weight" in ckpt.files:
       return prefix
   sample = ", ".join(sorted(ckpt.files)[:5])
-  raise _fail(ckpt.where, "no `bert.embeddings.word_embeddings.weight` or "
-              f"`embeddings.word_embeddings.weight`; is this a BERT checkpoint? (first keys: {sample})")
+  raise _fail(ckpt.where, f"no `{own}embeddings.word_embeddings.weight` or "
+              f"`embeddings.word_embeddings.weight`; is this a {family} checkpoint? "
+              f"(first keys: {sample})")
+
+
+POSITION_EXTENSIONS = ("tile", "interpolate")
+
+
+def extend_positions(table: np.ndarray, rows: int, offset: int, method: str = "tile") -> np.ndarray:
+  """A position table [rows, D] grown from `table` [n, D], whose first `offset` rows are not
+  positions (RoBERTa's padding_idx + 1 rows) and are kept as they are.
+
+  'tile': learned position p' = p mod (n - offset), so each new stretch starts again from the
+  learned start (Longformer's copy initialisation); positions the checkpoint covered keep their
+  rows, so short inputs give the checkpoint's outputs. 'interpolate': linear interpolation of the
+  learned rows over the longer range (p' = p * (n - offset - 1) / (rows - offset - 1)), as ViTs
+  resize theirs; every position moves, so it needs more training to recover.
+  """
+  if method not in POSITION_EXTENSIONS:
+    raise ValueError(f"model.position_extension: expected one of {', '.join(POSITION_EXTENSIONS)}, "
+                     f"got {method!r}")
+  learned = table[offset:]
+  wanted = rows - offset
+  if method == "tile":
+    grown = learned[np.arange(wanted) % len(learned)]
+  else:
+    where = np.linspace(0.0, len(learned) - 1, wanted)
+    low = np.floor(where).astype(np.int64)
+    high = np.minimum(low + 1, len(learned) - 1)
+    frac = (where - low)[:, None].astype(np.float32)
+    grown = learned[low] * (1 - frac) + learned[high] * frac
+  return np.concatenate([table[:offset], grown.astype(table.dtype)])
 
 
 def place(value: np.ndarray, target) -> Any:
@@ -275,26 +343,31 @@ def place(value: np.ndarray, target) -> Any:
   return value
 
 
-def load_hf_bert(hf_dir: str, target_params: dict) -> dict:
-  """Returns a copy of `target_params` with `bert` (and `mlm_head`, if the checkpoint has
-  `cls.predictions.*`) read from the HF BERT checkpoint in `hf_dir`.
+def load_hf_bert(hf_dir: str, target_params: dict, position_extension: str = "tile") -> dict:
+  """Returns a copy of `target_params` with `bert` (and `mlm_head`, if the checkpoint has one:
+  `cls.predictions.*` / `lm_head.*`) read from the HF BERT/RoBERTa/XLM-R checkpoint in `hf_dir`.
 
   `target_params` is an unboxed parameter tree holding a top-level `bert` subtree (a freshly
   initialised RetroMAE, or any model that embeds our BertModel as `bert`); its leaves may be arrays
   or `jax.ShapeDtypeStruct`s (from `jax.eval_shape`). Loaded values take the target leaf's dtype and,
-  for jax.Arrays, its sharding. Every shape is checked before anything is returned.
+  for jax.Arrays, its sharding. Every shape is checked before anything is returned. A target
+  position table longer than the checkpoint's is grown with `extend_positions(position_extension)`.
   """
-  read_hf_config(hf_dir)
+  hf_config = read_hf_config(hf_dir)
+  family = _FAMILIES[_family(hf_config)]
+  overrides = model_overrides(hf_config)
+  offset = overrides["pad_token_id"] + 1 if _family(hf_config) in OFFSET_POSITIONS else 0
   ckpt = _Checkpoint(hf_dir)
-  prefix = _prefix(ckpt, hf_dir)
+  prefix = _prefix(ckpt, _family(hf_config))
   flat = traverse_util.flatten_dict(target_params, sep="/")
   if "bert/encoder/query/kernel" not in flat:
     raise ValueError("load_hf_bert: target_params has no bert/encoder/query/kernel; expected "
                      f"our BertModel's tree under a top-level 'bert' (got {sorted(target_params)})")
 
   rules = [(r, prefix + r.hf) for r in _BERT_RULES]
-  if ckpt.find("cls.predictions.bias") is not None and any(k.startswith("mlm_head/") for k in flat):
-    rules += [(r, r.hf) for r in _MLM_RULES]
+  head_bias = family.mlm_rules[-1].hf
+  if ckpt.find(head_bias) is not None and any(k.startswith("mlm_head/") for k in flat):
+    rules += [(r, r.hf) for r in family.mlm_rules]
   absent = [r.ours for r, _ in rules if r.ours not in flat]
   if absent:
     raise ValueError(f"load_hf_bert: target_params lacks {', '.join(absent)}")
@@ -316,6 +389,10 @@ def load_hf_bert(hf_dir: str, target_params: dict) -> dict:
       continue
     parts = [ckpt.get(n) for n in found]
     expected = tuple(flat[rule.ours].shape)
+    if rule.ours.endswith("position_embeddings/embedding") and 0 < len(parts[0]) < expected[0]:
+      logging.info("%s: position table extended from %d to %d rows (%s)", where,
+                   len(parts[0]), expected[0], position_extension)
+      parts = [extend_positions(parts[0], expected[0], offset, position_extension)]
     try:
       parts = [rule.to_ours(p, heads) for p in parts]
       value = np.stack(parts) if "{i}" in hf else parts[0]
@@ -333,29 +410,30 @@ def load_hf_bert(hf_dir: str, target_params: dict) -> dict:
     raise _fail(where, "shape mismatch between checkpoint and target_params (key, expected, got): "
                 + "; ".join(mismatched))
 
-  _check_tied_decoder(ckpt, loaded)
-  unused = sorted(set(ckpt.files) - ckpt.used - {"embeddings.position_ids", "bert.embeddings.position_ids"})
+  _check_tied_decoder(ckpt, loaded, family.tied_decoder)
+  unused = sorted(set(ckpt.files) - ckpt.used - {f"{p}embeddings.position_ids"
+                                                 for p in ("", family.prefix)})
   if unused:
     logging.info("%s: %d checkpoint tensor(s) not used (a pooler is expected to be): %s",
                  where, len(unused), ", ".join(unused))
   at_init = sorted({k.split("/")[0] for k in flat if k not in loaded})
   if at_init:
-    why = " (the checkpoint has no cls.predictions.* MLM head)" if "mlm_head" in at_init else ""
+    why = f" (the checkpoint has no {head_bias} MLM head)" if "mlm_head" in at_init else ""
     logging.info("%s: left at initialisation: %s%s", where, ", ".join(at_init), why)
   out = {k: (place(loaded[k], v) if k in loaded else v) for k, v in flat.items()}
   return traverse_util.unflatten_dict(out, sep="/")
 
 
-def _check_tied_decoder(ckpt: _Checkpoint, loaded: dict) -> None:
+def _check_tied_decoder(ckpt: _Checkpoint, loaded: dict, decoder_name: str) -> None:
   """Our output projection is the word embedding matrix; say so if the checkpoint's is not."""
-  name = ckpt.find("cls.predictions.decoder.weight")
+  name = ckpt.find(decoder_name)
   if name is None or "mlm_head/bias" not in loaded:
     return
   decoder = ckpt.get(name)
   words = loaded["bert/embeddings/word_embeddings/embedding"]
   if decoder.shape != words.shape or not np.allclose(decoder, words):
-    logging.warning("cls.predictions.decoder.weight differs from the word embeddings; our MLM head "
-                    "ties them, so the checkpoint's separate decoder matrix is ignored")
+    logging.warning("%s differs from the word embeddings; our MLM head ties them, so the "
+                    "checkpoint's separate decoder matrix is ignored", decoder_name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,22 +441,43 @@ def _check_tied_decoder(ckpt: _Checkpoint, loaded: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _tokenizer_pad_id(tokenizer_dir: str | None) -> int:
-  pad = tokenizer_lib.load_tokenizer(tokenizer_dir).token_to_id("[PAD]") if tokenizer_dir else None
-  return 0 if pad is None else pad
+def _pad_token_id(model_cfg, family: str) -> int:
+  pad = getattr(model_cfg, "pad_token_id", -1)  # config.model says -1 for the family's default
+  return pad if pad >= 0 else DEFAULT_PAD[family]
+
+
+def _special_token_ids(tokenizer_dir: str | None, family: str, pad_token_id: int) -> dict:
+  """pad (and for RoBERTa-style families bos/eos) ids for config.json, from the tokenizer when
+  there is one. A RoBERTa-style pad must be the model's: it decides the position ids."""
+  tok = tokenizer_lib.load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+  if family not in OFFSET_POSITIONS:
+    pad = tok.token_to_id("[PAD]") if tok else None
+    return {"pad_token_id": 0 if pad is None else pad}
+  ids = {"pad_token_id": pad_token_id, "bos_token_id": 0, "eos_token_id": 2}
+  if tok:
+    special = tokenizer_lib.special_ids(tok)
+    if special.pad != pad_token_id:
+      raise ValueError(f"{tokenizer_dir}: the tokenizer's pad id is {special.pad} but the model's "
+                       f"pad_token_id is {pad_token_id} (its position ids start there)")
+    ids.update(bos_token_id=special.cls, eos_token_id=special.sep)
+  return ids
 
 
 def save_hf_bert(params: dict, model_cfg, out_dir: str, tokenizer_dir: str | None = None) -> str:
-  """Writes `params['bert']` (and `params['mlm_head']`) as a HF BERT directory; returns out_dir.
+  """Writes `params['bert']` (and `params['mlm_head']`) as a HF directory of model_cfg's family
+  (BERT, RoBERTa or XLM-RoBERTa); returns out_dir.
 
   `model_cfg` is our ModelConfig (or `config.model`; sizes are cross-checked against the params).
-  With an MLM head the directory is a `BertForMaskedLM` checkpoint (`bert.*`, `cls.predictions.*`;
-  the decoder matrix is tied to the word embeddings, so it is not stored); without one it is a
-  bare `BertModel` checkpoint. Either way it has no pooler: `AutoModel`/`BertModel` will report
-  `pooler.dense.*` as newly initialised, which RetroMAE/BGE-style CLS pooling never uses.
+  With an MLM head the directory is a `*ForMaskedLM` checkpoint (`bert.*` + `cls.predictions.*`,
+  or `roberta.*` + `lm_head.*`; the decoder matrix is tied to the word embeddings, so it is not
+  stored); without one it is a bare `BertModel`/`RobertaModel` checkpoint. Either way it has no
+  pooler: `AutoModel` will report `pooler.dense.*` as newly initialised, which RetroMAE/BGE-style
+  CLS pooling never uses.
   `tokenizer_dir` (a directory, or a tokenizer.json file) is copied alongside when given.
   """
   flat = traverse_util.flatten_dict(params, sep="/")
+  family_name = getattr(model_cfg, "family", "bert")
+  family = _FAMILIES[family_name]
   with_head = any(k.startswith("mlm_head/") for k in flat)
   words = flat["bert/embeddings/word_embeddings/embedding"]
   num_layers = flat["bert/encoder/query/kernel"].shape[0]
@@ -392,9 +491,9 @@ def save_hf_bert(params: dict, model_cfg, out_dir: str, tokenizer_dir: str | Non
     if declared not in (value, -1):
       raise ValueError(f"save_hf_bert: model_cfg.{key} is {declared} but the params have {value}")
 
-  prefix = "bert." if with_head else ""
+  prefix = family.prefix if with_head else ""
   tensors = {}
-  for rule in _BERT_RULES + (_MLM_RULES if with_head else []):
+  for rule in _BERT_RULES + (family.mlm_rules if with_head else []):
     value = np.asarray(jax.device_get(flat[rule.ours]), dtype=np.float32)
     hf = (prefix + rule.hf) if rule.ours.startswith("bert/") else rule.hf
     if "{i}" in hf:
@@ -404,8 +503,8 @@ def save_hf_bert(params: dict, model_cfg, out_dir: str, tokenizer_dir: str | Non
       tensors[hf] = np.ascontiguousarray(rule.to_hf(value))
 
   hf_config = {
-      "architectures": ["BertForMaskedLM" if with_head else "BertModel"],
-      "model_type": "bert",
+      "architectures": [family.masked_lm if with_head else family.encoder_only],
+      "model_type": family_name,
       "vocab_size": sizes["vocab_size"],
       "hidden_size": sizes["hidden_size"],
       "num_hidden_layers": num_layers,
@@ -418,7 +517,7 @@ def save_hf_bert(params: dict, model_cfg, out_dir: str, tokenizer_dir: str | Non
       "type_vocab_size": sizes["type_vocab_size"],
       "initializer_range": float(model_cfg.initializer_range),
       "layer_norm_eps": float(model_cfg.layer_norm_eps),
-      "pad_token_id": _tokenizer_pad_id(tokenizer_dir),
+      **_special_token_ids(tokenizer_dir, family_name, _pad_token_id(model_cfg, family_name)),
       "position_embedding_type": "absolute",
       "tie_word_embeddings": True,
       "dtype": "float32",
@@ -432,10 +531,11 @@ def save_hf_bert(params: dict, model_cfg, out_dir: str, tokenizer_dir: str | Non
     if os.path.isfile(tokenizer_dir):
       sources = [tokenizer_dir]
     else:
-      sources = [os.path.join(tokenizer_dir, n) for n in TOKENIZER_FILES
+      sources = [os.path.join(tokenizer_dir, n) for n in tokenizer_lib.TOKENIZER_FILES
                  if os.path.isfile(os.path.join(tokenizer_dir, n))]
       if not sources:
-        raise ValueError(f"{tokenizer_dir}: none of {', '.join(TOKENIZER_FILES)} found")
+        raise ValueError(f"{tokenizer_dir}: none of "
+                         f"{', '.join(tokenizer_lib.TOKENIZER_FILES)} found")
     for src in sources:
       shutil.copyfile(src, os.path.join(out_dir, os.path.basename(src)))
   logging.info("Wrote %s (%d tensors%s)", out_dir, len(tensors), ", tokenizer" if tokenizer_dir else "")

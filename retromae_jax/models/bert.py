@@ -1,4 +1,9 @@
-"""A BERT encoder in Flax Linen, laid out so that HF BertForMaskedLM weights map onto it 1:1.
+"""A BERT-family encoder in Flax Linen, laid out so that HF *ForMaskedLM weights map onto it 1:1.
+
+Families (ModelConfig.family): 'bert', and 'roberta' / 'xlm-roberta', which are the same
+post-LayerNorm encoder with three differences that live in the config, not in the layers: their
+position ids start at pad_token_id + 1 (padding tokens take position pad_token_id, as HF's
+create_position_ids_from_input_ids), a single token-type row, and LayerNorm epsilon 1e-5.
 
 Every parameter names its axes by meaning (`vocab`, `embed`, `heads`, `kv`, `mlp`, `layers`, ...);
 retromae_jax/trainers/sharding.py's rules table decides where each axis lives on the mesh.
@@ -12,6 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from retromae_jax.models import attention
 
 Array = jax.Array
 
@@ -34,10 +41,59 @@ class ModelConfig:
   param_dtype: Any = jnp.float32
   query_stream: str = "embeddings"  # decoder query stream: 'embeddings' | 'raw'
   remat: str = "none"  # encoder layers in the backward pass: 'none' | 'full' | 'dots'
+  family: str = "bert"  # 'bert' | 'roberta' | 'xlm-roberta' (FAMILIES)
+  pad_token_id: int = 0  # RoBERTa-style families count positions from pad_token_id + 1
+  attention: str = "auto"  # retromae_jax/models/attention.py: 'auto' | 'dense' | 'chunked' | 'cudnn'
+  attention_block: int = 512  # queries per block of 'chunked' attention
 
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  @property
+  def position_offset(self) -> int:
+    """Row of the position table that token 0 uses: 0 for BERT, pad_token_id + 1 for RoBERTa."""
+    return self.pad_token_id + 1 if self.family in OFFSET_POSITIONS else 0
+
+  @property
+  def max_length(self) -> int:
+    """The longest input the position table covers."""
+    return self.max_position_embeddings - self.position_offset
+
+
+FAMILIES = ("bert", "roberta", "xlm-roberta")
+OFFSET_POSITIONS = ("roberta", "xlm-roberta")  # positions offset by padding_idx + 1
+DEFAULT_PAD = {"bert": 0, "roberta": 1, "xlm-roberta": 1}  # HF's tokenizers' pad ids
+
+
+def max_length(model_config) -> int:
+  """The longest input `config.model` (a ConfigDict) positions cover: ModelConfig.max_length."""
+  family = model_config.get("family", "bert")
+  pad = model_config.get("pad_token_id", -1)
+  pad = pad if pad >= 0 else DEFAULT_PAD.get(family, 0)
+  return model_config.max_position_embeddings - (pad + 1 if family in OFFSET_POSITIONS else 0)
+
+
+def model_config_from(config, vocab_size: int) -> ModelConfig:
+  """Builds the static ModelConfig from `config.model`, resolving 'auto' dtype and vocab -1."""
+  m = config.model
+  family, pad = m.get("family", "bert"), m.get("pad_token_id", -1)
+  if family not in FAMILIES:
+    raise ValueError(f"config.model.family: expected one of {', '.join(FAMILIES)}, got "
+                     f"{family!r}")
+  dtype = m.dtype
+  if dtype == "auto":
+    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  return ModelConfig(
+      vocab_size=m.vocab_size if m.vocab_size > 0 else vocab_size,
+      hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+      intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
+      type_vocab_size=m.type_vocab_size, dropout_rate=m.dropout_rate,
+      attention_dropout_rate=m.attention_dropout_rate, initializer_range=m.initializer_range,
+      layer_norm_eps=m.layer_norm_eps, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(m.param_dtype),
+      query_stream=m.query_stream, remat=m.remat, family=family,
+      pad_token_id=pad if pad >= 0 else DEFAULT_PAD[family], attention=m.get("attention", "auto"),
+      attention_block=m.get("attention_block", 512))
 
 
 def _normal(cfg: ModelConfig, names):
@@ -72,19 +128,29 @@ class Embeddings(nn.Module):
 
   def __call__(self, input_ids: Array, deterministic: bool,
                position_ids: Array | None = None) -> Array:
+    if position_ids is None and self.cfg.family in OFFSET_POSITIONS:
+      # HF RoBERTa: real tokens count 0, 1, ... (then offset); padding tokens take the row just
+      # below the offset (padding_idx itself), whose embedding HF keeps at zero.
+      real = input_ids != self.cfg.pad_token_id
+      position_ids = jnp.where(real, jnp.cumsum(real, axis=-1) - 1, -1)
     return self.from_vectors(self.word_embeddings(input_ids), deterministic, position_ids)
+
+  def positions(self, position_ids: Array) -> Array:
+    """Position embeddings of 0-based token positions (the family's offset added here)."""
+    return self.position_embeddings(position_ids + self.cfg.position_offset)
 
   def from_vectors(self, vectors: Array, deterministic: bool,
                    position_ids: Array | None = None) -> Array:
     """HF's `embeddings(inputs_embeds=vectors)`: adds position and type-0 embeddings.
 
     Positions are 0..L-1 unless `position_ids` [B, L] says otherwise (an encoder that reads only
-    the unmasked tokens keeps their original positions).
+    the unmasked tokens keeps their original positions); they are 0-based for every family.
     """
     if position_ids is None:
       position_ids = jnp.arange(vectors.shape[-2])
-    x = vectors + self.position_embeddings(position_ids)
-    x = x + self.token_type_embeddings(jnp.zeros((), jnp.int32))
+    x = vectors + self.positions(position_ids)
+    # Type 0 (shape [1] in: flax's Embed special-cases one-row tables, which RoBERTa's are).
+    x = x + self.token_type_embeddings(jnp.zeros((1,), jnp.int32))[0]
     x = self.layer_norm(x)
     return self.dropout(x, deterministic=deterministic)
 
@@ -130,10 +196,10 @@ def attention_sublayer(module: nn.Module, cfg: ModelConfig, query_stream: Array,
   dropout_rng = None
   if not deterministic and cfg.attention_dropout_rate > 0:
     dropout_rng = module.make_rng("dropout")
-  # Masked entries get finfo.min (finite), so fully masked rows (padding queries) stay finite.
-  ctx = nn.dot_product_attention(
-      q, k, v, mask=mask, dropout_rng=dropout_rng, dropout_rate=cfg.attention_dropout_rate,
-      broadcast_dropout=False, deterministic=deterministic, dtype=cfg.dtype)
+  ctx = attention.attend(
+      q, k, v, mask, implementation=cfg.attention, block=cfg.attention_block,
+      dropout_rng=dropout_rng, dropout_rate=cfg.attention_dropout_rate,
+      deterministic=deterministic, dtype=cfg.dtype)
   attn_out = _Projection(cfg, (*heads, cfg.hidden_size), ("heads", "kv", "embed"),
                          "...hk,hkd->...d", bias_ndim=1, name=prefix + "attention_output")(ctx)
   attn_out = nn.Dropout(cfg.dropout_rate)(attn_out, deterministic=deterministic)

@@ -1,24 +1,14 @@
-"""Contrastive fine-tuning's computation: the bi-encoder, the in-batch loss, the gradient cache.
+"""The bi-encoder of contrastive fine-tuning, and the sentence vectors it gives (`represent`).
 
-What is computed (../shared/spec/retromae.md section 5, FlagEmbedding's BiEncoderModel):
-- one shared BertModel encodes queries and passages; the sentence vector is the [CLS] hidden
-  state (or the mean over real tokens), L2-normalised for `cosine` similarity;
-- scores = q [B, D] x p [B*G, D]^T / temperature over the GLOBAL batch (every device's passages
-  are negatives for every query), and the target of query i is passage i*G (its positive);
-- passages marked invalid (a query with fewer than G-1 negatives, retromae_jax/data/pairs.py)
-  are left out of every query's softmax.
-The loss is written on global arrays: under jit with sharded inputs, GSPMD decides where the
-[B, B*G] product runs and gathers what it needs; there are no hand-written collectives.
+What is computed (FlagEmbedding's BiEncoderModel): one shared BertModel encodes queries and
+passages; the sentence vector is the [CLS] hidden state (or the mean over real tokens),
+L2-normalised for `cosine` similarity. The in-batch loss: models/contrastive_loss.py; the
+gradient cache: trainers/gradient_cache.py.
 
-Dropout: every encoded sequence draws its own key, fold_in(key, row) with row its index in the
-global batch, and is encoded as if alone (a vmap over rows). An encoded row therefore depends
-only on its tokens, its key and the parameters: not on the mesh, nor on how the gradient cache
-splits the batch, so the cached and the plain step compute the same function.
-
-Gradient cache (Gao et al. 2021, "Scaling deep contrastive learning batch size under memory
-limited setup"): encode every chunk without keeping activations, take the loss and its gradient
-with respect to the representations, then re-encode chunk by chunk under jax.vjp and accumulate
-the parameter gradients. Memory holds one chunk's activations; the compute is one extra forward.
+Dropout: every encoded sequence draws its own key (contrastive_loss.dropout_keys) and is encoded
+as if alone (a vmap over rows). An encoded row therefore depends only on its tokens, its key and
+the parameters: not on the mesh, nor on how the gradient cache splits the batch, so the cached
+and the plain step compute the same function.
 """
 
 import dataclasses
@@ -27,7 +17,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from retromae_jax.evaluators import embed as encode
 from retromae_jax.models.bert import BertModel, ModelConfig
@@ -35,7 +24,6 @@ from retromae_jax.models.bert import BertModel, ModelConfig
 SIMILARITIES = ("cosine", "dot")
 # FlagEmbedding/BGE: cosine with temperature 0.02; the RetroMAE repository: raw dot, 1.0.
 DEFAULT_TEMPERATURE = {"cosine": 0.02, "dot": 1.0}
-_QUERY, _PASSAGE = 0, 1  # dropout streams
 
 
 class BiEncoder(nn.Module):
@@ -117,98 +105,3 @@ def represent(spec: Spec, params: dict, input_ids, attention_mask, keys=None):
     return rows(input_ids, attention_mask, keys)
   with nn.logical_axis_rules(row_rules):
     return rows(input_ids, attention_mask, keys)
-
-
-def contrastive_loss(q, p, temperature: float, passage_valid=None):
-  """In-batch softmax cross-entropy of q [B, D] against p [B*G, D]; target of query i is i*G.
-
-  `passage_valid` [B*G] (bool) drops passages from every softmax. Returns (loss, aux) with aux
-  {'accuracy': fraction of queries whose positive scores highest}.
-  """
-  num_queries, num_passages = q.shape[0], p.shape[0]
-  if num_passages % num_queries:
-    raise ValueError(f"contrastive_loss: {num_passages} passages for {num_queries} queries")
-  group_size = num_passages // num_queries
-  scores = jnp.einsum("qd,pd->qp", q.astype(jnp.float32), p.astype(jnp.float32)) / temperature
-  if passage_valid is not None:
-    scores = jnp.where(passage_valid[None, :], scores, -jnp.inf)
-  targets = jnp.arange(num_queries) * group_size
-  loss = optax.softmax_cross_entropy_with_integer_labels(scores, targets).mean()
-  accuracy = (jnp.argmax(scores, axis=-1) == targets).mean()
-  return loss, {"accuracy": accuracy}
-
-
-def dropout_keys(key, count: int, stream: int):
-  """[count] keys: fold_in(fold_in(key, stream), row) for every row of the global batch."""
-  stream_key = jax.random.fold_in(key, stream)
-  return jax.vmap(lambda i: jax.random.fold_in(stream_key, i))(jnp.arange(count))
-
-
-def _flat_inputs(batch: dict, dropout_key):
-  """(query ids, mask, keys), (passage ids, mask, keys), passage_valid: passages as [B*G, L]."""
-  b, g, lp = batch["passage_input_ids"].shape
-  queries = (batch["query_input_ids"], batch["query_attention_mask"])
-  passages = (batch["passage_input_ids"].reshape(b * g, lp),
-              batch["passage_attention_mask"].reshape(b * g, lp))
-  q_keys = p_keys = None
-  if dropout_key is not None:
-    q_keys, p_keys = dropout_keys(dropout_key, b, _QUERY), dropout_keys(dropout_key, b * g, _PASSAGE)
-  return (*queries, q_keys), (*passages, p_keys), batch["passage_valid"].reshape(b * g)
-
-
-def loss_fn(spec: Spec, params: dict, batch: dict, dropout_key=None):
-  """(loss, aux) of a batch (retromae_jax/data/pairs.py's contract); dropout_key None: no dropout."""
-  queries, passages, valid = _flat_inputs(batch, dropout_key)
-  q = represent(spec, params, *queries)
-  p = represent(spec, params, *passages)
-  return contrastive_loss(q, p, spec.temperature, valid)
-
-
-def _chunked(x, chunks: int):
-  """[N, ...] -> [chunks, N/chunks, ...]; chunk j holds rows j, j+chunks, ...: with the rows split
-  over devices in contiguous blocks, every chunk is spread over all of them."""
-  return x.reshape(x.shape[0] // chunks, chunks, *x.shape[1:]).swapaxes(0, 1)
-
-
-def _unchunked(x):
-  return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
-
-
-def cached_value_and_grad(spec: Spec, params: dict, batch: dict, dropout_key, chunk_size: int):
-  """((loss, aux), grads) as jax.value_and_grad(loss_fn), holding one chunk of `chunk_size` rows
-  of activations at a time (the gradient cache)."""
-  queries, passages, valid = _flat_inputs(batch, dropout_key)
-  for name, inputs in (("queries", queries), ("passages", passages)):
-    if inputs[0].shape[0] % chunk_size:
-      raise ValueError(f"gradient_cache.chunk_size: {chunk_size} does not divide the "
-                       f"{inputs[0].shape[0]} {name} of the batch")
-
-  def split(inputs):
-    return jax.tree.map(lambda x: _chunked(x, x.shape[0] // chunk_size), inputs)
-
-  def reps(inputs):
-    # Forward passes only: nothing here is differentiated, so no activation outlives its chunk.
-    return _unchunked(jax.lax.map(lambda c: represent(spec, params, *c), split(inputs)))
-
-  q, p = reps(queries), reps(passages)
-  (loss, aux), (grad_q, grad_p) = jax.value_and_grad(
-      lambda q, p: contrastive_loss(q, p, spec.temperature, valid), argnums=(0, 1),
-      has_aux=True)(q, p)
-
-  def accumulate(grads, chunk):
-    inputs, cotangent = chunk
-    _, pullback = jax.vjp(lambda prm: represent(spec, prm, *inputs), params)
-    return jax.tree.map(jnp.add, grads, pullback(cotangent)[0]), None
-
-  grads = jax.tree.map(jnp.zeros_like, params)
-  for inputs, cotangent in ((queries, grad_q), (passages, grad_p)):
-    grads, _ = jax.lax.scan(accumulate, grads,
-                            (split(inputs), _chunked(cotangent, cotangent.shape[0] // chunk_size)))
-  return (loss, aux), grads
-
-
-def value_and_grad(spec: Spec, params: dict, batch: dict, dropout_key=None, chunk_size: int = 0):
-  """((loss, aux), grads): the plain step (chunk_size 0) or the gradient cache."""
-  if chunk_size:
-    return cached_value_and_grad(spec, params, batch, dropout_key, chunk_size)
-  return jax.value_and_grad(lambda prm: loss_fn(spec, prm, batch, dropout_key), has_aux=True)(params)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-IGNORE = -100
+from retromae_jax.objectives.contract import IGNORE
 
 
 def labelled_tokens(labels):
@@ -34,18 +34,12 @@ def masked_cross_entropy(logits, labels, denominator=None):
   return loss, correct.sum() / denom, count
 
 
-def retromae_loss(encoder_logits, decoder_logits, batch, denominators=(None, None)):
-  """L = L_enc + L_dec (equal weights, spec section 2); both parts are returned for logging."""
-  return objective_loss({"encoder_logits": encoder_logits, "decoder_logits": decoder_logits},
-                        batch, denominators={"enc": denominators[0], "dec": denominators[1]})
-
-
 def bag_of_words_loss(bow_logits, input_ids, bow_weights, denominator=None):
-  """DupMAE's L_bow (spec section 4), mean over examples.
+  """DupMAE's L_bow (DupMAE), mean over examples.
 
   bow_logits [B, V]: the encoder's MLM logits max-pooled over positions 1..L-1
   (objectives/mlm.bag_of_words_pool); bow_weights [B, L]: 1/len(text ids) at one position per
-  distinct non-special id of the text (data/objective_fields.py), so that
+  distinct non-special id of the text (objectives/bag_of_words.py), so that
   -sum_j w_j log_softmax(bow_logits)[x_j] = -sum over the text's id set of log p(id) / len.
   `denominator` (default: this batch's examples) is what the sum over examples is divided by.
   """

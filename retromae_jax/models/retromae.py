@@ -1,6 +1,6 @@
 """RetroMAE: a BERT encoder with its MLM head, plus the enhanced decoder (the default objective).
 
-What is computed follows ../shared/spec/retromae.md section 2 (FlagEmbedding's pretraining code):
+What is computed follows FlagEmbedding's pretraining code (RetroMAE's reference):
 - the encoder reads the 80/10/10-corrupted sequence; its MLM head runs only at the
   encoder-masked positions (the only place its loss needs vocabulary logits);
 - the sentence vector h is the final hidden state at [CLS], no pooler;
@@ -11,22 +11,18 @@ What is computed follows ../shared/spec/retromae.md section 2 (FlagEmbedding's p
 - each query row sees the positions its drawn pool mask leaves visible (retromae_jax/models/decoder_mask.py).
 Gradients of the decoder loss reach the encoder through h (not detached).
 
-decoder.num_layers > 1 (the seed's deeper decoder, not in the references): layer l's queries are
+decoder.num_layers > 1 (a deeper decoder, not in the references): layer l's queries are
 layer l-1's output, while keys/values stay H2 and the mask stays M in every layer. Query rows
 never attend to each other, so no row ever sees its own token, however deep the stack.
-The other objectives (retromae_jax/objectives) share the encoder side; make_model picks one.
+The other objectives (retromae_jax/models/objectives/) share the encoder side; the registry
+(retromae_jax/objectives/registry.make_model) picks one.
 """
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from retromae_jax.models import decoder_mask
-from retromae_jax.models.bert import ModelConfig, TransformerLayer
-from retromae_jax.models.objectives.autoregressive import AutoregressiveDecoding
-from retromae_jax.models.objectives.basic import BasicDecoding
-from retromae_jax.models.objectives.config import ObjectiveConfig
-from retromae_jax.models.objectives.cross_attention import CrossAttentionDecoding
+from retromae_jax.models.bert import TransformerLayer
 from retromae_jax.models.objectives.layers import Stack, TwoStreamBody
 from retromae_jax.models.objectives.mlm import MaskedLM
 
@@ -54,7 +50,7 @@ class RetroMAE(MaskedLM):
     if cfg.query_stream == "embeddings":
       query_stream = self.bert.embeddings.from_vectors(h_everywhere, deterministic)
     elif cfg.query_stream == "raw":
-      query_stream = h_everywhere + self.bert.embeddings.position_embeddings(jnp.arange(seq_len))
+      query_stream = h_everywhere + self.bert.embeddings.positions(jnp.arange(seq_len))
     else:
       raise ValueError(f"model.query_stream: expected 'embeddings' or 'raw', got {cfg.query_stream!r}")
     query_stream = nn.with_logical_constraint(query_stream, ("batch", "length", "embed"))
@@ -63,28 +59,3 @@ class RetroMAE(MaskedLM):
         batch["decoder_pool"], batch["decoder_choice"], batch["attention_mask"])
     decoded = self.decoder(query_stream, kv_stream, visible[:, None], deterministic)
     return self.mlm_head(decoded, self.word_embeddings)
-
-
-def make_model(cfg: ModelConfig, objective: ObjectiveConfig = ObjectiveConfig()) -> MaskedLM:
-  """The model of `objective` (config objective.kind / decoder.kind)."""
-  if objective.kind == "mlm":
-    return MaskedLM(cfg, objective)
-  models = {"enhanced": RetroMAE, "basic": BasicDecoding, "cross_attention": CrossAttentionDecoding,
-            "autoregressive": AutoregressiveDecoding}
-  return models[objective.decoder_kind](cfg, objective)
-
-
-def model_config_from(config, vocab_size: int) -> ModelConfig:
-  """Builds the static ModelConfig from `config.model`, resolving 'auto' dtype and vocab -1."""
-  m = config.model
-  dtype = m.dtype
-  if dtype == "auto":
-    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  return ModelConfig(
-      vocab_size=m.vocab_size if m.vocab_size > 0 else vocab_size,
-      hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
-      intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
-      type_vocab_size=m.type_vocab_size, dropout_rate=m.dropout_rate,
-      attention_dropout_rate=m.attention_dropout_rate, initializer_range=m.initializer_range,
-      layer_norm_eps=m.layer_norm_eps, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(m.param_dtype),
-      query_stream=m.query_stream, remat=m.remat)

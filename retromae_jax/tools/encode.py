@@ -6,7 +6,6 @@
 The library behind it: retromae_jax/evaluators/embed.py.
 """
 
-import json
 import os
 
 import numpy as np

@@ -8,7 +8,6 @@ The library behind it: retromae_jax/evaluators/retrieval.py.
 """
 
 import json
-import os
 
 from absl import app, flags, logging
 

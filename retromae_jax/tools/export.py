@@ -5,9 +5,8 @@
 The library behind it: retromae_jax/interop/export.py.
 """
 
-import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from retromae_jax.interop import export
 

@@ -34,7 +34,6 @@ from absl import logging
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from retromae_jax.interop import hf as hf_interop
 from retromae_jax.data import tokenizer as tokenizer_lib
 
 ITEMS = ("state", "meta")
@@ -69,7 +68,7 @@ def make_meta(model_cfg, tokenizer_spec: str, **extra) -> dict:
   (the objective, the task)."""
   directory = tokenizer_lib.files_dir(tokenizer_spec)
   names = ([os.path.basename(tokenizer_spec)] if os.path.isfile(tokenizer_spec)
-           else [n for n in hf_interop.TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))])
+           else [n for n in tokenizer_lib.TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))])
   files = {}
   for name in names:
     with open(os.path.join(directory, name), encoding="utf-8") as f:

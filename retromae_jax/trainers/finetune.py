@@ -2,8 +2,9 @@
 
 Sections: workdir, init, tokenizer and shape; mesh; model and sharded state; update step;
 checkpoint restore / init; input; evaluation; loop; export. Everything comes from the config
-(configs/finetune.py); the computation itself is retromae_jax/models/biencoder.py, the data
-retromae_jax/data/pairs.py, and the mechanics shared with pretraining trainers/loop.py.
+(configs/finetune.py); the computation itself is models/biencoder.py, models/contrastive_loss.py
+and trainers/gradient_cache.py, the data data/pairs.py, and the mechanics shared with pretraining
+trainers/loop.py.
 
 Outputs in the workdir: metrics.jsonl (+ tensorboard/), checkpoints/<step>, export/encoder (a HF
 BertModel directory with the tokenizer, at the end), export/best (the best evaluated step by
@@ -26,8 +27,9 @@ from retromae_jax.evaluators import embed
 from retromae_jax.evaluators import periodic
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import biencoder
-from retromae_jax.models.retromae import model_config_from
+from retromae_jax.models.bert import model_config_from
 from retromae_jax.trainers import checkpoints
+from retromae_jax.trainers import gradient_cache
 from retromae_jax.trainers import loop
 from retromae_jax.trainers import metrics as metrics_lib
 from retromae_jax.trainers import optim
@@ -47,7 +49,8 @@ def train_and_evaluate(config, workdir: str):
   tokenizer_spec = config.tokenizer or init_dir or "default"
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_spec)
   if init_dir:
-    loop.apply_model_shape(config, hf_interop.model_overrides(hf_interop.read_hf_config(init_dir)))
+    loop.apply_model_shape(config, hf_interop.model_overrides(hf_interop.read_hf_config(init_dir),
+                                                              config.model.extend_positions_to))
   if not config.model.temperature:
     with config.unlocked():
       config.model.temperature = biencoder.DEFAULT_TEMPERATURE[config.model.similarity]
@@ -89,8 +92,8 @@ def train_and_evaluate(config, workdir: str):
   def loss_and_grads(params, batch, dropout_key, chunk_size):
     # Dropout depends on (seed, step, row of the global batch) only: not on the mesh or the
     # gradient cache's chunks.
-    return biencoder.value_and_grad(spec, params, batch, dropout_key if dropout else None,
-                                    chunk_size)
+    return gradient_cache.value_and_grad(spec, params, batch, dropout_key if dropout else None,
+                                         chunk_size)
 
   update_step = loop.make_update_step(
       loss_and_grads, tx, schedule,
@@ -120,7 +123,7 @@ def train_and_evaluate(config, workdir: str):
 
   def init_params(params):
     if init_dir:
-      params = hf_interop.load_hf_bert(init_dir, params)
+      params = hf_interop.load_hf_bert(init_dir, params, config.model.position_extension)
       logging.info("Encoder initialised from %s", init_dir)
     return params
 

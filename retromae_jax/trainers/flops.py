@@ -2,13 +2,16 @@
 
 Counts the matrix-multiply FLOPs the model really has to do per training step (2 per
 multiply-add; backward = 2x forward, so a step is 3x forward), with the encoder's MLM head only at
-the C encoder-masked slots and the decoder's head at all L positions, as retromae.py computes them;
-train_flops_per_example follows the other objectives (retromae_jax/objectives) too.
+the C encoder-masked slots and the decoder's head at all L positions, as models/retromae.py
+computes them; every objective's parts state their own count (retromae_jax/objectives/).
 Padding positions are counted (the device computes them); element-wise work is not.
 """
 
 from absl import logging
 import jax
+
+from retromae_jax.objectives import registry
+from retromae_jax.objectives.flop_formulas import head_forward_flops, layer_forward_flops
 
 # Dense bf16 peak FLOP/s per device (vendor figures). Device kinds as jax reports them.
 PEAK_FLOPS = {
@@ -25,43 +28,19 @@ PEAK_FLOPS = {
 }
 
 
-def attention_forward_flops(cfg, query_tokens: int, kv_tokens: int) -> float:
-  """Attention of `query_tokens` queries over `kv_tokens` keys, projections included."""
-  d = cfg.hidden_size
-  projections = 2 * d * d * (2 * query_tokens + 2 * kv_tokens)  # q, out on queries; k, v on keys
-  attention = 2 * 2 * query_tokens * kv_tokens * d  # scores and weighted sum
-  return projections + attention
-
-
-def layer_forward_flops(cfg, query_tokens: int, kv_tokens: int) -> float:
-  """One TransformerLayer over `query_tokens` queries attending to `kv_tokens` keys (per example)."""
-  ffn = 2 * 2 * cfg.hidden_size * cfg.intermediate_size * query_tokens
-  return attention_forward_flops(cfg, query_tokens, kv_tokens) + ffn
-
-
-def head_forward_flops(cfg, positions: int) -> float:
-  d, v = cfg.hidden_size, cfg.vocab_size
-  return positions * (2 * d * d + 2 * d * v)
-
-
 def train_flops_per_example(cfg, objective, seq_len: int, encoder_len: int | None = None,
                             encoder_positions: int = 0) -> float:
   """A training step's matmul FLOPs per example for `objective` (objectives/config.py).
 
   encoder_len: the encoder's width (L, or the narrower width under encoder.masking=drop);
-  encoder_positions: C, where the MLM head runs for L_enc (it runs at every encoder position
-  instead when the bag-of-words loss is on). Decoders run over all L positions.
+  encoder_positions: C, where the MLM head runs for L_enc (every part says where it needs the
+  head: objectives/registry.head_positions). Decoders run over all L positions, each part
+  counting its own (objectives/<part>.py).
   """
   encoder_len = encoder_len or seq_len
   encoder = cfg.num_layers * layer_forward_flops(cfg, encoder_len, encoder_len)
-  head_positions = encoder_len if objective.bag_of_words else encoder_positions
-  total = encoder + head_forward_flops(cfg, head_positions)
-  if objective.has_decoder:
-    layer = layer_forward_flops(cfg, seq_len, seq_len)
-    if objective.decoder_kind == "cross_attention":
-      memory = 1 if objective.cross_attend_to == "sentence" else encoder_len
-      layer += attention_forward_flops(cfg, seq_len, memory)
-    total += objective.decoder_layers * layer + head_forward_flops(cfg, seq_len)
+  head = head_forward_flops(cfg, registry.head_positions(objective, encoder_len, encoder_positions))
+  total = encoder + head + registry.parts_forward_flops(cfg, objective, seq_len, encoder_len)
   return 3.0 * total
 
 

@@ -25,7 +25,7 @@ from retromae_jax.trainers import train_state
 # its shape. Everything else (dropout, dtype, remat) stays the config's choice.
 SHAPE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
               "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
-              "initializer_range")
+              "initializer_range", "family", "pad_token_id")
 
 
 def apply_model_shape(config, source: dict) -> None:

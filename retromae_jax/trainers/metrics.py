@@ -7,7 +7,6 @@ import os
 
 from absl import logging
 import jax
-import numpy as np
 import tensorboardX
 
 

@@ -16,11 +16,13 @@ import jax.numpy as jnp
 from retromae_jax.data import pipeline
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.evaluators import periodic
+from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import losses
-from retromae_jax.models.objectives.config import objective_config_from
-from retromae_jax.models.retromae import make_model, model_config_from
+from retromae_jax.models.bert import model_config_from
+from retromae_jax.objectives.config import objective_config_from
+from retromae_jax.objectives.registry import make_model
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import flops
 from retromae_jax.trainers import loop
@@ -39,7 +41,7 @@ def train_and_evaluate(config, workdir: str):
   # An HF init directory or an init checkpoint fixes the model's shape (not its dropout).
   if config.init.hf_dir:
     loop.apply_model_shape(config, hf_interop.model_overrides(
-        hf_interop.read_hf_config(config.init.hf_dir)))
+        hf_interop.read_hf_config(config.init.hf_dir), config.model.extend_positions_to))
   elif config.init.checkpoint:
     loop.apply_model_shape(config, checkpoints.read_meta(config.init.checkpoint)[0]["model"])
 
@@ -139,11 +141,12 @@ def train_and_evaluate(config, workdir: str):
       params, _, step_dir = checkpoints.restore_params(config.init.checkpoint, params)
       logging.info("Parameters initialised from %s", step_dir)
     if config.init.hf_dir:
-      params = hf_interop.load_hf_bert(config.init.hf_dir, params)
+      params = hf_interop.load_hf_bert(config.init.hf_dir, params,
+                                       config.model.position_extension)
       logging.info("Encoder initialised from %s", config.init.hf_dir)
     if config.init.decoder_dir:
-      params = {**params, "decoder": export_lib.load_decoder(config.init.decoder_dir,
-                                                             params["decoder"])}
+      params = {**params, "decoder": decoder_lib.load_decoder(config.init.decoder_dir,
+                                                              params["decoder"])}
       logging.info("Decoder initialised from %s", config.init.decoder_dir)
     return params
 
@@ -187,6 +190,6 @@ def train_and_evaluate(config, workdir: str):
     export_lib.export_sentence_transformers(encoder, os.path.join(out, "sentence-transformers"),
                                             model_cfg.hidden_size, config.data.max_seq_length)
     if "decoder" in params:
-      export_lib.save_decoder(params["decoder"], meta, os.path.join(out, "decoder"))
+      decoder_lib.save_decoder(params["decoder"], meta, os.path.join(out, "decoder"))
     logging.info("Exported to %s: encoder/ (HF BERT), sentence-transformers/, decoder/", out)
   return state

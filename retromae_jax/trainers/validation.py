@@ -7,8 +7,9 @@ import functools
 from retromae_jax.evaluators import metrics as retrieval_metrics
 from retromae_jax.evaluators.embed import POOLINGS
 from retromae_jax.models.biencoder import SIMILARITIES
+from retromae_jax.models import bert
 from retromae_jax.trainers import sharding
-from retromae_jax.models.objectives import config as objectives
+from retromae_jax.objectives import registry
 
 
 def validate(config, num_data_parallel: int | None = None, num_processes: int = 1, *,
@@ -61,7 +62,7 @@ def _shared_checks(config, shape_known: bool):
 
 def _pretrain_checks(config, shape_known: bool):
   d, m = config.data, config.model
-  max_len = m.max_position_embeddings if shape_known else float("inf")
+  max_len = bert.max_length(m) if shape_known else float("inf")  # positions less the offset
   return [
       ("data.encoder_mask_ratio", 0.0 < d.encoder_mask_ratio < 1.0, "expected a ratio in (0, 1)"),
       ("data.decoder_mask_ratio", 0.0 < d.decoder_mask_ratio < 1.0, "expected a ratio in (0, 1)"),
@@ -77,12 +78,12 @@ def _pretrain_checks(config, shape_known: bool):
       ("eval.pooling", config.eval.pooling in POOLINGS, f"expected one of {POOLINGS}"),
       ("eval.query_max_len", config.eval.query_max_len >= 3, "expected >= 3"),
       ("eval.passage_max_len", config.eval.passage_max_len >= 3, "expected >= 3"),
-  ] + _objective_checks(config)
+  ] + registry.config_checks(config)
 
 
 def _finetune_checks(config, shape_known: bool):
-  d, m, e = config.data, config.model, config.eval
-  max_len = m.max_position_embeddings if shape_known else float("inf")
+  d, m = config.data, config.model
+  max_len = bert.max_length(m) if shape_known else float("inf")  # positions less the offset
   chunk = config.gradient_cache.chunk_size
   return [
       ("task", config.task == "finetune", "expected 'finetune'"),
@@ -143,40 +144,3 @@ def _check_mesh(config, num_data_parallel: int, num_processes: int, finetune: bo
     # different halves of data.
     raise ValueError(f"config.mesh: data x fsdp = {num_data_parallel} is not a multiple of the "
                      f"{num_processes} processes")
-
-
-def _objective_checks(config):
-  """(key, ok, expected) for the objective, decoder and encoder sections."""
-  o, dec, enc = config.objective, config.decoder, config.encoder
-  one_of = lambda values: f"expected one of {', '.join(values)}"
-  is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
-  mlm = o.kind == "mlm"
-  return [
-      ("objective.kind", o.kind in objectives.OBJECTIVE_KINDS, one_of(objectives.OBJECTIVE_KINDS)),
-      ("objective.bow_weight", isinstance(o.bow_weight, (int, float)) and o.bow_weight >= 0,
-       "expected a weight >= 0 (0 = no bag-of-words loss)"),
-      ("decoder.kind", dec.kind in objectives.DECODER_KINDS, one_of(objectives.DECODER_KINDS)),
-      ("decoder.num_layers",
-       is_int(dec.num_layers) and 1 <= dec.num_layers <= objectives.MAX_DECODER_LAYERS,
-       f"expected 1..{objectives.MAX_DECODER_LAYERS}"),
-      ("decoder.cross_attend_to", dec.cross_attend_to in objectives.CROSS_ATTEND_TO,
-       one_of(objectives.CROSS_ATTEND_TO)),
-      ("decoder.cross_attend_to",
-       dec.cross_attend_to == "sentence" or dec.kind == "cross_attention",
-       "only the cross_attention decoder has a memory to choose; expected 'sentence'"),
-      ("decoder.attention_span", is_int(dec.attention_span) and dec.attention_span >= 0,
-       "expected >= 0 (0 = every earlier token)"),
-      ("decoder.attention_span", dec.attention_span == 0 or dec.kind == "autoregressive",
-       "only the autoregressive decoder has an attention span; expected 0"),
-      ("encoder.masking", enc.masking in objectives.ENCODER_MASKINGS,
-       one_of(objectives.ENCODER_MASKINGS)),
-      # The MLM baseline has no decoder: a decoder setting would silently do nothing.
-      ("decoder.kind", not mlm or dec.kind == "enhanced",
-       "objective.kind='mlm' has no decoder; leave decoder.kind at 'enhanced'"),
-      ("decoder.num_layers", not mlm or dec.num_layers == 1,
-       "objective.kind='mlm' has no decoder; leave decoder.num_layers at 1"),
-      # Under drop the encoder predicts nothing: the MLM baseline would have no loss left.
-      ("encoder.masking", not (mlm and enc.masking == "drop"),
-       "objective.kind='mlm' needs 'corrupt' (under 'drop' no encoder state exists at a masked "
-       "position, so nothing would be predicted)"),
-  ]

@@ -1,4 +1,4 @@
-"""A decoder that cross-attends to the encoder's output (the seed's design).
+"""A decoder that cross-attends to the encoder's output (an option beside the reference).
 
 Input: the shared embeddings of the [MASK]-ed copy of the text (decoder ratio, as basic
 decoding; position 0 keeps [CLS]'s embedding: the encoder reaches the decoder only through the

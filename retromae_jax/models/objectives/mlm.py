@@ -1,20 +1,20 @@
 """The encoder side every objective shares; alone, the plain MLM baseline (no decoder at all).
 
 Encoder input (config encoder.masking):
-- 'corrupt' (spec section 1): the whole sequence, the masked words corrupted 80/10/10 in place;
+- 'corrupt' (the reference default): the whole sequence, the masked words corrupted 80/10/10 in place;
   the MLM head runs at the masked positions and gives L_enc.
-- 'drop' (MAE-style, the seed's idea): the encoder reads only the unmasked tokens, compacted to
+- 'drop' (MAE-style, an option): the encoder reads only the unmasked tokens, compacted to
   the front of a narrower array, each with its ORIGINAL position embedding. No hidden state
   exists at a dropped position, so there is no L_enc: the decoder alone reconstructs the text.
 With objective.bow_weight > 0 the head also runs at every encoder position and the logits are
-max-pooled over positions 1.. for DupMAE's bag-of-words loss (spec section 4; losses.py).
+max-pooled over positions 1.. for DupMAE's bag-of-words loss (DupMAE; losses.py).
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from retromae_jax.models.bert import BertModel, MLMHead, ModelConfig
-from retromae_jax.models.objectives.config import ObjectiveConfig
+from retromae_jax.objectives.config import ObjectiveConfig
 
 # DupMAE pushes padding positions down by this much before the max-pool (not -inf: a row of
 # padding stays finite).
@@ -92,7 +92,6 @@ class MaskedLM(nn.Module):
       outputs["decoder_logits"] = decoder_logits
     return outputs
 
-  def __call__(self, batch, deterministic: bool = False):
-    """(encoder logits at the masked positions, decoder logits [B, L, V]); None where absent."""
-    outputs = self.outputs(batch, deterministic)
-    return outputs.get("encoder_logits"), outputs.get("decoder_logits")
+  def __call__(self, batch, deterministic: bool = False) -> dict:
+    """The training forward (what init traces): `outputs`."""
+    return self.outputs(batch, deterministic)

@@ -2,16 +2,7 @@
 
 import dataclasses
 
-OBJECTIVE_KINDS = ("retromae", "mlm")
-DECODER_KINDS = ("enhanced", "basic", "cross_attention", "autoregressive")
-CROSS_ATTEND_TO = ("sentence", "tokens")
-ENCODER_MASKINGS = ("corrupt", "drop")
 MAX_DECODER_LAYERS = 12
-
-# What each decoder needs from the host (retromae_jax/data/masking.py): the enhanced decoder's
-# pool of masks, a [MASK]-ed copy of the input at the decoder ratio, or next-token targets only.
-DECODER_FIELDS = {"enhanced": "pool", "basic": "masked", "cross_attention": "masked",
-                  "autoregressive": "next_token"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,11 +18,6 @@ class ObjectiveConfig:
   @property
   def has_decoder(self) -> bool:
     return self.kind == "retromae"
-
-  @property
-  def decoder_fields(self) -> str:
-    """'pool' | 'masked' | 'next_token' | 'none': the decoder's share of the batch contract."""
-    return DECODER_FIELDS[self.decoder_kind] if self.has_decoder else "none"
 
   @property
   def bag_of_words(self) -> bool:

@@ -1,0 +1,104 @@
+"""The registry of objective parts, and an objective put together from them (objectives/__init__).
+
+Everything that depends on the objective reads it here: the batch layout (batch_shapes), the
+host's fields (data/masking.make_batch calls parts()' builders), the FLOP count
+(trainers/flops.py), the start-up checks (config_checks) and the model (make_model).
+"""
+
+import importlib
+
+from retromae_jax.objectives import (autoregressive, bag_of_words, basic, contract, corrupt,
+                                     cross_attention, drop, enhanced, mlm)
+from retromae_jax.objectives.config import MAX_DECODER_LAYERS, ObjectiveConfig
+
+
+def _table(*parts: contract.Part) -> dict[str, contract.Part]:
+  return {part.name: part for part in parts}
+
+
+ENCODERS = _table(corrupt.PART, drop.PART)  # encoder.masking
+DECODERS = _table(enhanced.PART, basic.PART, cross_attention.PART,  # decoder.kind
+                  autoregressive.PART)
+# objective.kind: 'retromae' = an encoder part and DECODERS[decoder.kind]; 'mlm' = no decoder.
+KINDS = ("retromae", mlm.PART.name)
+OPTIONS = (bag_of_words.PART,)  # added to any objective when part.enabled(objective)
+
+
+def _lookup(table: dict[str, contract.Part], name: str, key: str) -> contract.Part:
+  if name not in table:
+    raise ValueError(f"config.{key}: {contract.one_of(table)}, got {name!r}")
+  return table[name]
+
+
+def encoder_part(objective: ObjectiveConfig) -> contract.Part:
+  return _lookup(ENCODERS, objective.encoder_masking, "encoder.masking")
+
+
+def model_part(objective: ObjectiveConfig) -> contract.Part:
+  """The part that names the model: the decoder's, or the MLM baseline's."""
+  if objective.kind not in KINDS:
+    raise ValueError(f"config.objective.kind: {contract.one_of(KINDS)}, got {objective.kind!r}")
+  if objective.kind == mlm.PART.name:
+    return mlm.PART
+  return _lookup(DECODERS, objective.decoder_kind, "decoder.kind")
+
+
+def parts(objective: ObjectiveConfig) -> tuple[contract.Part, ...]:
+  """The objective's parts in batch (and random-draw) order: encoder, decoder or mlm, options."""
+  options = tuple(part for part in OPTIONS if part.enabled(objective))
+  return (encoder_part(objective), model_part(objective), *options)
+
+
+def batch_shapes(objective: ObjectiveConfig, dims: contract.Dims) -> contract.Shapes:
+  """name -> (shape, dtype) of every array of the objective's batch, in the order built."""
+  shapes = contract.shared_fields(dims)
+  for part in parts(objective):
+    shapes |= part.fields(dims)
+  return shapes
+
+
+def encoder_width(objective: ObjectiveConfig, dims: contract.Dims) -> int:
+  return encoder_part(objective).encoder_width(dims)
+
+
+def head_positions(objective: ObjectiveConfig, encoder_len: int, encoder_positions: int) -> int:
+  """Where the encoder's MLM head runs: the widest need of any part (all positions cover C)."""
+  return max(part.head_positions(encoder_len, encoder_positions) for part in parts(objective))
+
+
+def parts_forward_flops(cfg, objective: ObjectiveConfig, seq_len: int,
+                        encoder_len: int) -> float:
+  """Every part's own matmul FLOPs per example (the decoder's, where there is one)."""
+  return sum(part.forward_flops(cfg, objective, seq_len, encoder_len)
+             for part in parts(objective))
+
+
+def config_checks(config) -> list[contract.Check]:
+  """(key, ok, expected) for the objective, decoder and encoder sections: the keys every
+  objective shares, then each registered part's own keys (selected or not)."""
+  o, dec, enc = config.objective, config.decoder, config.encoder
+  checks = [
+      ("objective.kind", o.kind in KINDS, contract.one_of(KINDS)),
+      ("decoder.kind", dec.kind in DECODERS, contract.one_of(DECODERS)),
+      ("decoder.num_layers",
+       contract.is_int(dec.num_layers) and 1 <= dec.num_layers <= MAX_DECODER_LAYERS,
+       f"expected 1..{MAX_DECODER_LAYERS}"),
+      ("encoder.masking", enc.masking in ENCODERS, contract.one_of(ENCODERS)),
+  ]
+  for part in (*ENCODERS.values(), *DECODERS.values(), mlm.PART, *OPTIONS):
+    checks += part.checks(config)
+  return checks
+
+
+def model_class(objective: ObjectiveConfig) -> type:
+  """The Flax model class of the objective, imported here (the host pipeline never needs it).
+  An objective with an unknown part is refused, naming its key."""
+  _, part, *_ = parts(objective)
+  module, name = part.model.split(":")
+  return getattr(importlib.import_module(module), name)
+
+
+def make_model(cfg, objective: ObjectiveConfig = ObjectiveConfig()):
+  """The model of `objective` (config objective.kind / decoder.kind): a models/objectives/mlm.
+  MaskedLM or a subclass, with `cfg` (models/bert.ModelConfig)."""
+  return model_class(objective)(cfg, objective)
