@@ -17,6 +17,7 @@ from absl import logging
 
 from retromae_jax.data import beir
 from retromae_jax.data import sources
+from retromae_jax.interop import decoder as decoder_interop
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.trainers import checkpoints
 
@@ -43,7 +44,7 @@ def check(config, workdir: str) -> None:
   if config.init.hf_dir:
     check_hf_dir(config.init.hf_dir, tokenizer=False)
   if config.init.decoder_dir:
-    check_safetensors(os.path.join(config.init.decoder_dir, "model.safetensors"))
+    check_safetensors(os.path.join(config.init.decoder_dir, decoder_interop.DECODER_WEIGHTS))
   if config.init.checkpoint:
     _, step_dir = checkpoints.read_meta(config.init.checkpoint)
     checkpoints.stored_shapes(step_dir)  # the array index reads back (the data: at restore)
