@@ -44,6 +44,11 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.checkpoint_keep = 3  # the last N checkpoints...
   c.checkpoint_keep_period = 0  # ...plus, forever, every step that is a multiple of this (0: none)
+  # A step whose loss or gradient norm is not finite stops the run there (nothing non-finite is
+  # ever saved; docs/reliability.md). skip_steps > 0: skip up to that many such steps instead
+  # (their update is not applied), then stop.
+  c.divergence = ml_collections.ConfigDict()
+  c.divergence.skip_steps = 0
 
   # ---- Data (host-side tf.data; see retromae_jax/data) ----
   c.data = ml_collections.ConfigDict()
@@ -172,6 +177,9 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.eval.passage_max_len = 256  # both capped at model.max_position_embeddings
   c.eval.batch_size = 64
   c.eval.top_k = 100
+  # Qrels naming queries or documents missing from the folder: an error, unless allowed (then
+  # counted and logged; those documents count as misses).
+  c.eval.allow_missing_ids = False
 
   # ---- Mesh (axes data x fsdp x tensor; -1 = the remaining devices) ----
   c.mesh = ml_collections.ConfigDict()

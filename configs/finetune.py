@@ -44,6 +44,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.checkpoint_keep = 2
   c.checkpoint_keep_period = 0  # also keep every step that is a multiple of this (0: none)
+  c.divergence = pretrain.divergence  # non-finite steps: stop, or skip a few (configs/base.py)
 
   # ---- Initialisation ----
   c.init = ml_collections.ConfigDict()
@@ -98,6 +99,9 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.eval.metric = "ndcg@10"  # the best step by this measure is exported to export/best
   c.eval.batch_size = 64
   c.eval.top_k = 100
+  # Qrels naming queries or documents missing from the folder: an error, unless allowed (then
+  # counted and logged; those documents count as misses).
+  c.eval.allow_missing_ids = False
 
   # ---- Mesh ----
   c.mesh = pretrain.mesh

@@ -11,6 +11,8 @@ warning; --third_party_logs brings back the INFO lines of the libraries (Orbax, 
 
 import logging as std_logging
 import os
+import re
+import sys
 
 # TensorFlow's C++ start-up notes (CPU instruction sets, oneDNN) are no news to a user.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -20,8 +22,11 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from retromae_jax.trainers import checkpoints  # noqa: E402
 from retromae_jax.trainers import distributed  # noqa: E402
+from retromae_jax.trainers import divergence  # noqa: E402
 from retromae_jax.trainers import finetune  # noqa: E402
+from retromae_jax.trainers import preflight  # noqa: E402
 from retromae_jax.trainers import pretrain  # noqa: E402
 
 TASKS = {"pretrain": pretrain.train_and_evaluate, "finetune": finetune.train_and_evaluate}
@@ -43,7 +48,38 @@ class _OwnLinesAndWarnings(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
 
 
+# Our errors: the message is the whole story (what, where, what was expected), one line.
+_OURS = (ValueError, checkpoints.SaveFailed, divergence.Diverged)
+
+
+def _our_message(error: BaseException) -> str | None:
+  """The one-line message of one of our errors, also when tf.data ran the code that raised it
+  (a ValueError in a pipeline function reaches us wrapped in a TF error, inside its traceback)."""
+  if isinstance(error, _OURS):
+    return str(error)
+  if type(error).__module__.startswith("tensorflow"):
+    found = re.findall(r"^ValueError: (.+)$", str(error), flags=re.MULTILINE)
+    if found:
+      return found[-1]
+  return None
+
+
 def main(argv):
+  try:
+    _main(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    message = _our_message(e)
+    if message is None:
+      raise  # a bug: its traceback is the useful part
+    logging.flush()
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+    # Not sys.exit: Orbax's and tf.data's threads can wait forever on a broken disk, or print
+    # tracebacks while the interpreter shuts down; the last line of stderr must stay ours.
+    os._exit(1)
+
+
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not _THIRD_PARTY_LOGS.value:
@@ -55,6 +91,7 @@ def main(argv):
   distributed.initialize()
   workdir = _WORKDIR.value or f"workdirs/{config.preset}"
   logging.info("Workdir: %s (task %s)", workdir, task)
+  preflight.check(config, workdir)  # files and directories, in seconds, before compiling
   TASKS[task](config, workdir)
 
 

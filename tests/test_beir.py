@@ -55,7 +55,7 @@ def test_write_then_load_round_trips(tmp_path):
     (GOOD_CORPUS, GOOD_QRELS + "q1\td3\thigh\n", r"test.tsv:4: field 'score' must be an integer"),
     (GOOD_CORPUS, GOOD_QRELS + "q1\td3\n", r"test.tsv:4: expected 3 tab-separated fields"),
     (GOOD_CORPUS, GOOD_QRELS + "q1\td1\t2\n", r"test.tsv:4: \('q1', 'd1'\) is judged twice"),
-    (GOOD_CORPUS, GOOD_QRELS + "q9\td1\t1\n", r"test.tsv: 1 query ids are not in queries.jsonl"),
+    (GOOD_CORPUS, GOOD_QRELS + "q9\td1\t1\n", r"test.tsv: 1 of 2 query ids are not in queries.jsonl"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path, corpus, qrels, message):
   beir_dir = _write(tmp_path, corpus, GOOD_QUERIES, qrels)

@@ -11,7 +11,10 @@ API:
                                           embed documents
   load_queries(dir) -> {query_id: text}   in file order
   load_qrels(dir, split) -> {query_id: {doc_id: relevance}}   relevance 0 = judged non-relevant
-  load(dir, split) -> BeirData(corpus, queries, qrels)   queries kept only if judged in `split`
+  load(dir, split, allow_missing_ids=False) -> BeirData(corpus, queries, qrels)   queries kept
+                                          only if judged in `split`; qrels ids missing from the
+                                          folder are an error unless allowed
+  check_ids(dir, split, allow_missing_ids=False)   the same id check, reading ids only
   write(dir, corpus, queries, qrels_by_split)            the inverse, for sets we build
 
 Ids are strings (integer ids in hand-made files are accepted and turned into strings, since the
@@ -22,6 +25,8 @@ import dataclasses
 import json
 import os
 from typing import Mapping
+
+from absl import logging
 
 from retromae_jax.data import jsonl
 
@@ -112,16 +117,48 @@ def load_qrels(beir_dir: str, split: str) -> dict[str, dict[str, int]]:
   return qrels
 
 
-def load(beir_dir: str, split: str = "test") -> BeirData:
-  """One split, as BEIR's GenericDataLoader returns it: only the queries judged in that split."""
+def load(beir_dir: str, split: str = "test", allow_missing_ids: bool = False) -> BeirData:
+  """One split, as BEIR's GenericDataLoader returns it: only the queries judged in that split.
+
+  Qrels naming a query or a document that is not in the folder are an error (every id
+  mismatched would otherwise score 0 and look like a bad model), unless `allow_missing_ids`:
+  then the counts are logged, queries without text are dropped, and judged documents that are
+  missing stay in the qrels (never retrieved: they count as misses, as in BEIR)."""
   qrels = load_qrels(beir_dir, split)
   all_queries = load_queries(beir_dir)
-  missing = [q for q in qrels if q not in all_queries]
-  if missing:
-    raise ValueError(f"{qrels_path(beir_dir, split)}: {len(missing)} query ids are not in "
-                     f"queries.jsonl (first: {missing[0]!r})")
+  corpus = load_corpus(beir_dir)
+  missing_queries = check_qrels_ids(qrels, all_queries, corpus, qrels_path(beir_dir, split),
+                                    allow_missing_ids)
+  qrels = {q: judged for q, judged in qrels.items() if q not in missing_queries}
   queries = {q: all_queries[q] for q in qrels}
-  return BeirData(load_corpus(beir_dir), queries, qrels)
+  return BeirData(corpus, queries, qrels)
+
+
+def check_qrels_ids(qrels, query_ids, doc_ids, where: str, allow_missing_ids: bool) -> set[str]:
+  """The query ids of `qrels` absent from `query_ids`; raises ValueError (counts and first
+  examples of missing query and document ids) when any id is missing, unless allowed."""
+  missing_queries = {q for q in qrels if q not in query_ids}
+  judged_docs = {d for judged in qrels.values() for d in judged}
+  missing_docs = sorted(d for d in judged_docs if d not in doc_ids)
+  if not missing_queries and not missing_docs:
+    return missing_queries
+  what = (f"{len(missing_queries)} of {len(qrels)} query ids are not in queries.jsonl"
+          + (f" (first: {sorted(missing_queries)[0]!r})" if missing_queries else "")
+          + f", {len(missing_docs)} of {len(judged_docs)} judged document ids are not in "
+          "corpus.jsonl" + (f" (first: {missing_docs[0]!r})" if missing_docs else ""))
+  if not allow_missing_ids:
+    raise ValueError(f"{where}: {what}; expected ids that match the folder's files (or allow "
+                     "them: eval.allow_missing_ids / --allow_missing_ids)")
+  logging.warning("%s: %s (allowed: those queries are dropped, those documents count as misses)",
+                  where, what)
+  return missing_queries
+
+
+def check_ids(beir_dir: str, split: str, allow_missing_ids: bool = False) -> None:
+  """check_qrels_ids for a folder, reading only the ids of its corpus and queries (start-up)."""
+  ids = lambda name: {str(r.get("_id")) for _, r in _records(os.path.join(beir_dir, name))}
+  check_qrels_ids(load_qrels(beir_dir, split), ids("queries.jsonl"), ids("corpus.jsonl"),
+                  qrels_path(beir_dir, split), allow_missing_ids)
 
 
 def write(beir_dir: str, corpus: Mapping[str, str] | Mapping[str, tuple[str, str]],

@@ -9,8 +9,11 @@
   pydoc:modules       the same text, one document per module (long documents: full chunks)
 
 Unusable lines (empty, invalid JSON, no string "text", not UTF-8) are skipped, never fatal: a
-billion-line corpus always has a few. They are counted in a SkipCounter that the pipeline logs
-at the end of every epoch.
+billion-line corpus always has a few. They are counted, as they happen, in a SkipCounter: the
+training loop reports its running counts in every logging window where they changed
+(SkipCounter.report) and writes them to metrics.jsonl (SkipCounter.metrics); the pipeline also
+logs them at the end of every epoch. A source with no usable line at all is refused at start-up
+(trainers/preflight.py).
 """
 
 import ast
@@ -40,6 +43,7 @@ class SkipCounter:
   def __init__(self):
     self._lock = threading.Lock()
     self._counts = dict.fromkeys(self.REASONS, 0)
+    self._reported = 0  # the total at the last report()
 
   def add(self, reason: str, n: int = 1) -> None:
     with self._lock:
@@ -52,6 +56,22 @@ class SkipCounter:
   @property
   def total(self) -> int:
     return sum(self.as_dict().values())
+
+  def metrics(self) -> dict[str, int]:
+    """Running counts for metrics.jsonl: {'skipped_<reason>': count}."""
+    return {f"skipped_{k}": v for k, v in self.as_dict().items()}
+
+  def report(self) -> str | None:
+    """'skipped input lines so far: invalid_json 3, empty 1 (+2 since the last report)' when
+    the counts changed since the previous call, else None."""
+    counts = self.as_dict()
+    total = sum(counts.values())
+    with self._lock:
+      new, self._reported = total - self._reported, total
+    if not new:
+      return None
+    shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+    return f"skipped input lines so far: {shown} (+{new} since the last report)"
 
   def __repr__(self):
     return f"SkipCounter({self.as_dict()})"
@@ -69,10 +89,10 @@ def documents(source: str, data_dir: str = "", process_index: int = 0, process_c
     return ds.shard(process_count, process_index)
   if scheme in ("jsonl", "text") and arg:
     lines = _text_lines(source, arg, process_index, process_count)
-    return _parse(lines, _jsonl_texts if scheme == "jsonl" else _plain_texts, skips)
+    return _parse(lines, jsonl_texts if scheme == "jsonl" else plain_texts, skips)
   if scheme == "tfds" and arg:
     texts = _tfds_texts(source, arg, data_dir, process_index, process_count)
-    return _parse(texts, _plain_texts, skips)
+    return _parse(texts, plain_texts, skips)
   if scheme == "prepared":  # chunks, not documents: read by data/prepared.py
     raise ValueError(f"data.source {source!r}: a prepared corpus holds chunks, not documents; "
                      f"here {_EXPECTED}")
@@ -150,7 +170,8 @@ def _decode(line: bytes, skips: SkipCounter) -> str | None:
   return text
 
 
-def _plain_texts(lines, skips: SkipCounter) -> list[bytes]:
+def plain_texts(lines, skips: SkipCounter) -> list[bytes]:
+  """The usable lines of a batch of raw text lines (the others counted in `skips`)."""
   out = []
   for line in lines:
     if _decode(line, skips) is not None:
@@ -158,7 +179,8 @@ def _plain_texts(lines, skips: SkipCounter) -> list[bytes]:
   return out
 
 
-def _jsonl_texts(lines, skips: SkipCounter) -> list[bytes]:
+def jsonl_texts(lines, skips: SkipCounter) -> list[bytes]:
+  """The "text" of the usable lines of a batch of raw jsonl lines (the others counted)."""
   out = []
   for line in lines:
     line = _decode(line, skips)

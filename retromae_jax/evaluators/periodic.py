@@ -53,7 +53,7 @@ class RetrievalEvaluator:
     if e.get("metric"):
       measures = tuple(dict.fromkeys(measures + (e.metric,)))
     start = time.perf_counter()
-    data = beir.load(beir_dir(e.data), e.split)
+    data = beir.load(beir_dir(e.data), e.split, e.get("allow_missing_ids", False))
     logging.info("Evaluation set %s (%s split): %d queries, %d documents, loaded in %.1f s",
                  e.data, e.split, len(data.queries), len(data.corpus),
                  time.perf_counter() - start)

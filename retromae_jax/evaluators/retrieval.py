@@ -2,7 +2,10 @@
 
   python -m retromae_jax.tools.evaluate --model=PATH --beir_dir=DIR [--split=test]
       [--pooling=cls|mean] [--normalize] [--max_len=N] [--query_max_len=N] [--batch_size=N]
-      [--top_k=100] [--query_prefix=STR] [--passage_prefix=STR]
+      [--top_k=100] [--query_prefix=STR] [--passage_prefix=STR] [--allow_missing_ids]
+
+Qrels that name queries or documents missing from the folder are an error (with every id
+mismatched, the scores would be 0 and look like a bad model) unless --allow_missing_ids.
 
 --model is a HF BERT directory or one of our workdirs (encode.resolve_model_dir). The corpus and
 the split's judged queries are embedded (batches split over all devices), every query's top_k
@@ -16,7 +19,8 @@ From Python (the fine-tuning loop's periodic evaluation, with its in-memory para
   evaluate_params(cfg, params, tokenizer, data, split="test", *, pooling="cls",
                   normalize=False, max_len=512, query_max_len=None, batch_size=64, top_k=100,
                   query_prefix="", passage_prefix="", measures=None) -> dict   (the JSON above)
-    data: a BEIR folder path or a retrieval.beir.BeirData (load it once, evaluate many times);
+    data: a BEIR folder path or a retrieval.beir.BeirData (load it once, evaluate many times:
+          beir.load(dir, split, allow_missing_ids));
     params: {'bert': ...}, as encode.embed takes them; tokenizer: a tokenizers.Tokenizer.
   evaluate_embeddings(query_emb, corpus_emb, data, top_k=100, measures=None) -> dict
 """
@@ -78,7 +82,10 @@ def evaluate_params(cfg, params, tokenizer, data, split: str = "test", *, poolin
   return result
 
 
-def evaluate_model(model: str, beir_dir: str, split: str = "test", **kwargs) -> dict:
-  """evaluate_params for a HF BERT directory or workdir on disk."""
+def evaluate_model(model: str, beir_dir: str, split: str = "test", *,
+                   allow_missing_ids: bool = False, **kwargs) -> dict:
+  """evaluate_params for a HF BERT directory or workdir on disk. The folder is read (and its ids
+  checked: beir.load) before the model, so that bad data fails in seconds."""
+  data = beir.load(beir_dir, split, allow_missing_ids)
   _, cfg, params, tokenizer = encode.load_encoder(model)
-  return evaluate_params(cfg, params, tokenizer, beir_dir, split, **kwargs)
+  return evaluate_params(cfg, params, tokenizer, data, split, **kwargs)

@@ -2,7 +2,7 @@
 
   python -m retromae_jax.tools.evaluate --model=PATH --beir_dir=DIR [--split=test]
       [--pooling=auto|cls|mean] [--normalize] [--max_len=N] [--query_max_len=N] [--batch_size=N]
-      [--top_k=100] [--query_prefix=STR] [--passage_prefix=STR]
+      [--top_k=100] [--query_prefix=STR] [--passage_prefix=STR] [--allow_missing_ids]
 
 The library behind it: retromae_jax/evaluators/retrieval.py.
 """
@@ -30,6 +30,8 @@ def _define_flags():
   flags.DEFINE_integer("top_k", 100, "Documents retrieved per query.")
   flags.DEFINE_string("query_prefix", "", "Prepended to every query (an instruction).")
   flags.DEFINE_string("passage_prefix", "", "Prepended to every document.")
+  flags.DEFINE_bool("allow_missing_ids", False, "Score qrels that name queries or documents "
+                    "missing from the folder (counted and logged) instead of failing.")
   flags.mark_flags_as_required(["model", "beir_dir"])
 
 
@@ -40,7 +42,8 @@ def main(argv):
   result = retrieval.evaluate_model(f.model, f.beir_dir, f.split, pooling=pooling, normalize=f.normalize,
                           max_len=f.max_len, query_max_len=f.query_max_len,
                           batch_size=f.batch_size, top_k=f.top_k, query_prefix=f.query_prefix,
-                          passage_prefix=f.passage_prefix)
+                          passage_prefix=f.passage_prefix,
+                          allow_missing_ids=f.allow_missing_ids)
   logging.info("%s split %s: nDCG@10 %.4f over %d queries, %d documents", f.beir_dir, f.split,
                result["ndcg@10"], result["num_queries"], result["num_docs"])
   print(json.dumps(result), flush=True)

@@ -8,20 +8,47 @@ exported or used to initialise another run without the command line that made it
 
 The dropout key and the input pipeline are functions of (seed, step) (train.py, data/pipeline.py),
 so the step in `state` is all the RNG and data position a bit-exact resume needs.
+
+Faults stop loudly and lose nothing (docs/reliability.md):
+  - a save that fails (synchronously or in Orbax's background thread) raises SaveFailed at the
+    next step boundary (raise_if_save_failed), naming the directory and the cause;
+  - a checkpoint that cannot be read back (cut short, overwritten, non-finite) raises Damaged
+    naming the step and, where it can be told, the file; at resume (restore_latest) it is moved
+    aside to <step>.damaged and the newest intact step is restored instead.
 """
 
+import contextlib
+import gc
+import logging as std_logging
 import os
+import re
 import signal
+import sys
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from retromae_jax.data import tokenizer as tokenizer_lib
 
 ITEMS = ("state", "meta")
+DAMAGED_SUFFIX = ".damaged"  # not a step name for Orbax: a moved-aside step is never listed
+
+
+class Damaged(ValueError):
+  """A checkpoint that exists but cannot be read back whole: cut short, overwritten, missing an
+  item, or holding non-finite values. (A checkpoint that reads back but does not fit the model
+  is a plain ValueError: the config changed, the files are fine.)"""
+
+
+class SaveFailed(RuntimeError):
+  """A checkpoint could not be written (disk full, directory gone or not writable). The run stops:
+  training on would only lose more steps than the last complete checkpoint holds."""
 
 
 def manager(workdir: str, config) -> ocp.CheckpointManager:
@@ -50,11 +77,105 @@ def make_meta(model_cfg, tokenizer_spec: str, **extra) -> dict:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> bool:
-  saved = mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  """Starts writing `state` at `step` (Orbax finishes in the background); raises SaveFailed if the
+  write cannot start, or if the previous one failed (Orbax waits for it first)."""
+  try:
+    started = mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  except Exception as e:  # OSError, tensorstore's ValueError, ...: all mean "not saved"
+    raise _save_failed(mngr, e) from e
+  # The step whose outcome _background_error checks once it has ended (kept on the manager: the
+  # save in flight is the manager's state).
+  mngr.unchecked_save = step
   logging.info("Checkpoint step %d: saving to %s/%d (in the background)", step, mngr.directory,
                step)
-  return saved
+  return started
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _save_failed(mngr: ocp.CheckpointManager, cause: BaseException | str) -> SaveFailed:
+  cause = cause if isinstance(cause, str) else _first_line(cause)
+  complete = _steps_on_disk(mngr)
+  last = f"step {max(complete)}" if complete else "none"
+  return SaveFailed(f"{mngr.directory}: saving a checkpoint failed ({cause}); the newest "
+                    f"complete checkpoint is {last}")
+
+
+def _steps_on_disk(mngr: ocp.CheckpointManager) -> list[int]:
+  mngr.reload()  # the directory as it is now, not as the manager last listed it
+  return list(mngr.all_steps())
+
+
+def _background_error(mngr: ocp.CheckpointManager) -> str | None:
+  """The cause of a finished background save that failed, else None. Never blocks: a save still
+  in progress is left alone."""
+  step = getattr(mngr, "unchecked_save", None)
+  if step is None or mngr.is_saving_in_progress():
+    return None
+  mngr.unchecked_save = None
+  try:
+    mngr.wait_until_finished()  # joins the finished finalize thread: re-raises what it raised
+  except Exception as e:
+    return _first_line(e)
+  if step not in _steps_on_disk(mngr):  # Orbax may log a failed finalize without raising
+    return f"step {step} was not committed (Orbax's log above says why)"
+  return None
+
+
+def raise_if_save_failed(mngr: ocp.CheckpointManager, everywhere: bool = True) -> None:
+  """Raises SaveFailed if a checkpoint save failed. Call it at every step boundary.
+
+  One process raises as soon as it sees its own error. Several processes must stop together (a
+  process that stopped alone would leave the others waiting in the next collective), so with
+  more than one they compare notes, at the steps where `everywhere` is True on all of them (the
+  same steps on every process: the loop passes logging and saving steps).
+  """
+  error = _background_error(mngr)
+  if jax.process_count() > 1:
+    if not everywhere:
+      return
+    failed = np.flatnonzero(multihost_utils.process_allgather(np.int32(error is not None)))
+    if failed.size and error is None:
+      error = f"process(es) {failed.tolist()} could not write their part"
+  if error:
+    raise _save_failed(mngr, error)
+
+
+def wait_until_saved(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the save in progress; raises SaveFailed if it failed."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    raise _save_failed(mngr, e) from e
+
+
+@contextlib.contextmanager
+def on_failure(mngr: ocp.CheckpointManager, timeout_s: float = 60.0):
+  """Around a training loop: when it raises (divergence, bad input), the save of an earlier,
+  good state still in progress completes first (finish_pending); after SaveFailed there is
+  nothing left to wait for."""
+  try:
+    yield
+  except SaveFailed:
+    raise
+  except BaseException:
+    finish_pending(mngr, timeout_s)
+    raise
+
+
+def finish_pending(mngr: ocp.CheckpointManager, timeout_s: float = 60.0) -> None:
+  """On the way out of a failed run: lets a save in progress (of a good, finite state) complete,
+  for up to `timeout_s` (a save that hangs on a broken disk must not hang the exit with it)."""
+  deadline = time.monotonic() + timeout_s
+  while mngr.is_saving_in_progress() and time.monotonic() < deadline:
+    time.sleep(0.1)
+  error = _background_error(mngr)
+  if error:
+    logging.error("%s", _save_failed(mngr, error))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,16 +225,16 @@ def stored_shapes(step_dir: str) -> dict[str, tuple[tuple[int, ...], str]]:
   state_dir = os.path.join(step_dir, "state")
   if not os.path.isdir(state_dir):
     present = sorted(os.listdir(step_dir)) if os.path.isdir(step_dir) else []
-    raise ValueError(f"{step_dir}: the checkpoint has no 'state' item (found: {present}); it is "
-                     "incomplete or not one of ours")
+    raise Damaged(f"{step_dir}: the checkpoint has no 'state' item (found: {present}); it is "
+                  "incomplete or not one of ours")
   try:
     item = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
   except Exception as e:  # a corrupted or foreign metadata file: say where, keep the cause
-    raise ValueError(f"{state_dir}: cannot read the checkpoint's metadata ({type(e).__name__}: "
-                     f"{e})") from e
+    raise Damaged(f"{state_dir}: cannot read the checkpoint's metadata ({type(e).__name__}: "
+                  f"{_first_line(e)})") from e
   if item is None:
-    raise ValueError(f"{state_dir}: cannot read the checkpoint's metadata (missing or corrupted "
-                     "files)")
+    raise Damaged(f"{state_dir}: cannot read the checkpoint's metadata (missing or corrupted "
+                  "files)")
   tree = item.tree
   return _shapes(tree)
 
@@ -154,6 +275,103 @@ def _abstract(tree):
 # ---------------------------------------------------------------------------------------------
 
 
+def _damaged(step_dir: str, error: BaseException) -> Damaged:
+  """Damaged naming the step and, where the error lets it be told, the damaged file."""
+  chain = [error]  # TensorStore's own message is the innermost cause: it says what failed where
+  while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 8:
+    chain.append(cause)
+  found = _damaged_file(step_dir, "\n".join(str(e) for e in chain))
+  where = f"damaged file {found}" if found else "the damaged file could not be told"
+  return Damaged(f"{step_dir}: the checkpoint cannot be read ({where}; {_first_line(chain[-1])})")
+
+
+def _collect_quietly() -> None:
+  """A failed read leaves TensorStore coroutines that Python reports as they are collected, at
+  exit if not before: dozens of tracebacks of the failure already reported in one line, after
+  the run's last line. Collects them now, silently."""
+  hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+  asyncio_log = std_logging.getLogger("asyncio")
+  disabled, asyncio_log.disabled = asyncio_log.disabled, True
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook, asyncio_log.disabled = hook, disabled
+
+
+def _damaged_file(step_dir: str, message: str) -> str | None:
+  """The file of `step_dir` an Orbax / TensorStore read error points at: a path it names, or the
+  one data file of the size it reports ('... is not valid for value of size N': a cut file)."""
+  for path in re.findall(r"[\"'](/[^\"']+)[\"']", message):
+    if os.path.isfile(path) and os.path.abspath(path).startswith(os.path.abspath(step_dir)):
+      return path
+  size = re.search(r"value of size (\d+)", message)
+  if size:
+    files = [os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names]
+    same = [f for f in files if os.path.getsize(f) == int(size.group(1))]
+    if len(same) == 1:
+      return same[0]
+  return None
+
+
+def nonfinite_arrays(tree) -> list[str]:
+  """Names of the floating-point arrays of `tree` holding a NaN or an infinity (global arrays:
+  the answer is the same on every process)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  floats = [(p, x) for p, x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
+  # Host arrays (restore_params for an export) are checked where they are, not copied to a device.
+  finite = jax.device_get([np.isfinite(x).all() if isinstance(x, np.ndarray)
+                           else jnp.isfinite(x).all() for _, x in floats])
+  return [_path_key(p) for (p, _), ok in zip(floats, finite) if not ok]
+
+
+def _check_finite(step_dir: str, tree) -> None:
+  bad = nonfinite_arrays(tree)
+  if bad:
+    raise Damaged(f"{step_dir}: the checkpoint holds non-finite values ({len(bad)} arrays, first "
+                  f"{bad[0]}); it was written by a run that diverged")
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
+  """(state, step) of the newest checkpoint that reads back whole and finite; (None, 0) when
+  there is no checkpoint. A damaged newer one is logged in one line and moved aside to
+  <step>.damaged (kept for inspection, never deleted); a checkpoint that does not fit the model
+  raises (the config changed: the files are fine). Raises Damaged when no checkpoint is intact."""
+  moved = []
+  for step in sorted(_steps_on_disk(mngr), reverse=True):
+    step_dir = os.path.join(str(mngr.directory), str(step))
+    try:
+      state, _ = restore(mngr, step, abstract_state)
+      problem = None
+    except Damaged as e:
+      state, problem = None, str(e)
+    if problem is not None:
+      _collect_quietly()
+    if jax.process_count() > 1:  # every process reads its own slices: all must have succeeded
+      failed = np.flatnonzero(multihost_utils.process_allgather(np.int32(problem is not None)))
+      if failed.size and problem is None:
+        problem = f"{step_dir}: process(es) {failed.tolist()} could not read their part"
+    if problem is None:
+      return state, step
+    aside = _move_aside(step_dir)
+    logging.error("%s; moved to %s; trying the previous checkpoint", problem, aside)
+    moved.append(aside)
+    mngr.reload()
+  if moved:
+    raise Damaged(f"{mngr.directory}: no intact checkpoint left (moved aside: {', '.join(moved)}); "
+                  "run again to start from step 0, or restore one of them by hand")
+  return None, 0
+
+
+def _move_aside(step_dir: str) -> str:
+  aside, n = step_dir + DAMAGED_SUFFIX, 1
+  while os.path.exists(aside):
+    aside, n = f"{step_dir}{DAMAGED_SUFFIX}.{n}", n + 1
+  if jax.process_index() == 0:
+    os.rename(step_dir, aside)
+  multihost_utils.sync_global_devices(f"checkpoints: moved {step_dir} aside")
+  return aside
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   """Restores the state at `step` onto the shardings carried by `abstract_state`'s leaves (any
   mesh or process count: Orbax reads each device's slice); returns (state, meta)."""
@@ -163,7 +381,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(abstract_state)), meta=ocp.args.JsonRestore()))
   except Exception as e:
-    raise ValueError(f"{step_dir}: restore failed ({type(e).__name__}: {e})") from e
+    raise _damaged(step_dir, e) from e
+  _check_finite(step_dir, restored.state)
   return restored.state, restored.meta
 
 
@@ -186,7 +405,8 @@ def restore_params(path: str, target_params):
                                      partial_restore=True),
         meta=ocp.args.JsonRestore()))
   except Exception as e:
-    raise ValueError(f"{step_dir}: restore failed ({type(e).__name__}: {e})") from e
+    raise _damaged(step_dir, e) from e
+  _check_finite(step_dir, restored.state)
   if restored.meta is None:
     raise ValueError(f"{step_dir}: the checkpoint has no 'meta' item (model shape, tokenizer)")
   return restored.state["params"], restored.meta, step_dir
@@ -209,14 +429,22 @@ def read_meta(path: str) -> tuple[dict, str]:
 
 
 def save_if_due(mngr: ocp.CheckpointManager, step: int, state, meta: dict, config,
-                preemption: "PreemptionWatch") -> bool:
+                preemption: "PreemptionWatch", check_state=None) -> bool:
   """Saves every `config.checkpoint_every` steps, at the last step, and when preempted (then
-  waits until the save is complete); returns True when the run must stop now (preempted)."""
+  waits until the save is complete); returns True when the run must stop now (preempted).
+
+  Call it at every step boundary: it first raises SaveFailed if an earlier save failed.
+  `check_state()`, called before a save, raises to refuse it (divergence.Guard.check: a
+  non-finite state is never written)."""
+  due = step % config.checkpoint_every == 0 or step == config.total_steps
+  raise_if_save_failed(mngr, everywhere=due or step % config.log_every == 0)
   preempted = preemption.reached(mngr, step)
-  if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
+  if due or preempted:
+    if check_state is not None:
+      check_state()
     save(mngr, step, state, meta)
   if preempted:
-    mngr.wait_until_finished()
+    wait_until_saved(mngr)
     logging.warning("Preempted: saved step %d; the same command resumes from it", step)
   return preempted
 

@@ -17,6 +17,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from retromae_jax.trainers import checkpoints
+from retromae_jax.trainers import divergence
 from retromae_jax.trainers import sharding
 from retromae_jax.trainers import train_state
 
@@ -49,12 +50,14 @@ def make_mesh(config):
 
 
 def make_update_step(loss_and_grads: Callable, tx, schedules: dict, count_tokens: Callable,
-                     seed: int):
+                     seed: int, skip_nonfinite: bool = False):
   """update_step(state, batch, **static) -> (state, metrics), a pure function to jit.
 
   loss_and_grads(params, batch, dropout_key, **static) -> ((loss, aux), grads);
   schedules: {metric name: learning-rate schedule} ('lr', and 'lr_encoder' for a second group);
-  count_tokens(batch) -> the real tokens the step trained on (for tokens/s).
+  count_tokens(batch) -> the real tokens the step trained on (for tokens/s);
+  skip_nonfinite (config.divergence.skip_steps > 0): a step whose loss or gradient norm is not
+  finite leaves the parameters and optimizer state as they were (divergence.keep_if_finite).
   """
   dropout_root = jax.random.key(seed + 1)
 
@@ -66,7 +69,10 @@ def make_update_step(loss_and_grads: Callable, tx, schedules: dict, count_tokens
     params = optax.apply_updates(state.params, updates)
     metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), tokens=count_tokens(batch),
                    **{name: schedule(state.step) for name, schedule in schedules.items()}, **aux)
-    return train_state.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new_state = train_state.TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    if skip_nonfinite:
+      return divergence.keep_if_finite(new_state, state, metrics)
+    return new_state, metrics
 
   return update_step
 
@@ -98,17 +104,17 @@ def compile_to_fit(compile_for: Callable, setting, *, auto: bool, smaller: Calla
 
 
 def restore_or_init(mngr, state, init_params: Callable):
-  """(state, start_step): the latest checkpoint of the workdir, else `state` with its params
-  replaced by init_params(params) (an initial model, or the random init as it is).
+  """(state, start_step): the newest intact checkpoint of the workdir (a damaged newer one is
+  moved aside: checkpoints.restore_latest), else `state` with its params replaced by
+  init_params(params) (an initial model, or the random init as it is).
 
   Every restore reads onto the shardings of the freshly built state: a checkpoint written on
   another mesh or process count loads all the same (Orbax reads each device's slice).
   """
-  start_step = mngr.latest_step() or 0
+  restored, start_step = checkpoints.restore_latest(mngr, state)
   if start_step:
     logging.info("Resuming from %s/%d", mngr.directory, start_step)
-    state, _ = checkpoints.restore(mngr, start_step, state)
-    return state, start_step
+    return restored, start_step
   return state.replace(params=init_params(state.params)), 0
 
 
@@ -166,32 +172,45 @@ class LoggingWindow:
 
 
 def train(config, state, train_step, batches: Iterator[dict], *, start_step: int, mngr, meta,
-          writer, rates: Callable[[dict], dict] = lambda scalars: {}, evaluator=None):
+          writer, rates: Callable[[dict], dict] = lambda scalars: {}, evaluator=None,
+          skips=None):
   """Runs steps start_step+1 .. config.total_steps; returns (state, preempted).
 
   Logs every config.log_every steps, the first and the last (the first line gives the ETA of a
-  slow run at once), with rates(scalars) added (MFU, queries/s); saves by
-  checkpoints.save_if_due; runs evaluator(step, params) where evaluator.due(step).
+  slow run at once), with rates(scalars) added (MFU, queries/s) and the running counts of
+  `skips` (a data.sources.SkipCounter: skipped input lines, also logged when they change);
+  saves by checkpoints.save_if_due; runs evaluator(step, params) where evaluator.due(step).
+
+  Faults stop the run (docs/reliability.md): a non-finite step raises divergence.Diverged
+  (never saved), a failed save checkpoints.SaveFailed, both at the next step boundary.
   """
   preemption = checkpoints.PreemptionWatch()
+  guard = divergence.Guard(config.divergence, mngr)
   window = None
   step = start_step
-  while step < config.total_steps:
-    batch = next(batches)
-    if window is None:
-      window = LoggingWindow()  # the pipeline's start-up (first batch read) is no step
-    state, step_metrics = train_step(state, batch)
-    step += 1
-    window.add(step_metrics)
-    if step % config.log_every == 0 or step in (start_step + 1, config.total_steps):
-      scalars = window.close()
-      scalars.update(rates(scalars))
-      writer.write(step, scalars)
-      writer.progress(step, scalars)
-    if checkpoints.save_if_due(mngr, step, state, meta, config, preemption):
-      return state, True
-    if evaluator is not None and evaluator.due(step):
-      with window.paused():
-        evaluator(step, state.params)
-  mngr.wait_until_finished()
+  with checkpoints.on_failure(mngr):
+    while step < config.total_steps:
+      batch = next(batches)
+      if window is None:
+        window = LoggingWindow()  # the pipeline's start-up (first batch read) is no step
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      guard.observe(step, step_metrics)
+      window.add(step_metrics)
+      if step % config.log_every == 0 or step in (start_step + 1, config.total_steps):
+        scalars = window.close()
+        scalars.update(rates(scalars))
+        if skips is not None:
+          scalars.update(skips.metrics())
+          if report := skips.report():
+            logging.warning("%s", report)
+        writer.write(step, scalars)
+        writer.progress(step, scalars)
+      if checkpoints.save_if_due(mngr, step, state, meta, config, preemption, guard.check):
+        return state, True
+      if evaluator is not None and evaluator.due(step):
+        with window.paused():
+          evaluator(step, state.params)
+    guard.check()  # what the caller exports must be finite too
+    checkpoints.wait_until_saved(mngr)
   return state, False

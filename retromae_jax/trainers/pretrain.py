@@ -121,7 +121,8 @@ def train_and_evaluate(config, workdir: str):
     return totals
 
   update_step = loop.make_update_step(loss_and_grads, tx, schedules,
-                                      lambda batch: batch["attention_mask"].sum(), config.seed)
+                                      lambda batch: batch["attention_mask"].sum(), config.seed,
+                                      skip_nonfinite=config.divergence.skip_steps > 0)
   batch_sharding = {k: sharding.batch_sharding(mesh, rules) for k in example}
   global_example = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
                     for k, v in example.items()}
@@ -166,9 +167,10 @@ def train_and_evaluate(config, workdir: str):
 
   # ---------------------------------------------------------------- Input
   # pretrain_batches closes its tf.data iterator at exit (a live one can hang TF's shutdown).
+  data_stats = pipeline.PipelineStats()  # skipped lines, counted as they happen
   local_batches = pipeline.pretrain_batches(
       config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
-      start_step=start_step)
+      start_step=start_step, stats=data_stats)
   batches = loop.global_batches(local_batches, batch_sharding)
 
   # ---------------------------------------------------------------- Evaluation
@@ -189,7 +191,7 @@ def train_and_evaluate(config, workdir: str):
   rates = lambda s: {"mfu": flops_per_step * s["steps_per_s"] / peak} if peak else {}
   state, preempted = loop.train(config, state, train_step, batches, start_step=start_step,
                                 mngr=mngr, meta=meta, writer=writer, rates=rates,
-                                evaluator=evaluator)
+                                evaluator=evaluator, skips=data_stats.skips)
   writer.close()
   if preempted:
     return state

@@ -1,0 +1,177 @@
+"""Start-up checks of everything a run reads or writes, before anything is compiled: a missing or
+empty data file, a cut model.safetensors, a BEIR folder whose qrels name unknown ids or a
+checkpoint directory that cannot be written fail in seconds, in one line naming the path, rather
+than after a minute of compiling or deep inside a tf.data traceback.
+
+  check(config, workdir)   the checks the config's task needs (main.py calls it first)
+
+Each check_* raises ValueError('<path>: what is wrong; what was expected').
+"""
+
+import gzip
+import json
+import os
+import struct
+
+from absl import logging
+
+from retromae_jax.data import beir
+from retromae_jax.data import sources
+from retromae_jax.interop import decoder as decoder_interop
+from retromae_jax.interop import hf as hf_interop
+from retromae_jax.trainers import checkpoints
+
+# A corpus is not read whole at start-up: past this many lines without one usable document, the
+# check gives up with a warning (the pipeline still fails, later, if there is none at all).
+_SCAN_LINES = 100_000
+
+
+def check(config, workdir: str) -> None:
+  """Runs the checks of config.task ('pretrain' when absent) for `config` and `workdir`."""
+  check_writable(os.path.join(workdir, "checkpoints"))
+  evaluation = config.get("eval")
+  allow_missing_ids = bool(evaluation and evaluation.get("allow_missing_ids", False))
+  if evaluation and evaluation.data and evaluation.data != "pydoc":
+    check_beir(evaluation.data.removeprefix("beir:"), evaluation.split, allow_missing_ids)
+  if config.get("task", "pretrain") == "finetune":
+    if config.init.model:
+      from retromae_jax.evaluators import embed  # resolves a workdir to its export/encoder
+      check_hf_dir(embed.resolve_model_dir(config.init.model), tokenizer=not config.tokenizer)
+    if config.data.train.startswith("beir:"):
+      check_beir(config.data.train.removeprefix("beir:"), config.data.split, allow_missing_ids)
+    return
+  check_data_source(config.data.source)
+  if config.init.hf_dir:
+    check_hf_dir(config.init.hf_dir, tokenizer=False)
+  if config.init.decoder_dir:
+    check_safetensors(os.path.join(config.init.decoder_dir, decoder_interop.DECODER_WEIGHTS))
+  if config.init.checkpoint:
+    _, step_dir = checkpoints.read_meta(config.init.checkpoint)
+    checkpoints.stored_shapes(step_dir)  # the array index reads back (the data: at restore)
+
+
+# ------------------------------------------------------------------------------ Workdir
+
+
+def check_writable(directory: str) -> None:
+  """`directory` exists (created if not) and takes a new file."""
+  probe = os.path.join(directory, f".write_probe.{os.getpid()}")
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"{directory}: cannot write checkpoints there ({type(e).__name__}: "
+                     f"{e.strerror or e}); expected a writable directory") from None
+
+
+# ------------------------------------------------------------------------------ Data sources
+
+
+def check_data_source(source: str) -> None:
+  """jsonl:/text: sources: files match, are non-empty, and hold at least one usable document."""
+  scheme, _, pattern = source.partition(":")
+  if scheme not in ("jsonl", "text") or not pattern:
+    return  # pydoc is built in; tfds and unknown schemes are checked by data/sources.py
+  import tensorflow as tf  # gfile: local paths and gs:// alike (already imported by the pipeline)
+
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise ValueError(f"data.source {source!r}: no file matches {pattern!r}")
+  sizes = {f: tf.io.gfile.stat(f).length for f in files}
+  if not any(sizes.values()):
+    raise ValueError(f"data.source {source!r}: every matching file is empty ({len(files)} files, "
+                     f"first {files[0]})")
+  parse = sources.jsonl_texts if scheme == "jsonl" else sources.plain_texts
+  skips, seen = sources.SkipCounter(), 0
+  for path in files:
+    for lines in _line_batches(path):
+      if parse(lines, skips):
+        return
+      seen += len(lines)
+      if seen >= _SCAN_LINES:
+        logging.warning("data.source %r: no usable document in the first %d lines (skipped: %s)",
+                        source, seen, skips.as_dict())
+        return
+  raise ValueError(f"data.source {source!r}: no usable document in {len(files)} file(s), "
+                   f"{seen} lines (skipped: {_nonzero(skips)}); expected "
+                   + ('lines {"text": "..."}' if scheme == "jsonl" else "one document per line"))
+
+
+def _line_batches(path: str, size: int = 256):
+  import tensorflow as tf
+
+  with tf.io.gfile.GFile(path, "rb") as raw:
+    f = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+    batch = []
+    try:
+      for line in f:
+        batch.append(line.rstrip(b"\r\n"))
+        if len(batch) == size:
+          yield batch
+          batch = []
+    except (OSError, EOFError) as e:  # a cut or corrupt .gz
+      raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    if batch:
+      yield batch
+
+
+def _nonzero(skips: sources.SkipCounter) -> str:
+  return ", ".join(f"{k} {v}" for k, v in skips.as_dict().items() if v) or "none"
+
+
+# ------------------------------------------------------------------------------ Hugging Face
+
+
+def check_hf_dir(hf_dir: str, tokenizer: bool) -> None:
+  """config.json valid for BERT, every safetensors file whole, and (`tokenizer`) its files."""
+  if not os.path.isdir(hf_dir):
+    raise ValueError(f"{hf_dir}: no such directory; expected a Hugging Face model directory")
+  hf_interop.read_hf_config(hf_dir)  # config.json, and that weights exist
+  index = os.path.join(hf_dir, "model.safetensors.index.json")
+  if os.path.isfile(index):
+    try:
+      with open(index, encoding="utf-8") as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    except (ValueError, KeyError) as e:
+      raise ValueError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
+    for shard in shards:
+      check_safetensors(os.path.join(hf_dir, shard))
+  else:
+    check_safetensors(os.path.join(hf_dir, "model.safetensors"))
+  if tokenizer and not any(os.path.isfile(os.path.join(hf_dir, n))
+                           for n in ("tokenizer.json", "vocab.txt")):
+    raise ValueError(f"{hf_dir}: no tokenizer.json or vocab.txt; expected the model's tokenizer "
+                     "files beside it (or set config.tokenizer)")
+
+
+def check_safetensors(path: str) -> None:
+  """The header parses and every tensor's bytes lie inside the file (a cut download does not)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: no such file")
+  size = os.path.getsize(path)
+  try:
+    with open(path, "rb") as f:
+      (header_len,) = struct.unpack("<Q", f.read(8))
+      if header_len > size - 8:
+        raise ValueError(f"header of {header_len} bytes in a file of {size}")
+      header = json.loads(f.read(header_len))
+  except (struct.error, ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not a readable safetensors file ({e}); re-download or re-export "
+                     "it") from None
+  end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+  if 8 + header_len + end > size:
+    raise ValueError(f"{path}: cut short ({size} bytes, its header describes "
+                     f"{8 + header_len + end}); re-download or re-export it")
+
+
+# ------------------------------------------------------------------------------ BEIR
+
+
+def check_beir(beir_dir: str, split: str, allow_missing_ids: bool) -> None:
+  """The split's qrels name only queries and documents that exist (beir.check_ids)."""
+  if not os.path.isdir(beir_dir):
+    raise ValueError(f"{beir_dir}: no such directory; expected a BEIR folder (corpus.jsonl, "
+                     "queries.jsonl, qrels/)")
+  beir.check_ids(beir_dir, split, allow_missing_ids)
