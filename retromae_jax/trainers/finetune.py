@@ -29,7 +29,6 @@ from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import biencoder
 from retromae_jax.models import pooling as pooling_lib
-from retromae_jax.models.bert import model_config_from
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import gradient_cache
 from retromae_jax.trainers import loop
@@ -63,13 +62,7 @@ def train_and_evaluate(config, workdir: str):
   mesh, rules = loop.make_mesh(config)
   num_data_parallel = sharding.data_parallel_size(mesh, rules)
   validation.validate(config, num_data_parallel, jax.process_count(), shape_known=True)
-  model_cfg = model_config_from(config, tokenizer.get_vocab_size())
-  if tokenizer.get_vocab_size() > model_cfg.vocab_size:
-    raise ValueError(f"config.tokenizer: {tokenizer.get_vocab_size()} tokens, more than the "
-                     f"model's vocabulary ({model_cfg.vocab_size})")
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  model_cfg = loop.resolve_model_config(config, tokenizer.get_vocab_size(), workdir)
   logging.info("Model: %s; %s pooling, %s similarity, temperature %g; init %s", model_cfg,
                config.model.pooling, config.model.similarity, config.model.temperature,
                init_dir or "random")

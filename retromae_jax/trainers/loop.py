@@ -7,6 +7,7 @@ preemption, and gathering the parameters for an export.
 """
 
 import contextlib
+import os
 import time
 from typing import Callable, Iterator
 
@@ -16,6 +17,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from retromae_jax.models.bert import model_config_from
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import divergence
 from retromae_jax.trainers import sharding
@@ -32,6 +34,22 @@ def apply_model_shape(config, source: dict) -> None:
   """Sets config.model's shape keys from `source` (keys it lacks stay as configured)."""
   with config.unlocked():
     config.model.update({k: source[k] for k in SHAPE_KEYS if k in source})
+
+
+def resolve_model_config(config, vocab_size: int, workdir: str):
+  """The model's static config (models/bert.py) for a tokenizer of `vocab_size` tokens, once the
+  config is final; writes that config to <workdir>/config.json (process 0)."""
+  # Tensor parallelism splits the vocabulary: model.vocab_multiple pads it (Megatron-style; the
+  # extra rows are never a target nor an input, their logits just learn to stay low).
+  multiple = config.model.vocab_multiple
+  model_cfg = model_config_from(config, -(-vocab_size // multiple) * multiple)
+  if vocab_size > model_cfg.vocab_size:
+    raise ValueError(f"config.tokenizer: {vocab_size} tokens, more than the model's vocabulary "
+                     f"({model_cfg.vocab_size}, config.model.vocab_size)")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return model_cfg
 
 
 # ---------------------------------------------------------------------------------- Mesh

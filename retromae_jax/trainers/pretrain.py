@@ -20,7 +20,6 @@ from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import losses
-from retromae_jax.models.bert import model_config_from
 from retromae_jax.objectives.config import objective_config_from
 from retromae_jax.objectives.registry import make_model
 from retromae_jax.trainers import checkpoints
@@ -50,16 +49,7 @@ def train_and_evaluate(config, workdir: str):
   mesh, rules = loop.make_mesh(config)
   validation.validate(config, sharding.data_parallel_size(mesh, rules), jax.process_count(),
                       shape_known=True)
-  # Tensor parallelism splits the vocabulary: model.vocab_multiple pads it (Megatron-style; the
-  # extra rows are never a target nor an input, their logits just learn to stay low).
-  multiple = config.model.vocab_multiple
-  model_cfg = model_config_from(config, -(-tokenizer.get_vocab_size() // multiple) * multiple)
-  if tokenizer.get_vocab_size() > model_cfg.vocab_size:
-    raise ValueError(f"config.tokenizer: {tokenizer.get_vocab_size()} tokens, more than the "
-                     f"model's vocabulary ({model_cfg.vocab_size}, config.model.vocab_size)")
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  model_cfg = loop.resolve_model_config(config, tokenizer.get_vocab_size(), workdir)
   logging.info("Model: %s", model_cfg)
 
   # ---------------------------------------------------------------- Model and sharded state
