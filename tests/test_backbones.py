@@ -337,7 +337,8 @@ def test_whole_word_masking_statistics_on_multilingual_text(trained_tokenizers, 
       budget_total += budget
       corrupted = batch["encoder_input_ids"][row][positions]
       original = ids[row][positions]
-      counts += [np.sum(corrupted == mask_id), np.sum((corrupted != mask_id) & (corrupted != original)),
+      counts += [np.sum(corrupted == mask_id),
+                 np.sum((corrupted != mask_id) & (corrupted != original)),
                  np.sum(corrupted == original)]
   # Scripts written without spaces (Chinese, Japanese) make long words that seldom fit the
   # budget exactly; over 36 languages the budget is still nearly spent.
