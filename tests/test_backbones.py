@@ -337,7 +337,8 @@ def test_whole_word_masking_statistics_on_multilingual_text(trained_tokenizers, 
       budget_total += budget
       corrupted = batch["encoder_input_ids"][row][positions]
       original = ids[row][positions]
-      counts += [np.sum(corrupted == mask_id), np.sum((corrupted != mask_id) & (corrupted != original)),
+      counts += [np.sum(corrupted == mask_id),
+                 np.sum((corrupted != mask_id) & (corrupted != original)),
                  np.sum(corrupted == original)]
   # Scripts written without spaces (Chinese, Japanese) make long words that seldom fit the
   # budget exactly; over 36 languages the budget is still nearly spent.
@@ -506,7 +507,7 @@ def test_xlm_roberta_pretraining_then_finetuning(tokenizer_dirs, tmp_path):
   transformers.AutoModel.from_pretrained(model_dir)
 
 
-_STEP_MEMORY = re.compile(r"Compiled step per device \([^)]*\): arguments ([\d.]+) MiB, "
+_STEP_MEMORY = re.compile(r"Compiled step per device \(.*?\): arguments ([\d.]+) MiB, "
                           r"outputs [\d.]+ MiB, temporaries ([\d.]+) MiB")
 
 

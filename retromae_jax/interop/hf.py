@@ -1,9 +1,10 @@
 """Hugging Face BERT, RoBERTa and XLM-RoBERTa checkpoints in and out of our parameter tree.
 
 One explicit name table (`_BERT_RULES`, plus each family's MLM-head names in `_FAMILIES`) ties
-each of our parameters to its HF name and to the reshape between the two layouts: HF stores `nn.Linear` weights as [out, in] and keeps every layer
-separate; we store kernels as [in, out], split attention projections by head ([embed, heads, kv])
-and stack the encoder layers on a leading `layers` axis (nn.scan). Loading and saving both read
+each of our parameters to its HF name and to the reshape between the two layouts: HF stores
+`nn.Linear` weights as [out, in] and keeps every layer separate; we store kernels as [in, out],
+split attention projections by head ([embed, heads, kv]) and stack the encoder layers on a
+leading `layers` axis (nn.scan). Loading and saving both read
 that one table, so they cannot drift apart. The three families share the encoder's names under
 their own prefix (`bert.` / `roberta.`); the family comes from config.json's `model_type`.
 

@@ -43,7 +43,7 @@ class ModelConfig:
   remat: str = "none"  # encoder layers in the backward pass: 'none' | 'full' | 'dots'
   family: str = "bert"  # 'bert' | 'roberta' | 'xlm-roberta' (FAMILIES)
   pad_token_id: int = 0  # RoBERTa-style families count positions from pad_token_id + 1
-  attention: str = "auto"  # retromae_jax/models/attention.py: 'auto' | 'dense' | 'chunked' | 'cudnn'
+  attention: str = "auto"  # models/attention.py: 'auto' | 'dense' | 'chunked' | 'cudnn'
   attention_block: int = 512  # queries per block of 'chunked' attention
   sentence_vector: str = "cls"  # the decoder's h: 'cls' | 'mean' (retromae_jax/models/pooling.py)
 
