@@ -69,3 +69,33 @@ def test_an_initial_model_fixes_the_shape_but_not_the_dropout():
               hf_config["num_attention_heads"], hf_config["intermediate_size"],
               hf_config["vocab_size"])
   assert config.model.dropout_rate == 0.0 and config.model.attention_dropout_rate == 0.0
+
+
+def test_pretraining_scores_zero_shot_retrieval_as_the_exported_encoder_does(tmp_path):
+  """eval.data during pretraining: eval/<measure> rows at the start and the last step, and the
+  last one equals what tools.evaluate computes from the exported HF encoder (a second path:
+  safetensors written, read back, embedded by the CLI)."""
+  from retromae_jax.data import beir, pydoc_set
+  data = beir.load(pydoc_set.cached_dir(), "test")
+  qrels = dict(list(data.qrels.items())[:20])
+  relevant = {d for docs in qrels.values() for d in docs}
+  corpus = {d: t for i, (d, t) in enumerate(data.corpus.items()) if d in relevant or i % 40 == 0}
+  beir_dir = str(tmp_path / "beir")
+  beir.write(beir_dir, corpus, {q: data.queries[q] for q in qrels}, {"test": qrels})
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:smoke",
+         f"--workdir={workdir}", "--config.total_steps=3", f"--config.eval.data={beir_dir}",
+         "--config.eval.query_max_len=32", "--config.eval.passage_max_len=64"]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(workdir / "metrics.jsonl", encoding="utf-8") as f:
+    evals = {r["step"]: r for r in map(json.loads, f) if "eval/ndcg@10" in r}
+  assert sorted(evals) == [0, 3]
+  cli = subprocess.run(
+      [sys.executable, "-m", "retromae_jax.tools.evaluate", f"--model={workdir}",
+       f"--beir_dir={beir_dir}", "--pooling=cls", "--normalize", "--max_len=64",
+       "--query_max_len=32"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert cli.returncode == 0, cli.stderr[-3000:]
+  exported = json.loads(cli.stdout.strip().splitlines()[-1])
+  for name in ("ndcg@10", "mrr@10", "recall@100"):
+    assert abs(evals[3][f"eval/{name}"] - exported[name]) <= 1e-4, (name, evals[3], exported)
