@@ -30,11 +30,23 @@ sys.path.insert(0, ROOT)
 
 
 def _config(args, extra):
-  from absl import flags
-  from ml_collections import config_flags
-  holder = config_flags.DEFINE_config_file("config", f"{ROOT}/configs/base.py:{args.preset}")
-  flags.FLAGS([sys.argv[0], f"--config={ROOT}/configs/base.py:{args.preset}", *extra])
-  config = holder.value
+  """configs/base.py's preset with --config.KEY=VALUE overrides (values as Python literals)."""
+  import ast
+
+  from configs.base import get_config
+  config = get_config(args.preset)
+  for flag in extra:
+    key, sep, value = flag.partition("=")
+    if not key.startswith("--config.") or not sep:
+      raise SystemExit(f"expected --config.KEY=VALUE, got {flag!r}")
+    *path, name = key[len("--config."):].split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    try:
+      node[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      node[name] = value  # a string
   config.batch_size = args.batch_size
   config.data.max_seq_length = args.seq_len
   config.total_steps = max(config.total_steps, args.steps + args.batches + 1)
@@ -86,7 +98,7 @@ def step_throughput(args, extra):
   compile_s = time.perf_counter() - start
 
   if args.trace_dir:
-    jax.profiler.start_trace(args.trace_dir)
+    jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
   start = time.perf_counter()
   for i in range(args.steps):
     state, metrics = update(state, device_batches[i % len(device_batches)])
