@@ -98,6 +98,10 @@ def step_throughput(args, extra):
   compile_s = time.perf_counter() - start
 
   if args.trace_dir:
+    # The compiled program's HLO names every op of the trace (bench/op_table.py reads both).
+    os.makedirs(args.trace_dir, exist_ok=True)
+    with open(os.path.join(args.trace_dir, "step.hlo.txt"), "w", encoding="utf-8") as f:
+      f.write(update.lower(state, device_batches[0]).compile().as_text())
     jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
   start = time.perf_counter()
   for i in range(args.steps):
