@@ -20,7 +20,7 @@ import re
 KINDS = [
     ("dropout bits (threefry)", re.compile(r"shift-right-logical.*xor|xor.*shift-right-logical|"
                                            r"rng-bit-generator|threefry", re.S)),
-    ("matmul", re.compile(r"\bdot\(|convolution\(|__cublas|ynn", re.S)),
+    ("matmul", re.compile(r"\bdot\(|convolution\(", re.S)),
     ("softmax (exp, max, sum)", re.compile(r"exponential\(", re.S)),
     ("GELU (erf)", re.compile(r"\berf\(", re.S)),
     ("LayerNorm (rsqrt)", re.compile(r"rsqrt\(", re.S)),
@@ -65,6 +65,15 @@ def op_bodies(hlo: str) -> dict[str, str]:
   return bodies
 
 
+def detail(body: str) -> str:
+  """The output shapes of the dots (or the root) an op computes."""
+  dots = re.findall(r"= (\w+\[[\d,]*\])\S* dot\(", body)
+  if dots:
+    return "dot " + ", ".join(dict.fromkeys(dots))
+  first = re.search(r"= (\w+\[[\d,]*\])", body)
+  return first.group(1) if first else ""
+
+
 def kind_of(name: str, body: str) -> str:
   if name.startswith("ynn_fusion"):
     return "matmul" if not KINDS[0][1].search(body) else KINDS[0][0]
@@ -97,9 +106,10 @@ def main():
   for kind, ms in by_kind.most_common():
     print(f"| {kind} | {ms:,.0f} | {ms / total:.0%} |")
   print(f"| all ops | {total:,.0f} | |\n")
-  print(f"| op | kind | ms per step |\n|---|---|---|")
+  print(f"| op | kind | computes | ms per step |\n|---|---|---|---|")
   for name, ms in per_op.most_common(args.top):
-    print(f"| {name} | {kind_of(name, bodies.get(name, ''))} | {ms:,.0f} |")
+    body = bodies.get(name, "")
+    print(f"| {name} | {kind_of(name, body)} | {detail(body)} | {ms:,.0f} |")
 
 
 if __name__ == "__main__":
