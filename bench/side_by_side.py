@@ -52,14 +52,32 @@ def run(name, cmd, out):
   return record
 
 
+def render(path):
+  """A markdown table of the results in `path` (one line per process, in run order)."""
+  print("| # | what | process s | load before/after | s/step | real tokens/s | real-slot fraction "
+        "| MFU | host examples/s |\n|---|---|---|---|---|---|---|---|---|")
+  with open(path, encoding="utf-8") as f:
+    for i, line in enumerate(f, 1):
+      r = json.loads(line)
+      step = r.get("s_per_step", r.get("step_s"))  # means over the timed steps
+      tokens = r.get("tokens_per_s", r.get("train_tokens_per_s")) if step else None
+      host = r.get("masking_examples_per_s", r.get("collator_examples_per_s"))
+      cells = [i, r["name"], r["process_s"], f"{r['load_before']}/{r['load_after']}", step,
+               tokens, r.get("real_slot_fraction"), r.get("mfu"), host]
+      print("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+
+
 def main():
   parser = argparse.ArgumentParser()
+  parser.add_argument("--render", default="", help="print the table of a results file, run nothing")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--steps", type=int, default=8)
   parser.add_argument("--out", default="/tmp/side_by_side.jsonl")
   parser.add_argument("--docs", default="/tmp/stdlib_docstrings.jsonl")
   parser.add_argument("--skip_host", action="store_true")
   args = parser.parse_args()
+  if args.render:
+    return render(args.render)
   write_documents(args.docs)
   py, steps = sys.executable, str(args.steps)
   ours = [py, "bench/pretrain_throughput.py", "--preset=minilm", "--batch_size=16",
