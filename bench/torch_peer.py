@@ -1,6 +1,6 @@
 """PyTorch benchmark peer: one RetroMAE pretraining step the way FlagEmbedding computes it.
 
-A standalone re-implementation, written from /work/shared/spec/retromae.md sections 1-3 (no
+A standalone re-implementation, written from the RetroMAE reference description (sections 1-3) (no
 FlagEmbedding or RetroMAE source text was used), so that our JAX step can be timed side by side
 with the reference's cost profile on the same machine. torch/transformers are bench-only
 dependencies; nothing in retromae_jax imports this file, and this file imports nothing from it.
