@@ -86,6 +86,8 @@ def pretrain_args(kind: str, pooling: str, workdir: str, cfg: dict) -> list[str]
           f"--workdir={workdir}", f"--config.init.hf_dir={cfg['start']}",
           f"--config.tokenizer={cfg['start']}", f"--config.data.source=jsonl:{cfg['unlabeled']}",
           f"--config.model.sentence_vector={pooling}", f"--config.total_steps={steps}",
+          # mean pools a whole row: one document per row for every arm, so the arms compare alike
+          "--config.data.pack=False",
           f"--config.batch_size={cfg['batch_size']}",
           f"--config.data.max_seq_length={cfg['max_seq_length']}",
           f"--config.optim.learning_rate={cfg['learning_rate']}",

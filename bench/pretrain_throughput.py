@@ -1,10 +1,20 @@
-"""Training throughput of the real pretraining program (input pipeline included).
+"""Wall-clock throughput of the pretraining step on whatever device JAX finds.
 
-Runs `python -m retromae_jax.main` for a few steps in a temporary workdir and reports the
-tokens/s and MFU that the run itself logs (compile excluded: the first step is not timed).
+Builds the config's model, optimizer and update step (the training program's own pieces:
+trainers/loop.make_update_step, models/losses.objective_loss), takes `--batches` distinct batches
+from the real input pipeline into memory, compiles, then times `--steps` steps by the wall clock
+to their COMPLETION (jax.block_until_ready on the last state: JAX dispatches asynchronously, so a
+clock read after dispatch alone would time nothing). The host pipeline is excluded (batches are
+ready before the clock starts); `--program` instead times the whole training program
+(`python -m retromae_jax.main`) around its process, pipeline, logging and checkpoints included.
 
-  python bench/pretrain_throughput.py --preset=minilm --batch_size=16 --seq_len=128 --steps=40 \
-      [--config.KEY=VALUE ...]
+  python bench/pretrain_throughput.py --preset=minilm --batch_size=16 --seq_len=128 --steps=10
+  python bench/pretrain_throughput.py --preset=base --batch_size=32 --seq_len=512  # accelerator
+  [--config.KEY=VALUE ...]  e.g. --config.data.pack=False --config.model.dtype=bfloat16
+  [--trace_dir=DIR]  a jax.profiler trace of the timed steps (TensorBoard / Perfetto)
+
+The last line is one JSON object: s_per_step, real tokens/s, slots/s, MFU (FLOPs the device
+computes, trainers/flops.py, over the device's peak: configs' cpu_peak_flops on CPU).
 """
 
 import argparse
@@ -13,6 +23,139 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _config(args, extra):
+  """configs/base.py's preset with --config.KEY=VALUE overrides (values as Python literals)."""
+  import ast
+
+  from configs.base import get_config
+  config = get_config(args.preset)
+  for flag in extra:
+    key, sep, value = flag.partition("=")
+    if not key.startswith("--config.") or not sep:
+      raise SystemExit(f"expected --config.KEY=VALUE, got {flag!r}")
+    *path, name = key[len("--config."):].split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    try:
+      node[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      node[name] = value  # a string
+  config.batch_size = args.batch_size
+  config.data.max_seq_length = args.seq_len
+  config.total_steps = max(config.total_steps, args.steps + args.batches + 1)
+  return config
+
+
+def step_throughput(args, extra):
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  from retromae_jax.data import pipeline
+  from retromae_jax.data import tokenizer as tokenizer_lib
+  from retromae_jax.models import losses
+  from retromae_jax.models.bert import model_config_from
+  from retromae_jax.objectives.config import objective_config_from
+  from retromae_jax.objectives.registry import make_model
+  from retromae_jax.trainers import flops, loop, optim, train_state, validation
+
+  config = _config(args, extra)
+  validation.validate(config)
+  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
+  multiple = config.model.vocab_multiple
+  cfg = model_config_from(config, -(-tokenizer.get_vocab_size() // multiple) * multiple)
+  objective = objective_config_from(config)
+  model = make_model(cfg, objective)
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+
+  batches = pipeline.pretrain_batches(config, tokenizer)
+  host = [next(batches) for _ in range(args.batches)]
+  batches.close()
+  params = nn.unbox(model.init(jax.random.key(config.seed), host[0], deterministic=True))["params"]
+  state = train_state.TrainState(step=0, params=params, opt_state=tx.init(params))
+
+  def loss_and_grads(params, batch, dropout_key):
+    def loss_fn(params):
+      outputs = model.apply({"params": params}, batch, deterministic=False,
+                            rngs={"dropout": dropout_key}, method="outputs")
+      return losses.objective_loss(outputs, batch, objective.bow_weight)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+  update = jax.jit(loop.make_update_step(loss_and_grads, tx, schedule,
+                                         lambda b: b["attention_mask"].sum(), config.seed),
+                   donate_argnums=0)
+  device_batches = [jax.device_put(b) for b in host]
+  start = time.perf_counter()
+  state, _ = update(state, device_batches[0])
+  jax.block_until_ready(state)
+  compile_s = time.perf_counter() - start
+
+  if args.trace_dir:
+    # The compiled program's HLO names every op of the trace (bench/op_table.py reads both).
+    os.makedirs(args.trace_dir, exist_ok=True)
+    with open(os.path.join(args.trace_dir, "step.hlo.txt"), "w", encoding="utf-8") as f:
+      f.write(update.lower(state, device_batches[0]).compile().as_text())
+    jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
+  start = time.perf_counter()
+  for i in range(args.steps):
+    state, metrics = update(state, device_batches[i % len(device_batches)])
+  jax.block_until_ready((state, metrics))
+  seconds = time.perf_counter() - start
+  if args.trace_dir:
+    jax.profiler.stop_trace()
+
+  real = sum(int(device_batches[i % len(host)]["attention_mask"].sum())
+             for i in range(args.steps))
+  example = host[0]
+  flops_per_step = config.batch_size * flops.train_flops_per_example(
+      cfg, objective, args.seq_len, encoder_len=example["encoder_input_ids"].shape[1],
+      encoder_positions=example["encoder_positions"].shape[1] if "encoder_positions" in example
+      else 0)
+  peak = flops.device_peak_flops(config)
+  device = jax.devices()[0]
+  return {
+      "preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
+      "pack": bool(config.data.pack), "dtype": str(np.dtype(cfg.dtype)),
+      "attention": cfg.attention, "device": f"{device.platform}:{device.device_kind}",
+      "devices": jax.device_count(), "timed_steps": args.steps,
+      "compile_and_first_step_s": round(compile_s, 2),
+      "s_per_step": round(seconds / args.steps, 4),
+      "tokens_per_s": round(real / seconds, 1),
+      "slots_per_s": round(args.steps * args.batch_size * args.seq_len / seconds, 1),
+      "real_slot_fraction": round(real / (args.steps * args.batch_size * args.seq_len), 3),
+      "gflop_per_step": round(flops_per_step / 1e9, 1),
+      "mfu": round(flops_per_step * args.steps / seconds / peak, 4) if peak else None,
+      "loss_last": round(float(metrics["loss"]), 4),
+      "loadavg_1m": round(os.getloadavg()[0], 2),
+  }
+
+
+def program_throughput(args, extra):
+  """The whole training program, timed around its process (compile included)."""
+  with tempfile.TemporaryDirectory() as workdir:
+    cmd = [sys.executable, "-m", "retromae_jax.main", f"--config=configs/base.py:{args.preset}",
+           f"--workdir={workdir}", f"--config.batch_size={args.batch_size}",
+           f"--config.data.max_seq_length={args.seq_len}",
+           f"--config.total_steps={args.steps}", f"--config.log_every={args.steps}",
+           f"--config.checkpoint_every={10 * args.steps}", *extra]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+      last = json.loads(f.readlines()[-1])
+  return {"preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
+          "steps": args.steps, "process_s": round(seconds, 1),
+          "logged_tokens_per_s": round(last["tokens_per_s"], 1),
+          "logged_steps_per_s": round(last["steps_per_s"], 3),
+          "logged_mfu": round(last.get("mfu", float("nan")), 4),
+          "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 def main():
@@ -20,21 +163,14 @@ def main():
   parser.add_argument("--preset", default="minilm")
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--seq_len", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=40)
-  args, extra = parser.parse_known_args()  # the rest: --config.KEY=VALUE flags for main
-  with tempfile.TemporaryDirectory() as workdir:
-    cmd = [sys.executable, "-m", "retromae_jax.main", f"--config=configs/base.py:{args.preset}",
-           f"--workdir={workdir}", f"--config.batch_size={args.batch_size}",
-           f"--config.data.max_seq_length={args.seq_len}",
-           f"--config.total_steps={args.steps}", f"--config.log_every={args.steps}",
-           f"--config.checkpoint_every={10 * args.steps}", *extra]
-    subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-      last = json.loads(f.readlines()[-1])
-  print(json.dumps({"preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
-                    "timed_steps": args.steps - 1, "tokens_per_s": round(last["tokens_per_s"], 1),
-                    "steps_per_s": round(last["steps_per_s"], 3),
-                    "mfu": round(last.get("mfu", float("nan")), 4)}))
+  parser.add_argument("--steps", type=int, default=10, help="timed steps")
+  parser.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
+  parser.add_argument("--trace_dir", default="", help="write a jax.profiler trace here")
+  parser.add_argument("--program", action="store_true",
+                      help="time the whole training program's process instead of the step")
+  args, extra = parser.parse_known_args()  # the rest: --config.KEY=VALUE flags
+  result = program_throughput(args, extra) if args.program else step_throughput(args, extra)
+  print(json.dumps(result))
 
 
 if __name__ == "__main__":

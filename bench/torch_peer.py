@@ -1,6 +1,6 @@
 """PyTorch benchmark peer: one RetroMAE pretraining step the way FlagEmbedding computes it.
 
-A standalone re-implementation, written from /work/shared/spec/retromae.md sections 1-3 (no
+A standalone re-implementation, written from the RetroMAE reference description (sections 1-3) (no
 FlagEmbedding or RetroMAE source text was used), so that our JAX step can be timed side by side
 with the reference's cost profile on the same machine. torch/transformers are bench-only
 dependencies; nothing in retromae_jax imports this file, and this file imports nothing from it.
@@ -20,11 +20,14 @@ What one step computes (spec sections 1-2):
 The collator is per-example Python, like the reference's: whole-word masking at 0.30 with
 80/10/10 corruption for the encoder; a pool of min(n, 128) whole-word masks at 0.50 for the
 decoder, one pool draw per row, a dense [B, L, L] mask built from Python lists.
-Text: docstrings of the Python standard library (parsed with `ast`, never imported), tokenised
-with the shipped bert-base-uncased WordPiece tokenizer.json and packed into (seq_len - 2)-token
-chunks.
+Text: docstrings of the Python standard library (parsed with `ast`, never imported) or a jsonl
+file, tokenised with the shipped bert-base-uncased WordPiece tokenizer.json; as FlagEmbedding,
+one text per example (truncated to seq_len - 2 ids), each batch padded to its longest example.
+--text=full_rows instead glues the docstrings back to back into full rows: only a device for
+timing equal slots (every row seq_len real tokens), not what FlagEmbedding feeds.
 
-  python bench/torch_peer.py --batch_size=16 --seq_len=128 --steps=20 --warmup=3 [--mode=both]
+  python bench/torch_peer.py --batch_size=16 --seq_len=128 --steps=20 --warmup=3 [--mode=both] \
+      [--text=documents|jsonl:PATH|full_rows]
 
 The last line printed is one JSON object (train_tokens_per_s, step_s, collator_examples_per_s, ...).
 """
@@ -86,6 +89,23 @@ def stdlib_docstrings():
           doc = ast.get_docstring(node)
           if doc and len(doc) > 40:
             yield doc
+
+
+def document_examples(tokenizer, texts, max_body, needed, seed):
+  """FlagEmbedding's examples: one text each, truncated to `max_body` ids (no specials), in a
+  seeded random order (its RandomSampler); cycled when the corpus is smaller than `needed`."""
+  examples = [e.ids[:max_body] for e in tokenizer.encode_batch(list(texts),
+                                                               add_special_tokens=False)]
+  examples = [e for e in examples if e]
+  if not examples:
+    raise RuntimeError("no text found")
+  random.Random(seed).shuffle(examples)
+  return [examples[i % len(examples)] for i in range(needed)]
+
+
+def jsonl_texts(path):
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line)["text"] for line in f if line.strip()]
 
 
 def packed_chunks(tokenizer, chunk_len, needed):
@@ -151,8 +171,9 @@ class RetroMAECollator:
     return [1 if i in chosen else 0 for i in range(len(tokens))]
 
   def __call__(self, examples):
-    """examples: lists of ids without specials. Returns a dict of torch tensors."""
-    L = self.max_len
+    """examples: lists of ids without specials. Returns a dict of torch tensors, padded to the
+    batch's longest example (as FlagEmbedding's collator pads), at most max_len."""
+    L = min(self.max_len, max(len(body) for body in examples) + 2)
     input_ids, attn, enc_mask_labels, dec_labels, dec_matrix = [], [], [], [], []
     for body in examples:
       ids = [self.cls_id] + list(body[:L - 2]) + [self.sep_id]
@@ -374,6 +395,13 @@ def main():
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
+  parser.add_argument(
+      "--text", default="documents",
+      help="documents: one stdlib docstring per example (FlagEmbedding: one text per example, "
+           "truncated, each batch padded to its longest); jsonl:PATH: the same from lines "
+           "{\"text\": ...}; full_rows: docstrings glued back to back and cut into "
+           "seq_len - 2 blocks, every slot real (a device for timing equal slots only: "
+           "FlagEmbedding never glues texts)")
   args = parser.parse_args()
   if args.seq_len < 3 or args.seq_len > args.max_position:
     parser.error("--seq_len must be in [3, --max_position]")
@@ -394,13 +422,21 @@ def main():
   n_step_batches = (args.warmup + args.steps) if do_step else 0
   n_coll_batches = args.collator_batches if do_coll else 0
   t0 = time.perf_counter()
-  chunks = packed_chunks(tok, args.seq_len - 2, B * max(n_step_batches, n_coll_batches, 1))
+  needed = B * max(n_step_batches, n_coll_batches, 1)
+  if args.text == "full_rows":
+    chunks = packed_chunks(tok, args.seq_len - 2, needed)
+  elif args.text == "documents" or args.text.startswith("jsonl:"):
+    texts = (stdlib_docstrings() if args.text == "documents"
+             else jsonl_texts(args.text.split(":", 1)[1]))
+    chunks = document_examples(tok, texts, args.seq_len - 2, needed, args.seed)
+  else:
+    parser.error(f"--text: expected documents, jsonl:PATH or full_rows, got {args.text!r}")
   data_s = time.perf_counter() - t0
-  print(f"[torch_peer] {len(chunks)} chunks of {args.seq_len - 2} ids from stdlib docstrings "
-        f"in {data_s:.1f}s", file=sys.stderr)
+  print(f"[torch_peer] {len(chunks)} examples ({args.text}) in {data_s:.1f}s", file=sys.stderr)
 
   result = {
       "peer": "torch", "mode": args.mode, "batch_size": B, "seq_len": args.seq_len,
+      "text": args.text,
       "torch": torch.__version__, "transformers": transformers.__version__,
       "threads": torch.get_num_threads(), "nproc": os.cpu_count(), "cpu": cpu_model(),
       "python": platform.python_version(),
@@ -439,7 +475,7 @@ def main():
 
     # Collation excluded from the step timing: all batches are built up front.
     batches = [collator(chunks[b * B:(b + 1) * B]) for b in range(n_step_batches)]
-    times, losses, tokens, cpu_s = [], [], 0, 0.0
+    times, losses, tokens, slots, cpu_s = [], [], 0, 0, 0.0
     for step, batch in enumerate(batches):
       c0 = time.process_time()
       t0 = time.perf_counter()
@@ -458,6 +494,7 @@ def main():
         times.append(dt)
         cpu_s += dc
         tokens += int(batch["encoder_attention_mask"].sum())
+        slots += batch["encoder_attention_mask"].numel()
       print(f"[torch_peer] step {step}{' (warmup)' if step < args.warmup else ''}: {dt:.3f}s "
             f"enc {losses[-1][0]:.3f} dec {losses[-1][1]:.3f}", file=sys.stderr)
     total = sum(times)
@@ -467,6 +504,7 @@ def main():
         "vocab_size": cfg.vocab_size, "attn_implementation": args.attn_implementation,
         "params": n_params, "warmup_steps": args.warmup, "timed_steps": len(times),
         "train_tokens_per_s": round(tokens / total, 1) if total else None,
+        "real_slot_fraction": round(tokens / slots, 3) if slots else None,
         "step_s": round(total / len(times), 4) if times else None,
         "step_s_median": round(statistics.median(times), 4) if times else None,
         "step_s_min": round(min(times), 4) if times else None,

@@ -67,6 +67,10 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.shuffle_buffer = 10_000
   c.data.min_chunk_tokens = 8  # chunks shorter than this (in tokens) are dropped and counted
   c.data.prefetch = 2
+  # Several chunks per row, each its own [CLS] ... [SEP] segment that attends only to itself:
+  # static shapes without padding waste, each chunk's losses those of the chunk alone
+  # (retromae_jax/data/packing.py). False: one chunk per row, padded.
+  c.data.pack = True
   # Logical shards of the corpus (each a fixed slice with its own seeds and its own rows of every
   # batch). 0 = one per process. Fix it (a multiple of every process count you will use) to make
   # the batches, and so the run, independent of the number of hosts.

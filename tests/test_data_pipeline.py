@@ -130,7 +130,7 @@ def _take(config, tok, n, **kw):
 
 
 def test_batch_contract(corpus, tok):
-  config = _config(corpus)
+  config = _config(corpus, data__pack=False)  # one chunk per row (packed rows: test_packing)
   ids = tokenizer_lib.special_ids(tok)
   shapes = pipeline.batch_shapes(config, 8)
   for batch in _take(config, tok, 3):
@@ -236,7 +236,9 @@ def test_inspect_cli_writes_the_dense_view(tmp_path):
   b, seq = config.batch_size, config.data.max_seq_length
   expected = {"input_ids": (b, seq), "attention_mask": (b, seq), "encoder_input_ids": (b, seq),
               "encoder_labels": (b, seq), "decoder_input_ids": (b, seq),
-              "decoder_attention": (b, seq, seq), "decoder_labels": (b, seq)}
+              "decoder_attention": (b, seq, seq), "decoder_labels": (b, seq),
+              # data.pack (the default)
+              "segment_ids": (b, seq), "positions": (b, seq), "encoder_attention": (b, seq, seq)}
   assert {k: v.shape for k, v in view.items()} == expected
   assert view["decoder_attention"].dtype == np.uint8
   np.testing.assert_array_equal(view["decoder_input_ids"], view["input_ids"])
@@ -246,4 +248,5 @@ def test_inspect_cli_writes_the_dense_view(tmp_path):
   assert (view["encoder_input_ids"][~labelled] == view["input_ids"][~labelled]).all()
   att, n = view["decoder_attention"], view["attention_mask"].sum(1)
   assert not att[:, np.arange(seq), np.arange(seq)].any()
-  assert all(att[i, 1:n[i], 0].all() and not att[i, n[i]:].any() for i in range(b))
+  first = view["segment_ids"] == 1  # the first document of each row sees its [CLS] at 0
+  assert all(att[i, 1:first[i].sum(), 0].all() and not att[i, n[i]:].any() for i in range(b))

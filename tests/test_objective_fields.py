@@ -31,6 +31,7 @@ def text():
 def _spec(tok, **objective):
   config = base.get_config("smoke")
   config.data.max_seq_length = L
+  config.data.pack = False  # one document per row: the fields' own layout (packing: test_packing)
   for key, value in objective.items():
     section, name = key.split("__")
     config[section][name] = value

@@ -38,7 +38,16 @@ def _config(overrides):
   for key, value in overrides.items():
     section, name = key.split(".")
     config[section][name] = value
+  config.data.pack = _packs(config)  # packed rows where every part supports them
   return config
+
+
+def _packs(config) -> bool:
+  try:
+    return all(part.packs is not None
+               for part in registry.parts(objective_config_from(config)))
+  except ValueError:  # an unknown part: its own check reports it
+    return True
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,9 @@ _PROGRAM = """
       config.model.hidden_size, config.model.num_layers, config.model.intermediate_size = 64, 1, 128
       config.optim.learning_rate = 3e-3
       config.model.dropout_rate = config.model.attention_dropout_rate = 0.0
+      # Packed rows where the objective supports them (not drop, bag of words, basic,
+      # cross_attention, autoregressive).
+      config.data.pack = not set(overrides) - {"decoder.num_layers"} or overrides == {"objective.kind": "mlm"}
       for key, value in overrides.items():
         section, field = key.split(".")
         config[section][field] = value

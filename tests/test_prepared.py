@@ -260,7 +260,7 @@ def test_training_run_on_a_prepared_corpus(two_shards, tmp_path):
       [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:smoke",
        f"--workdir={workdir}", f"--config.data.source=prepared:{two_shards}",
        f"--config.data.max_seq_length={SEQ_LEN}", "--config.batch_size=4",
-       "--config.total_steps=3", "--config.log_every=1", "--config.checkpoint_every=3"],
+       "--config.data.pack=False", "--config.total_steps=3", "--config.log_every=1", "--config.checkpoint_every=3"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:

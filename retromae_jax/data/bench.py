@@ -11,7 +11,8 @@ The last stdout line is JSON:
   examples_per_s, tokens_per_s   the whole pipeline (documents -> masked batches), after one
                                  warm-up batch; tokens = real tokens (attention_mask)
   masking_examples_per_s         masking.make_batch alone on already-tokenised batches: the
-                                 work FlagEmbedding's PyTorch collator does per batch
+                                 work FlagEmbedding's PyTorch collator does per batch (rows:
+                                 packed rows with data.pack); masking_tokens_per_s: real tokens
 """
 
 import json
@@ -46,21 +47,29 @@ def main(argv):
   elapsed = time.perf_counter() - start
   batches.close()
 
-  # Masking alone, on the same kind of batches, tokenised beforehand.
-  if prepared.is_prepared(config.data.source):
+  # Masking alone, on the same kind of batches (packed rows with data.pack), tokenised and
+  # packed beforehand.
+  spec = pipeline.masking_spec(config, tokenizer)
+  if prepared.is_prepared(config.data.source):  # prepared rows are read by index, never packed
     data = prepared.PreparedData(config, tokenizer)
-    raw = [data.rows(np.arange(i * batch_size, (i + 1) * batch_size))
+    raw = [(*data.rows(np.arange(i * batch_size, (i + 1) * batch_size)), None)
            for i in range(num_batches)]
   else:
-    chunks = pipeline.chunk_dataset(config, tokenizer).repeat().batch(batch_size)
-    raw = list(chunks.take(num_batches).as_numpy_iterator())
-  spec = pipeline.masking_spec(config, tokenizer)
+    chunks = pipeline.chunk_dataset(config, tokenizer)
+    if spec.pack:
+      chunks = pipeline.packed_rows(chunks, spec)
+    else:
+      chunks = chunks.map(lambda ids, length: (ids, length, ids * 0))
+    raw = list(chunks.repeat().batch(batch_size).take(num_batches).as_numpy_iterator())
   rng = np.random.default_rng(config.seed)
-  masking.make_batch(*raw[0], spec, rng)  # warm-up
+  make = lambda ids, lengths, segments: masking.make_batch(ids, lengths, spec, rng,
+                                                           segments if spec.pack else None)
+  make(*raw[0])  # warm-up
   start = time.perf_counter()
-  for input_ids, lengths in raw:
-    masking.make_batch(input_ids, lengths, spec, rng)
+  for batch in raw:
+    make(*batch)
   mask_elapsed = time.perf_counter() - start
+  mask_tokens = sum(int(lengths.sum()) for _, lengths, _ in raw)
 
   print(json.dumps({
       "examples_per_s": round(num_batches * batch_size / elapsed, 1),
@@ -68,6 +77,8 @@ def main(argv):
       "masking_examples_per_s": round(len(raw) * batch_size / mask_elapsed, 1),
       "seconds_to_first_batch": round(to_first_batch, 3),
       "start_step": _START_STEP.value,
+      "masking_tokens_per_s": round(mask_tokens / mask_elapsed, 1),
+      "pack": spec.pack,
       "batch_size": batch_size,
       "max_seq_length": config.data.max_seq_length,
       "num_batches": num_batches,

@@ -10,6 +10,10 @@ Arrays (concatenated over batches; B rows each):
   decoder_input_ids  [B, L]   = input_ids (the decoder reads the uncorrupted text)
   decoder_attention  [B, L, L] uint8, 1 = query row i may attend to key j
   decoder_labels     [B, L]   = decoder_targets
+and with data.pack (the default):
+  segment_ids        [B, L]   k on the row's k-th document, 0 on padding
+  positions          [B, L]   each token's position inside its document
+  encoder_attention  [B, L, L] uint8, 1 = token i may attend to token j (its own document)
 """
 
 import numpy as np
@@ -31,6 +35,7 @@ def dense_view(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The batch contract's compact arrays -> the dense reference view (module docstring)."""
   # The device's own expansion (imports JAX, so only here: the pipeline never needs it), not a
   # NumPy copy that could drift from what training computes.
+  from retromae_jax.models.bert import segment_mask
   from retromae_jax.models.decoder_mask import decoder_attention
 
   encoder_labels = np.full(batch["input_ids"].shape, IGNORE, np.int32)
@@ -38,9 +43,14 @@ def dense_view(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   valid = batch["encoder_targets"] != IGNORE
   encoder_labels[np.broadcast_to(rows, valid.shape)[valid], batch["encoder_positions"][valid]] = (
       batch["encoder_targets"][valid])
+  segment_ids = batch.get("segment_ids")
   visible = decoder_attention(batch["decoder_pool"], batch["decoder_choice"],
-                              batch["attention_mask"])
-  return {
+                              batch["attention_mask"], segment_ids)
+  packed = {}
+  if segment_ids is not None:
+    packed = {"segment_ids": segment_ids, "positions": batch["positions"],
+              "encoder_attention": np.asarray(segment_mask(segment_ids))[:, 0].astype(np.uint8)}
+  return packed | {
       "input_ids": batch["input_ids"],
       "attention_mask": batch["attention_mask"],
       "encoder_input_ids": batch["encoder_input_ids"],

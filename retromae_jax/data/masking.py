@@ -25,6 +25,7 @@ import dataclasses
 
 import numpy as np
 
+from retromae_jax.data import packing
 from retromae_jax.objectives import contract, registry
 from retromae_jax.objectives.config import ObjectiveConfig
 
@@ -47,6 +48,7 @@ class MaskingSpec:
   # Which fields the batch carries (retromae_jax/objectives/registry.py).
   objective: ObjectiveConfig = ObjectiveConfig()
   pad_id: int = 0
+  pack: bool = False  # data.pack: rows hold several documents (data/packing.py)
 
   @property
   def encoder_capacity(self) -> int:
@@ -55,7 +57,7 @@ class MaskingSpec:
 
   def dims(self, batch_size: int) -> contract.Dims:
     return contract.Dims(batch_size, self.max_seq_length, self.encoder_capacity,
-                         self.decoder_pool_size)
+                         self.decoder_pool_size, self.pack)
 
   @property
   def encoder_width(self) -> int:
@@ -237,20 +239,52 @@ class Draw:
 
 
 def make_batch(input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec,
-               rng: np.random.Generator) -> dict[str, np.ndarray]:
+               rng: np.random.Generator, segment_ids: np.ndarray | None = None
+               ) -> dict[str, np.ndarray]:
   """The batch contract (see retromae_jax/data/pipeline.py) from padded ids and true lengths.
 
   Draws, in this order: the encoder's mask, then each part's fields (objectives/registry.parts:
   encoder, decoder, options), so the default objective's stream is the same as ever.
+  With spec.pack, rows are packed (segment_ids [B, L]; without it, one document per row): each
+  document is masked alone, exactly as an unpacked row, and its fields are put back at its place.
   """
   input_ids = np.asarray(input_ids, np.int32)
   lengths = np.asarray(lengths, np.int64)
   real = np.arange(input_ids.shape[1]) < lengths[:, None]
+  if spec.pack:
+    if segment_ids is None:
+      segment_ids = real.astype(np.int32)
+    return _packed_batch(input_ids, np.asarray(segment_ids, np.int32), spec, rng)
   draw = Draw(input_ids, lengths, spec, rng)
   out = {"input_ids": input_ids, "attention_mask": real.astype(np.int32)}
   for part in registry.parts(spec.objective):
     out.update(part.build(draw))
   return out
+
+
+def _packed_batch(input_ids, segment_ids, spec: MaskingSpec, rng) -> dict[str, np.ndarray]:
+  """make_batch of packed rows: the documents' own batch (one per row), placed back."""
+  num_rows, seq_len = input_ids.shape
+  rows, offsets, doc_lengths = packing.documents(segment_ids)
+  doc_ids = packing.take_tokens(input_ids, rows, offsets, doc_lengths, spec.pad_id)
+  alone = make_batch(doc_ids, doc_lengths, dataclasses.replace(spec, pack=False), rng)
+  out = {"input_ids": input_ids, "attention_mask": (segment_ids > 0).astype(np.int32),
+         "segment_ids": segment_ids, "positions": packing.positions(segment_ids)}
+  fills = {contract.PACK_IDS: spec.pad_id, contract.PACK_LABELS: contract.IGNORE,
+           contract.PACK_ZEROS: 0}
+  for part in registry.parts(spec.objective):
+    if part.packs is None:
+      raise ValueError(f"data.pack: the objective part {part.name!r} does not support packing")
+    for name, kind in part.packs.items():
+      if kind in fills:
+        field = np.full((num_rows, seq_len), fills[kind], alone[name].dtype)
+        out[name] = packing.place_tokens(field, alone[name], rows, offsets, doc_lengths)
+      elif kind == contract.PACK_POOL:
+        out[name] = packing.place_pool(alone[name], rows, offsets, doc_lengths, num_rows, seq_len)
+    if contract.PACK_SLOTS in part.packs.values():
+      out["encoder_positions"], out["encoder_targets"] = packing.place_positions(
+          alone["encoder_positions"], alone["encoder_targets"], rows, offsets, num_rows)
+  return {name: out[name] for name in spec.batch_shapes(num_rows)}  # the declared order
 
 
 def mask_pool(word_of_token: np.ndarray, word_len: np.ndarray, lengths: np.ndarray, ratio: float,

@@ -2,6 +2,8 @@
 
   documents (sources.py, this process's share)
   -> tokenise and chunk in a Python generator (chunking.py; HF tokenizers, batch-encoded)
+  -> data.pack (default): chunks packed into rows, each its own [CLS] ... [SEP] segment
+     (packing.py; a window of PACK_WINDOW chunks at a time)
   -> shuffle(config.data.shuffle_buffer per shard, seed=config.seed + shard), reshuffled every
      epoch -> repeat
   -> batch(config.batch_size // num_shards, drop_remainder)
@@ -13,8 +15,11 @@
 
 THE BATCH CONTRACT (fixed shapes; L = data.max_seq_length, B = per-host batch,
 C = max(1, round(L * encoder_mask_ratio)), P = data.decoder_pool_size): every batch carries
-  input_ids          int32 [B, L]   [CLS] chunk [SEP], then the pad id
+  input_ids          int32 [B, L]   [CLS] chunk [SEP], then the pad id (packed: several of them)
   attention_mask     int32 [B, L]   1 on real tokens
+and, with data.pack, (O(L) per row: the device builds every mask from them)
+  segment_ids        int32 [B, L]   k on the row's k-th chunk, 0 on padding
+  positions          int32 [B, L]   position inside the chunk (0 at its [CLS]; 0 on padding)
 then the fields of the objective's parts (config objective.* / decoder.* / encoder.*), each
 declared with its shape and meaning in its file under retromae_jax/objectives/ and put
 together by objectives/registry.batch_shapes. The default objective's batch (the spec's):
@@ -25,8 +30,10 @@ together by objectives/registry.batch_shapes. The default objective's batch (the
   decoder_choice     int32 [B, L]   the pool row each query row uses (0 on padding rows)
   decoder_targets    int32 [B, L]   original ids on real tokens except [CLS] and [SEP], else -100
                                                                             (objectives/enhanced.py)
-retromae_jax.models.decoder_mask.decoder_attention(pool, choice, attention_mask) expands the
-decoder's dense [B, L, L] visibility on the device.
+retromae_jax.models.decoder_mask.decoder_attention(pool, choice, attention_mask, segment_ids)
+expands the decoder's dense [B, L, L] visibility on the device. Packed, each chunk's fields are
+those of the chunk masked alone, put at its place in the row (encoder_positions shifted by its
+offset; the pool's row p holds every chunk's p-th mask on its own tokens).
 """
 
 import atexit
@@ -42,11 +49,14 @@ import tokenizers
 from absl import logging
 
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import chunking, masking, prepared, sources
+from retromae_jax.data import chunking, masking, packing, prepared, sources
 from retromae_jax.objectives import contract, registry
 from retromae_jax.objectives.config import objective_config_from
 
 _DOCS_PER_CALL = 64  # documents per tokenizer call: big batches for the Rust side
+# Chunks packed together (data.pack): the window's last row is the only one not full, so a
+# bigger window wastes fewer slots; its rows are then shuffled like chunks.
+PACK_WINDOW = 1024
 
 
 @dataclasses.dataclass
@@ -78,7 +88,8 @@ def masking_spec(config: ml_collections.ConfigDict,
       is_continuation=tokenizer_lib.continuation_table(tokenizer),
       is_special=tokenizer_lib.special_table(tokenizer),
       objective=objective_config_from(config),
-      pad_id=ids.pad)
+      pad_id=ids.pad,
+      pack=config.data.get("pack", False))
 
 
 def host_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
@@ -144,6 +155,27 @@ def chunk_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Token
   return blocks.concatenate(marker).unbatch()
 
 
+def packed_rows(chunks: tf.data.Dataset, spec: masking.MaskingSpec) -> tf.data.Dataset:
+  """Chunks -> packed rows (input_ids [L], length, segment_ids [L]; data/packing.py), a window
+  of PACK_WINDOW chunks at a time (only a window's last rows are not full)."""
+  seq_len, capacity = spec.max_seq_length, spec.encoder_capacity
+
+  def pack_numpy(input_ids, lengths):
+    budgets = masking.mask_budget(lengths, spec.encoder_mask_ratio)
+    return packing.rows_of_chunks(input_ids, lengths, budgets, capacity, spec.pad_id)
+
+  def pack(input_ids, lengths):
+    ids, row_lengths, segments = tf.numpy_function(pack_numpy, [input_ids, lengths],
+                                                   [tf.int32, tf.int32, tf.int32])
+    ids.set_shape([None, seq_len])
+    row_lengths.set_shape([None])
+    segments.set_shape([None, seq_len])
+    return ids, row_lengths, segments
+
+  return chunks.batch(PACK_WINDOW).map(pack, num_parallel_calls=tf.data.AUTOTUNE,
+                                       deterministic=True).unbatch()
+
+
 def data_shards(config: ml_collections.ConfigDict, process_count: int) -> int:
   """How many logical shards the corpus is read as (config.data.num_shards; 0 = one per process).
 
@@ -183,6 +215,10 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
   def shard_batches(shard: int) -> tf.data.Dataset:
     ds = chunk_dataset(config, tokenizer, process_index=shard, process_count=num_shards,
                        stats=stats)
+    if spec.pack:
+      ds = packed_rows(ds, spec)
+    else:
+      ds = ds.map(lambda input_ids, length: (input_ids, length, tf.zeros_like(input_ids)))
     if config.data.shuffle_buffer > 1:
       # The buffer is per shard, so that a shard's order does not depend on who reads it.
       ds = ds.shuffle(config.data.shuffle_buffer, seed=seed + shard,
@@ -193,14 +229,15 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
     # skipped batches are read and tokenised again, not masked.
     ds = ds.skip(start_step)
 
-    def mask_numpy(input_ids, lengths, index):
+    def mask_numpy(input_ids, lengths, segment_ids, index):
       rng = np.random.default_rng([seed, shard, int(index)])
-      batch = masking.make_batch(input_ids, lengths, spec, rng)
+      batch = masking.make_batch(input_ids, lengths, spec, rng,
+                                 segment_ids if spec.pack else None)
       return tuple(batch[name] for name in names)
 
     def mask(batch, index):
-      input_ids, lengths = batch
-      outs = tf.numpy_function(mask_numpy, [input_ids, lengths, index],
+      input_ids, lengths, segment_ids = batch
+      outs = tf.numpy_function(mask_numpy, [input_ids, lengths, segment_ids, index],
                                [tf.as_dtype(shapes[n][1]) for n in names], stateful=False)
       for out, name in zip(outs, names):
         out.set_shape(shapes[name][0])
@@ -226,7 +263,7 @@ def batch_shapes(config: ml_collections.ConfigDict,
   seq_len = config.data.max_seq_length
   dims = contract.Dims(batch_size, seq_len,
                        masking.encoder_capacity(seq_len, config.data.encoder_mask_ratio),
-                       config.data.decoder_pool_size)
+                       config.data.decoder_pool_size, config.data.get("pack", False))
   return registry.batch_shapes(objective_config_from(config), dims)
 
 

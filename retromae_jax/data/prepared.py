@@ -238,6 +238,9 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
   starting at batch `start_step` with no read of the batches before it."""
   from retromae_jax.data import masking, pipeline  # pipeline dispatches here: import late
 
+  if config.data.get("pack", False):
+    raise ValueError(f"config.data.pack: {config.data.source!r} is read as fixed rows by index and "
+                     "not packed; set --config.data.pack=False")
   pipeline.host_batch_size(config, process_count)  # validates the split
   num_shards = pipeline.data_shards(config, process_count)
   per_process = num_shards // process_count

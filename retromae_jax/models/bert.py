@@ -269,13 +269,33 @@ class BertModel(nn.Module):
     )(cfg, name="encoder")
 
   def __call__(self, input_ids: Array, attention_mask: Array, deterministic: bool,
-               position_ids: Array | None = None) -> Array:
-    """Returns the last hidden states [B, L, D] (no pooler: RetroMAE and BGE use CLS directly)."""
+               position_ids: Array | None = None, segment_ids: Array | None = None) -> Array:
+    """Returns the last hidden states [B, L, D] (no pooler: RetroMAE and BGE use CLS directly).
+
+    Packed rows (data.pack) pass segment_ids [B, L] (k on the k-th document, 0 on padding) and
+    position_ids restarting at 0 in each: tokens then attend only inside their own document.
+    """
     x = self.embeddings(input_ids, deterministic, position_ids)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    key_mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1 head, 1 query, L keys]
+    if segment_ids is None:
+      key_mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1 head, 1 query, L keys]
+    else:
+      key_mask = segment_mask(segment_ids)
     x, _ = self.encoder(x, key_mask, deterministic)
     return x
+
+
+def segment_mask(segment_ids: Array) -> Array:
+  """bool [B, 1, L, L]: query i may attend to key j of its own document (padding sees nothing),
+  built on the device from the O(L) segment ids."""
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return (same & (segment_ids > 0)[:, None, :])[:, None]
+
+
+def segment_starts(positions: Array) -> Array:
+  """int [B, L]: index of each token's [CLS] (its document's first token), from positions that
+  restart at 0 in each document."""
+  return jnp.arange(positions.shape[-1]) - positions
 
 
 class MLMHead(nn.Module):

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 
 from retromae_jax.models import decoder_mask
 from retromae_jax.models import pooling
-from retromae_jax.models.bert import TransformerLayer
+from retromae_jax.models.bert import TransformerLayer, segment_starts
 from retromae_jax.models.objectives.layers import Stack, TwoStreamBody
-from retromae_jax.models.objectives.mlm import MaskedLM
+from retromae_jax.models.objectives.mlm import MaskedLM, optional_field
 
 
 class RetroMAE(MaskedLM):
@@ -43,20 +43,31 @@ class RetroMAE(MaskedLM):
   def decode(self, hidden, key_mask, batch, deterministic: bool):
     # The decoder attends to h and to the original tokens' embeddings only.
     cfg = self.cfg
-    h = pooling.sentence_vector(hidden, key_mask, cfg.sentence_vector)[:, None]  # [B, 1, D]
     seq_len = batch["input_ids"].shape[1]
-    kv_stream = self.bert.embeddings(batch["input_ids"], deterministic)
-    kv_stream = jnp.concatenate([h.astype(kv_stream.dtype), kv_stream[:, 1:]], axis=1)
-    h_everywhere = jnp.broadcast_to(h, kv_stream.shape)
+    positions, segment_ids = optional_field(batch, "positions"), optional_field(batch, "segment_ids")
+    kv_stream = self.bert.embeddings(batch["input_ids"], deterministic, positions)
+    if segment_ids is None:
+      h = pooling.sentence_vector(hidden, key_mask, cfg.sentence_vector)[:, None]  # [B, 1, D]
+      kv_stream = jnp.concatenate([h.astype(kv_stream.dtype), kv_stream[:, 1:]], axis=1)
+      h_everywhere = jnp.broadcast_to(h, kv_stream.shape)
+      positions = jnp.arange(seq_len)
+    else:
+      # Packed rows: each token's h is its own document's [CLS] state, which also replaces
+      # that [CLS]'s embedding in H2.
+      starts = segment_starts(positions)
+      h_everywhere = jnp.take_along_axis(hidden, starts[..., None], axis=1)
+      kv_stream = jnp.where((positions == 0)[..., None], h_everywhere.astype(kv_stream.dtype),
+                            kv_stream)
     if cfg.query_stream == "embeddings":
-      query_stream = self.bert.embeddings.from_vectors(h_everywhere, deterministic)
+      query_stream = self.bert.embeddings.from_vectors(h_everywhere, deterministic,
+                                                       None if segment_ids is None else positions)
     elif cfg.query_stream == "raw":
-      query_stream = h_everywhere + self.bert.embeddings.positions(jnp.arange(seq_len))
+      query_stream = h_everywhere + self.bert.embeddings.positions(positions)
     else:
       raise ValueError(f"model.query_stream: expected 'embeddings' or 'raw', got {cfg.query_stream!r}")
     query_stream = nn.with_logical_constraint(query_stream, ("batch", "length", "embed"))
 
     visible = decoder_mask.decoder_attention(
-        batch["decoder_pool"], batch["decoder_choice"], batch["attention_mask"])
+        batch["decoder_pool"], batch["decoder_choice"], batch["attention_mask"], segment_ids)
     decoded = self.decoder(query_stream, kv_stream, visible[:, None], deterministic)
     return self.mlm_head(decoded, self.word_embeddings)

@@ -26,12 +26,24 @@ class Dims:
   seq_len: int
   capacity: int
   pool_size: int
+  pack: bool = False  # data.pack: several documents per row (data/packing.py)
 
 
 def shared_fields(dims: Dims) -> Shapes:
-  """The fields of every objective, first in every batch."""
+  """The fields of every objective, first in every batch; packed rows add each token's segment
+  (k for the row's k-th document, 0 for padding) and its position inside the segment."""
   rows = (dims.batch_size, dims.seq_len)
-  return {"input_ids": (rows, np.int32), "attention_mask": (rows, np.int32)}
+  shapes = {"input_ids": (rows, np.int32), "attention_mask": (rows, np.int32)}
+  if dims.pack:
+    shapes |= {"segment_ids": (rows, np.int32), "positions": (rows, np.int32)}
+  return shapes
+
+
+# How a field of a document masked alone is put back at its place in a packed row
+# (data/packing.py): token-aligned [B, L] fields filled past the documents with the pad id, with
+# IGNORE or with 0; the encoder's masked slots (positions and targets together); the bit-packed
+# decoder pool.
+PACK_IDS, PACK_LABELS, PACK_ZEROS, PACK_SLOTS, PACK_POOL = "ids", "labels", "zeros", "slots", "pool"
 
 
 def _no_fields(dims: Dims) -> Shapes:
@@ -60,6 +72,8 @@ class Part:
   encoder_width(dims) -> the encoder's input width (encoder parts only).
   model: 'module:Class' of the Flax model (decoder parts and mlm), imported only when built.
   enabled(objective) -> bool: whether an option (bag_of_words) is on.
+  packs: how each of its fields is packed (PACK_*), when data.pack is on; None: the part does
+    not support packing (data.pack=True is refused at start-up).
   """
   name: str
   fields: Callable[[Dims], Shapes] = _no_fields
@@ -70,6 +84,7 @@ class Part:
   encoder_width: Callable[[Dims], int] | None = None
   model: str = ""
   enabled: Callable[[Any], bool] = lambda objective: True
+  packs: dict[str, str] | None = None
 
 
 def one_of(values) -> str:

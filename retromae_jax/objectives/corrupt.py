@@ -43,4 +43,6 @@ def build(draw) -> dict[str, np.ndarray]:
 PART = contract.Part(
     name="corrupt", fields=fields, build=build,
     head_positions=lambda encoder_len, encoder_positions: encoder_positions,
-    encoder_width=lambda dims: dims.seq_len)
+    encoder_width=lambda dims: dims.seq_len,
+    packs={"encoder_input_ids": contract.PACK_IDS, "encoder_positions": contract.PACK_SLOTS,
+           "encoder_targets": contract.PACK_SLOTS})

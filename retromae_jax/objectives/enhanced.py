@@ -40,4 +40,6 @@ PART = contract.Part(
     name="enhanced", fields=fields, build=build,
     forward_flops=lambda cfg, objective, seq_len, encoder_len: decoder_forward_flops(
         cfg, objective, seq_len),
-    model="retromae_jax.models.retromae:RetroMAE")
+    model="retromae_jax.models.retromae:RetroMAE",
+    packs={"decoder_pool": contract.PACK_POOL, "decoder_choice": contract.PACK_ZEROS,
+           "decoder_targets": contract.PACK_LABELS})

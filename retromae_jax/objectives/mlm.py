@@ -23,4 +23,4 @@ def checks(config) -> list[contract.Check]:
 
 
 PART = contract.Part(name="mlm", checks=checks,
-                     model="retromae_jax.models.objectives.mlm:MaskedLM")
+                     model="retromae_jax.models.objectives.mlm:MaskedLM", packs={})

@@ -9,7 +9,8 @@ import importlib
 
 from retromae_jax.objectives import (autoregressive, bag_of_words, basic, contract, corrupt,
                                      cross_attention, drop, enhanced, mlm)
-from retromae_jax.objectives.config import MAX_DECODER_LAYERS, ObjectiveConfig
+from retromae_jax.objectives.config import (MAX_DECODER_LAYERS, ObjectiveConfig,
+                                            objective_config_from)
 
 
 def _table(*parts: contract.Part) -> dict[str, contract.Part]:
@@ -87,7 +88,24 @@ def config_checks(config) -> list[contract.Check]:
   ]
   for part in (*ENCODERS.values(), *DECODERS.values(), mlm.PART, *OPTIONS):
     checks += part.checks(config)
-  return checks
+  return checks + pack_checks(config)
+
+
+def pack_checks(config) -> list[contract.Check]:
+  """data.pack=True needs every selected part to pack its fields (contract.Part.packs)."""
+  pack = config.data.get("pack", False)
+  if not isinstance(pack, bool):
+    return [("data.pack", False, "expected True or False")]
+  if not pack:
+    return []
+  try:
+    selected = parts(objective_config_from(config))
+  except ValueError:
+    return []  # an unknown part is reported by its own key's check
+  unpacked = [part.name for part in selected if part.packs is None]
+  return [("data.pack", not unpacked,
+           f"the objective's part(s) {', '.join(unpacked)} do not support packed rows; set "
+           "--config.data.pack=False")]
 
 
 def model_class(objective: ObjectiveConfig) -> type:

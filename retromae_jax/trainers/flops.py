@@ -5,6 +5,10 @@ multiply-add; backward = 2x forward, so a step is 3x forward), with the encoder'
 the C encoder-masked slots and the decoder's head at all L positions, as models/retromae.py
 computes them; every objective's parts state their own count (retromae_jax/objectives/).
 Padding positions are counted (the device computes them); element-wise work is not.
+Packed rows (data.pack) are counted as the device computes them, per slot: every row's
+attention still scores all L x L pairs (the masks of other documents only hide them), so a
+step's count is the same packed or not. What packing changes is how many of those slots are
+real text: tokens/s counts real tokens (attention_mask), MFU counts what the device computes.
 """
 
 from absl import logging

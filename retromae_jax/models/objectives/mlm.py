@@ -21,6 +21,12 @@ from retromae_jax.objectives.config import ObjectiveConfig
 BOW_PAD_PENALTY = -1000.0
 
 
+def optional_field(batch, name):
+  """batch[name], or None where the batch has no such field (packed rows' segment_ids and
+  positions); read by indexing, so that a batch can tell which fields the step reads."""
+  return batch[name] if name in batch else None
+
+
 def bag_of_words_pool(logits, key_mask):
   """[B, V]: max over positions 1..L-1 of the logits [B, L, V], padding pushed down by 1000."""
   penalty = jnp.where(key_mask[:, 1:, None].astype(bool), 0.0, BOW_PAD_PENALTY)
@@ -63,7 +69,10 @@ class MaskedLM(nn.Module):
                          position_ids=batch["encoder_position_ids"])
     else:
       key_mask = batch["attention_mask"]
-      hidden = self.bert(batch["encoder_input_ids"], key_mask, deterministic)
+      # Packed rows (data.pack): positions restart and attention stays in each document.
+      hidden = self.bert(batch["encoder_input_ids"], key_mask, deterministic,
+                         position_ids=optional_field(batch, "positions"),
+                         segment_ids=optional_field(batch, "segment_ids"))
     outputs = {}
     # Under drop no state exists at a masked position: no L_enc.
     positions = batch["encoder_positions"] if obj.encoder_masking == "corrupt" else None

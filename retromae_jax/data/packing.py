@@ -1,0 +1,142 @@
+"""Packing without mixing documents (data.pack): several chunks per row, each its own segment.
+
+A packed row is [CLS] a [SEP] [CLS] b [SEP] ... pad: every chunk keeps its own [CLS] and [SEP],
+its positions restart at 0, and segment_ids [L] says which chunk a token belongs to (k for the
+row's k-th chunk, 0 for padding). The device builds every mask from segment_ids (attention stays
+inside a segment; each segment's decoder reads its own [CLS] vector), so each chunk's losses are
+those of the chunk encoded alone, while XLA keeps one static shape and no slot is wasted on the
+padding that dynamic padding to a batch's longest text would still leave.
+
+Host side, in two steps:
+- rows_of_chunks (tf.data, before the shuffle): first-fit decreasing over a window of chunks,
+  under two limits per row: L tokens, and the encoder's masked slots C (a row's chunks together
+  never have more encoder-masked tokens than C = the budget of one full-length chunk, so the
+  batch keeps its shape [B, C]).
+- masks per chunk (masking.make_batch): each chunk is masked alone, exactly as unpacked, then its
+  fields are put back at its place in the row (place_tokens, place_positions, place_pool).
+"""
+
+import numpy as np
+
+from retromae_jax.objectives import contract
+
+
+def assign_rows(lengths: np.ndarray, seq_len: int, budgets: np.ndarray, capacity: int
+                ) -> np.ndarray:
+  """Row index of each chunk: first-fit decreasing under `seq_len` tokens and `capacity`
+  encoder-masked slots per row. lengths, budgets [N] (each chunk alone fits)."""
+  count = len(lengths)
+  free_tokens = np.full(count, seq_len, np.int64)
+  free_slots = np.full(count, capacity, np.int64)
+  row_of = np.empty(count, np.int64)
+  used_rows = 0
+  for chunk in np.argsort(-np.asarray(lengths), kind="stable"):
+    n, b = lengths[chunk], budgets[chunk]
+    # The first used row that fits, else a new one (row used_rows always fits).
+    fits = (free_tokens[:used_rows + 1] >= n) & (free_slots[:used_rows + 1] >= b)
+    row = int(fits.argmax())
+    used_rows = max(used_rows, row + 1)
+    free_tokens[row] -= n
+    free_slots[row] -= b
+    row_of[chunk] = row
+  return row_of
+
+
+def rows_of_chunks(input_ids: np.ndarray, lengths: np.ndarray, budgets: np.ndarray,
+                   capacity: int, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Padded chunks ([N, L] ids, [N] lengths with [CLS]/[SEP]) -> packed rows: (input_ids
+  [R, L], lengths [R] = real tokens of the row, segment_ids [R, L]). Within a row, chunks keep
+  their order in the window."""
+  count, seq_len = input_ids.shape
+  if not count:
+    return input_ids, np.zeros((0,), np.int32), np.zeros((0, seq_len), np.int32)
+  lengths = np.asarray(lengths, np.int64)
+  row_of = assign_rows(lengths, seq_len, budgets, capacity)
+  order = np.lexsort((np.arange(count), row_of))  # by row, then by position in the window
+  rows, sizes = row_of[order], lengths[order]
+  ends = np.cumsum(sizes)
+  row_start = np.searchsorted(rows, rows, side="left")  # first chunk of each chunk's row
+  offsets = ends - sizes - np.concatenate([[0], ends])[row_start]
+  segment = np.arange(count) - row_start + 1
+  num_rows = int(rows[-1]) + 1
+  out_ids = np.full((num_rows, seq_len), pad_id, np.int32)
+  out_segments = np.zeros((num_rows, seq_len), np.int32)
+  place_tokens(out_ids, input_ids[order], rows, offsets, sizes)
+  place_tokens(out_segments, np.broadcast_to(segment[:, None], (count, seq_len)), rows, offsets,
+               sizes)
+  return out_ids, np.bincount(rows, sizes, num_rows).astype(np.int32), out_segments
+
+
+def documents(segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(row [D], offset [D], length [D]) of every segment, in row order then position."""
+  previous = np.pad(segment_ids[:, :-1], ((0, 0), (1, 0)))
+  starts = (segment_ids > 0) & (segment_ids != previous)
+  rows, offsets = np.nonzero(starts)
+  following = np.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))
+  ends = (segment_ids > 0) & (segment_ids != following)
+  end_rows, end_cols = np.nonzero(ends)
+  if not np.array_equal(rows, end_rows):
+    raise ValueError("segment_ids: expected each segment in one contiguous run")
+  return rows, offsets, end_cols - offsets + 1
+
+
+def positions(segment_ids: np.ndarray) -> np.ndarray:
+  """int32 [B, L]: each token's position inside its segment (0 at its [CLS]; 0 on padding)."""
+  seq_len = segment_ids.shape[1]
+  pos = np.arange(seq_len)
+  previous = np.pad(segment_ids[:, :-1], ((0, 0), (1, 0)))
+  starts = (segment_ids > 0) & (segment_ids != previous)
+  last_start = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
+  return np.where(segment_ids > 0, pos - last_start, 0).astype(np.int32)
+
+
+def _token_index(rows, offsets, lengths, seq_len):
+  """(valid [D, L], row index [D, L], column in the row [D, L]) of each chunk's tokens."""
+  pos = np.arange(seq_len)
+  valid = pos < lengths[:, None]
+  cols = np.minimum(offsets[:, None] + pos, seq_len - 1)
+  return valid, np.broadcast_to(rows[:, None], valid.shape), cols
+
+
+def take_tokens(row_field: np.ndarray, rows, offsets, lengths, fill) -> np.ndarray:
+  """Each chunk's tokens of a row-aligned field, moved to the front: [D, L] (fill after)."""
+  valid, row_index, cols = _token_index(rows, offsets, lengths, row_field.shape[1])
+  return np.where(valid, row_field[row_index, cols], fill).astype(row_field.dtype)
+
+
+def place_tokens(out: np.ndarray, doc_field: np.ndarray, rows, offsets, lengths) -> np.ndarray:
+  """Writes each chunk's first lengths[d] entries of doc_field [D, L, ...] at its place in out
+  [B, L, ...] (in place; returns out)."""
+  valid, row_index, cols = _token_index(rows, offsets, lengths, out.shape[1])
+  out[row_index[valid], cols[valid]] = doc_field[valid]
+  return out
+
+
+def place_positions(doc_positions: np.ndarray, doc_targets: np.ndarray, rows, offsets,
+                    num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+  """The encoder's masked slots ([D, C] positions and targets, IGNORE past a chunk's count) ->
+  the rows' ([B, C]): each chunk's positions shifted by its offset, chunks in row order."""
+  capacity = doc_positions.shape[1]
+  valid = doc_targets != contract.IGNORE
+  doc_index = np.broadcast_to(np.arange(len(rows))[:, None], valid.shape)[valid]
+  entry_rows = rows[doc_index]  # ascending: chunks are in row order, slots ascending
+  rank = np.arange(len(entry_rows)) - np.searchsorted(entry_rows, entry_rows, side="left")
+  if rank.size and rank.max() >= capacity:
+    raise ValueError(f"packed row: more encoder-masked tokens than the {capacity} slots "
+                     "(rows must be packed by data/packing.rows_of_chunks)")
+  out_positions = np.zeros((num_rows, capacity), np.int32)
+  out_targets = np.full((num_rows, capacity), contract.IGNORE, np.int32)
+  out_positions[entry_rows, rank] = doc_positions[valid] + offsets[doc_index]
+  out_targets[entry_rows, rank] = doc_targets[valid]
+  return out_positions, out_targets
+
+
+def place_pool(doc_pool: np.ndarray, rows, offsets, lengths, num_rows: int,
+               seq_len: int) -> np.ndarray:
+  """Bit-packed pools [D, P, ceil(L/8)] -> the rows' [B, P, ceil(L/8)]: row p of a packed pool
+  holds every chunk's p-th mask, each on its own segment's tokens (segments are disjoint)."""
+  pool_size = doc_pool.shape[1]
+  bits = np.unpackbits(doc_pool, axis=-1, count=seq_len).transpose(0, 2, 1)  # [D, L, P]
+  out = np.zeros((num_rows, seq_len, pool_size), np.uint8)
+  place_tokens(out, bits, rows, offsets, lengths)
+  return np.packbits(out.transpose(0, 2, 1), axis=-1)
