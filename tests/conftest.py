@@ -7,8 +7,22 @@ functions; comparisons between two runs (meshes, resume, processes) are made und
 setting, and comparisons with outside references (NumPy, PyTorch) have float tolerances.
 """
 
+import json
 import os
+
+import pytest
 
 _FAST_COMPILE = "--xla_backend_optimization_level=0"
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  """40 real documents (standard library docstrings) in a jsonl file, with two bad lines."""
+  from retromae_jax.data import sources
+  path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+  lines = [json.dumps({"text": t}) for t in sources.pydoc_texts()[:40]]
+  lines[5:5] = ["{broken json", json.dumps({"title": "no text"})]
+  path.write_text("\n".join(lines) + "\n")
+  return str(path)

@@ -1,6 +1,5 @@
 """Chunking and the tf.data pipeline: the batch contract, determinism, sharding, resume, CLI."""
 
-import json
 import logging
 import os
 import resource
@@ -96,15 +95,6 @@ def test_ten_megabyte_one_line_document_is_bounded(tok, is_cont):
 
 
 # ---------------------------------------------------------------- Pipeline
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  """40 real documents (standard library docstrings) in a jsonl file, with two bad lines."""
-  path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-  lines = [json.dumps({"text": t}) for t in sources.pydoc_texts()[:40]]
-  lines[5:5] = ["{broken json", json.dumps({"title": "no text"})]
-  path.write_text("\n".join(lines) + "\n")
-  return str(path)
 
 
 def _config(corpus, **overrides):

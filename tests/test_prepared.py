@@ -22,15 +22,6 @@ def tok():
   return tokenizer_lib.load_tokenizer("default")
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  """40 real documents (standard library docstrings) in a jsonl file, with two bad lines."""
-  path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-  lines = [json.dumps({"text": t}) for t in sources.pydoc_texts()[:40]]
-  lines[5:5] = ["{broken json", json.dumps({"title": "no text"})]
-  path.write_text("\n".join(lines) + "\n")
-  return str(path)
-
 
 def _config(source, **data):
   c = get_config("smoke")

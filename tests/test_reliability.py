@@ -27,17 +27,9 @@ from retromae_jax.trainers import divergence
 from retromae_jax.trainers import preflight
 from retromae_jax.trainers.train_state import TrainState
 
+from texts import DOCS  # noqa: E402  (tests/ is on sys.path)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = [
-    "Python is an easy to learn, powerful programming language with efficient data structures.",
-    "The interpreter and the extensive standard library are freely available in source form.",
-    "Lists might contain items of different types, but usually the items all have the same type.",
-    "A function definition associates a function name with the function object in the table.",
-    "Exceptions are raised when an error is detected during execution of a program statement.",
-    "Modules can import other modules, and it is customary to place all imports at the top.",
-    "The with statement allows objects like files to be used in a way that cleans them up.",
-    "Strings can be concatenated with the plus operator and repeated with the star operator.",
-]
 # Lines a real corpus has a few of: the run skips and counts them.
 BAD_LINES = ["{not json", '{"title": "no text field"}', "", '{"text": "   "}']
 FAST_EXIT_S = 30  # from the fault to the exit: seconds, not a hang (generous for a busy 2-core CI)

@@ -35,13 +35,6 @@ import numpy as np
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import chunking, prepared, sources
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "configs/base.py[:PRESET]")
-_SOURCE = flags.DEFINE_string("source", None, "a raw data.source: jsonl:GLOB, text:GLOB, ...")
-_OUT = flags.DEFINE_string("out", None, "output directory (must not hold a prepared corpus)")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "worker processes = output shards; "
-                                    "0 = one per CPU core")
-flags.mark_flags_as_required(["source", "out"])
-
 _WRITER_OPTIONS = "group_size:1"  # one record per group: a random read decodes one chunk only
 
 
@@ -162,12 +155,24 @@ def prepare(source: str, out: str, config, num_workers: int = 0) -> dict:
   return meta
 
 
+def _define_flags():
+  """Flags exist only when this module runs as a program: tests and other programs import
+  prepare() without claiming --config, --source or --out."""
+  config_flags.DEFINE_config_file("config", "configs/base.py", "configs/base.py[:PRESET]")
+  flags.DEFINE_string("source", None, "a raw data.source: jsonl:GLOB, text:GLOB, ...")
+  flags.DEFINE_string("out", None, "output directory (must not hold a prepared corpus)")
+  flags.DEFINE_integer("num_workers", 0, "worker processes = output shards; 0 = one per CPU core")
+  flags.mark_flags_as_required(["source", "out"])
+
+
 def main(argv):
   del argv
-  meta = prepare(_SOURCE.value, _OUT.value, _CONFIG.value, _NUM_WORKERS.value)
-  logging.info("prepare: wrote %s in %.1f s", _OUT.value, meta["seconds"])
-  print(json.dumps({"out": _OUT.value, **meta["stats"], "seconds": meta["seconds"]}))
+  f = flags.FLAGS
+  meta = prepare(f.source, f.out, f.config, f.num_workers)
+  logging.info("prepare: wrote %s in %.1f s", f.out, meta["seconds"])
+  print(json.dumps({"out": f.out, **meta["stats"], "seconds": meta["seconds"]}))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
