@@ -27,6 +27,7 @@ def _config(source, **data):
   c = get_config("smoke")
   c.data.source = source
   c.data.max_seq_length = SEQ_LEN
+  c.data.pack = False  # prepared rows are read by index, one chunk per row
   c.batch_size = 8
   for key, value in data.items():
     setattr(c.data, key, value)
