@@ -5,12 +5,22 @@ most tests start short training runs whose time goes into compiling, not running
 level 0 compiles about 3x faster (a smoke run takes 25% less CPU). The programs compute the same
 functions; comparisons between two runs (meshes, resume, processes) are made under the same
 setting, and comparisons with outside references (NumPy, PyTorch) have float tolerances.
+Compiled programs are cached on disk across the session's processes (see below).
 """
 
 import json
 import os
+import tempfile
 
 import pytest
+
+# Every program the tests start compiles nearly the same smoke-sized steps: a persistent
+# compilation cache shared by the session's processes (JAX's own, keyed by the program, the jax
+# version and the XLA flags) compiles each once. Set before jax is imported, by this process and
+# inherited by its children.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "retromae_jax_tests_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 _FAST_COMPILE = "--xla_backend_optimization_level=0"
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):

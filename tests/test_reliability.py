@@ -157,27 +157,36 @@ def test_a_cut_latest_checkpoint_is_moved_aside_and_the_previous_one_resumed(div
   workdir, corpus, _ = diverged
   steps = _steps(workdir)
   latest = os.path.join(workdir, "checkpoints", str(steps[-1]))
-  data = max(glob.glob(f"{latest}/state/ocdbt.process_0/d/*"), key=os.path.getsize)
-  with open(data, "r+b") as f:
-    f.truncate(os.path.getsize(data) // 2)
-  # export / init.checkpoint read through restore_params: it names the step and the cut file.
+  # Every data file cut in half, as a copy or a write stopped midway leaves them: which file holds
+  # the parameters and which the optimizer state is Orbax's business (cutting only the largest
+  # one sometimes spared the parameters).
+  data_files = glob.glob(f"{latest}/state/ocdbt.process_0/d/*")
+  assert data_files
+  for data in data_files:
+    with open(data, "r+b") as f:
+      f.truncate(os.path.getsize(data) // 2)
+  # export / init.checkpoint read through restore_params: it names the step and a cut file.
   copy = str(tmp_path / "copy" / str(steps[-1]))
   shutil.copytree(latest, copy)
   with pytest.raises(checkpoints.Damaged, match=re.escape(
-      f"{copy}: the checkpoint cannot be read (damaged file {copy}{data[len(latest):]};")):
+      f"{copy}: the checkpoint cannot be read (damaged file {copy}/state/ocdbt.process_0/d/")):
     checkpoints.restore_params(copy, checkpoints.abstract_params(copy))
 
-  total = steps[-1] + 2
+  # The resumed run trains one step: the one the cut checkpoint held, which the diverging run
+  # trained to a finite loss from the same parameters and batch. (Further steps from these
+  # blown-up weights can overflow at any learning rate.)
+  total = steps[-1]
   rc, stderr, _, _ = _run(workdir, _args(corpus, f"--config.total_steps={total}",
                                          "--config.checkpoint_every=1",
-                                         "--config.checkpoint_keep=3"))
+                                         "--config.checkpoint_keep=3",
+                                         "--config.optim.learning_rate=1e-5"))
   assert rc == 0, stderr[-3000:]
   moved = [line for line in stderr.splitlines() if "moved to" in line]
   assert len(moved) == 1 and f"{latest}: the checkpoint cannot be read" in moved[0], moved
   assert os.path.isdir(latest + checkpoints.DAMAGED_SUFFIX)  # kept, not deleted
   assert f"Resuming from {workdir}/checkpoints/{steps[-2]}" in stderr
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    assert [json.loads(line)["step"] for line in f][-3:] == [total - 2, total - 1, total]
+    assert [json.loads(line)["step"] for line in f][-2:] == [total - 1, total]
   assert _assert_all_checkpoints_finite(workdir)[-1] == total
 
 
