@@ -15,9 +15,9 @@ of N would read (data/sources.py) and writes output shard w. Train on DIR with
   prepared.json                settings, tokenizer fingerprint, per-shard and total counts
                                (documents, chunks, tokens, dropped short chunks, skipped lines
                                by reason); written last, so a DIR with it is complete
-The workers are processes (every core by default); a corpus that outgrows one machine is split
-into several SOURCE globs prepared on several machines and trained on as a mixture (see
-docs/prepared_data.md).
+The workers are processes (every core by default), or, with --engine=beam, shard tasks of an
+Apache Beam pipeline (DirectRunner here; Dataflow, Spark or Flink for a corpus that outgrows one
+machine: data/prepare_beam.py); the output is the same either way.
 """
 
 import concurrent.futures
@@ -86,8 +86,15 @@ def prepare_shard(task: ShardTask) -> dict:
           "skipped_lines": skips.as_dict()}
 
 
-def prepare(source: str, out: str, config, num_workers: int = 0) -> dict:
-  """Writes the prepared corpus of `source` to `out` (module docstring); returns prepared.json."""
+def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "local",
+            beam_args: tuple[str, ...] = ()) -> dict:
+  """Writes the prepared corpus of `source` to `out` (module docstring); returns prepared.json.
+
+  engine "local": `num_workers` processes of this machine; "beam": `num_workers` shard tasks on
+  Apache Beam with the pipeline options `beam_args` (data/prepare_beam.py).
+  """
+  if engine not in ("local", "beam"):
+    raise ValueError(f"--engine {engine!r}: expected local or beam")
   if prepared.is_prepared(source):
     raise ValueError(f"--source {source!r}: already prepared; expected a raw data.source")
   if os.path.exists(os.path.join(out, prepared.META)):
@@ -103,7 +110,10 @@ def prepare(source: str, out: str, config, num_workers: int = 0) -> dict:
                      "uint16" if vocab_size <= 1 << 16 else "int32")
            for index in range(num_workers)]
   sources.documents(source, config.data.data_dir, skips=sources.SkipCounter())  # fails early
-  if num_workers == 1:
+  if engine == "beam":
+    from retromae_jax.data import prepare_beam  # optional dependency, imported on demand
+    shards = prepare_beam.run_shards(tasks, list(beam_args))
+  elif num_workers == 1:
     shards = [prepare_shard(tasks[0])]
   else:
     # Each worker runs the tokenizer on one core: the workers are the parallelism. Spawned, not
@@ -161,14 +171,19 @@ def _define_flags():
   config_flags.DEFINE_config_file("config", "configs/base.py", "configs/base.py[:PRESET]")
   flags.DEFINE_string("source", None, "a raw data.source: jsonl:GLOB, text:GLOB, ...")
   flags.DEFINE_string("out", None, "output directory (must not hold a prepared corpus)")
-  flags.DEFINE_integer("num_workers", 0, "worker processes = output shards; 0 = one per CPU core")
+  flags.DEFINE_integer("num_workers", 0, "output shards (= worker processes for the local "
+                       "engine); 0 = one per CPU core")
+  flags.DEFINE_enum("engine", "local", ["local", "beam"], "local: processes of this machine; "
+                    "beam: Apache Beam, pipeline options after `--` (data/prepare_beam.py)")
   flags.mark_flags_as_required(["source", "out"])
 
 
 def main(argv):
-  del argv
   f = flags.FLAGS
-  meta = prepare(f.source, f.out, f.config, f.num_workers)
+  if len(argv) > 1 and f.engine != "beam":
+    raise app.UsageError(f"unexpected arguments {argv[1:]} (only --engine=beam takes pipeline "
+                         "options, after `--`)")
+  meta = prepare(f.source, f.out, f.config, f.num_workers, f.engine, tuple(argv[1:]))
   logging.info("prepare: wrote %s in %.1f s", f.out, meta["seconds"])
   print(json.dumps({"out": f.out, **meta["stats"], "seconds": meta["seconds"]}))
 
