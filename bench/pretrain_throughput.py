@@ -88,7 +88,7 @@ def step_throughput(args, extra):
       return losses.objective_loss(outputs, batch, objective.bow_weight)
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
-  update = jax.jit(loop.make_update_step(loss_and_grads, tx, schedule,
+  update = jax.jit(loop.make_update_step(loss_and_grads, tx, {"lr": schedule},
                                          lambda b: b["attention_mask"].sum(), config.seed),
                    donate_argnums=0)
   device_batches = [jax.device_put(b) for b in host]
