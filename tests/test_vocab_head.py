@@ -53,9 +53,8 @@ def numpy_cross_entropy(hidden, embeddings, bias, labels):
   picked = np.take_along_axis(log_probs, safe[..., None], -1)[..., 0]
   loss = -(picked * valid).sum() / count
   accuracy = ((logits.argmax(-1) == labels) & valid).sum() / count
-  dlogits = np.exp(log_probs)
-  np.put_along_axis(dlogits, safe[..., None], np.take_along_axis(dlogits, safe[..., None], -1) - 1, -1)
-  dlogits *= valid[..., None] / count
+  onehot = np.arange(V) == safe[..., None]
+  dlogits = (np.exp(log_probs) - onehot) * (valid[..., None] / count)
   flat = dlogits.reshape(-1, V)
   return (loss, accuracy, dlogits @ w, flat.T @ h.reshape(-1, D), flat.sum(0))
 

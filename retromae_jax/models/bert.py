@@ -46,7 +46,7 @@ class ModelConfig:
   attention: str = "auto"  # models/attention.py: 'auto' | 'dense' | 'chunked' | 'cudnn'
   attention_block: int = 512  # queries per block of 'chunked' attention
   sentence_vector: str = "cls"  # the decoder's h: 'cls' | 'mean' (retromae_jax/models/pooling.py)
-  vocab_head: str = "fused"  # the vocabulary projection's gradients: 'fused' | 'autodiff' (vocab_logits)
+  vocab_head: str = "fused"  # the projection's gradients: 'fused' | 'autodiff' (vocab_logits)
 
   @property
   def head_dim(self) -> int:
@@ -331,7 +331,8 @@ def vocab_logits(hidden: Array, embeddings: Array, bias: Array, gradients: str =
     return _projection_with_dot_gradients(hidden, embeddings, bias)
   if gradients == "autodiff":
     return _projection(hidden, embeddings, bias)
-  raise ValueError(f"model.vocab_head: expected one of {', '.join(VOCAB_HEADS)}, got {gradients!r}")
+  raise ValueError(f"model.vocab_head: expected one of {', '.join(VOCAB_HEADS)}, "
+                   f"got {gradients!r}")
 
 
 def _projection(hidden: Array, embeddings: Array, bias: Array) -> Array:
