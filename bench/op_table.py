@@ -5,7 +5,8 @@
 
 Reads the jax.profiler trace (perfetto_trace.json.gz: one event per executed XLA op) and the
 compiled step's HLO (to say what each op computes: its called computation's opcodes), and prints
-a markdown table of ms per step by kind, then the top ops.
+a markdown table of ms per step by kind, then the top ops, then the dots the trace times only at
+their launch (XLA:CPU runs plain dots asynchronously: their work is in no row).
 """
 
 import argparse
@@ -110,6 +111,14 @@ def main():
   for name, ms in per_op.most_common(args.top):
     body = bodies.get(name, "")
     print(f"| {name} | {kind_of(name, body)} | {detail(body)} | {ms:,.0f} |")
+  # XLA:CPU runs a plain (non-YNN) dot asynchronously on its Eigen pool: the trace times only
+  # its launch, so its work is in no row above (the wall clock still counts it).
+  launched = [f"{name} ({detail(bodies[name])})" for name, ms in per_op.items()
+              if re.match(r"dot(_general)?\.\d+$", name) and ms < 1
+              and re.search(r"\bdot\(", bodies.get(name, ""))]
+  if launched:
+    print(f"\nTimed at their launch only (asynchronous dots, work not counted above): "
+          f"{', '.join(sorted(launched))}")
 
 
 if __name__ == "__main__":

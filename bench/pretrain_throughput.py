@@ -12,6 +12,8 @@ ready before the clock starts); `--program` instead times the whole training pro
   python bench/pretrain_throughput.py --preset=base --batch_size=32 --seq_len=512  # accelerator
   [--config.KEY=VALUE ...]  e.g. --config.data.pack=False --config.model.dtype=bfloat16
   [--trace_dir=DIR]  a jax.profiler trace of the timed steps (TensorBoard / Perfetto)
+  [--versus=KEY=VALUE ... --pairs=N]  A/B: the config and the config with these overrides
+      (e.g. --versus=model.vocab_head=autodiff), timed in N alternating pairs in one process
 
 The last line is one JSON object: s_per_step, real tokens/s, slots/s, MFU (FLOPs the device
 computes, trainers/flops.py, over the device's peak: configs' cpu_peak_flops on CPU).
@@ -53,10 +55,11 @@ def _config(args, extra):
   return config
 
 
-def step_throughput(args, extra):
+def _compiled_step(args, config):
+  """(jitted update step, its initial state, the device batches, model config, objective) of
+  `config`, the first step run (compiled) and its seconds."""
   import flax.linen as nn
   import jax
-  import numpy as np
 
   from retromae_jax.data import pipeline
   from retromae_jax.data import tokenizer as tokenizer_lib
@@ -64,9 +67,8 @@ def step_throughput(args, extra):
   from retromae_jax.models.bert import model_config_from
   from retromae_jax.objectives.config import objective_config_from
   from retromae_jax.objectives.registry import make_model
-  from retromae_jax.trainers import flops, loop, optim, train_state, validation
+  from retromae_jax.trainers import loop, optim, train_state, validation
 
-  config = _config(args, extra)
   validation.validate(config)
   tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
   multiple = config.model.vocab_multiple
@@ -88,32 +90,47 @@ def step_throughput(args, extra):
       return losses.objective_loss(outputs, batch, objective.bow_weight)
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
-  update = jax.jit(loop.make_update_step(loss_and_grads, tx, schedule,
+  update = jax.jit(loop.make_update_step(loss_and_grads, tx, {"lr": schedule},
                                          lambda b: b["attention_mask"].sum(), config.seed),
                    donate_argnums=0)
   device_batches = [jax.device_put(b) for b in host]
   start = time.perf_counter()
   state, _ = update(state, device_batches[0])
   jax.block_until_ready(state)
-  compile_s = time.perf_counter() - start
+  return update, state, device_batches, cfg, objective, time.perf_counter() - start
 
+
+def _timed_steps(update, state, device_batches, steps):
+  """(state, last metrics, wall seconds of `steps` steps to their completion)."""
+  import jax
+  start = time.perf_counter()
+  for i in range(steps):
+    state, metrics = update(state, device_batches[i % len(device_batches)])
+  jax.block_until_ready((state, metrics))
+  return state, metrics, time.perf_counter() - start
+
+
+def step_throughput(args, extra):
+  import jax
+  import numpy as np
+
+  from retromae_jax.trainers import flops
+
+  config = _config(args, extra)
+  update, state, device_batches, cfg, objective, compile_s = _compiled_step(args, config)
   if args.trace_dir:
     # The compiled program's HLO names every op of the trace (bench/op_table.py reads both).
     os.makedirs(args.trace_dir, exist_ok=True)
     with open(os.path.join(args.trace_dir, "step.hlo.txt"), "w", encoding="utf-8") as f:
       f.write(update.lower(state, device_batches[0]).compile().as_text())
     jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
-  start = time.perf_counter()
-  for i in range(args.steps):
-    state, metrics = update(state, device_batches[i % len(device_batches)])
-  jax.block_until_ready((state, metrics))
-  seconds = time.perf_counter() - start
+  state, metrics, seconds = _timed_steps(update, state, device_batches, args.steps)
   if args.trace_dir:
     jax.profiler.stop_trace()
 
-  real = sum(int(device_batches[i % len(host)]["attention_mask"].sum())
+  real = sum(int(device_batches[i % len(device_batches)]["attention_mask"].sum())
              for i in range(args.steps))
-  example = host[0]
+  example = device_batches[0]
   flops_per_step = config.batch_size * flops.train_flops_per_example(
       cfg, objective, args.seq_len, encoder_len=example["encoder_input_ids"].shape[1],
       encoder_positions=example["encoder_positions"].shape[1] if "encoder_positions" in example
@@ -135,6 +152,34 @@ def step_throughput(args, extra):
       "loss_last": round(float(metrics["loss"]), 4),
       "loadavg_1m": round(os.getloadavg()[0], 2),
   }
+
+
+def paired_throughput(args, extra):
+  """Seconds per step of the config (A) and of the config with --versus overrides (B), timed
+  in alternating pairs A B A B ... in this one process, so that a changing machine load falls
+  on both alike; reports each pair's B/A ratio and their median."""
+  import numpy as np
+  steps = {}
+  for name, flags in (("A", extra), ("B", extra + [f"--config.{v}" for v in args.versus])):
+    update, state, batches, *_ = _compiled_step(args, _config(args, flags))
+    steps[name] = [update, state, batches]
+  load_before = os.getloadavg()
+  seconds = {"A": [], "B": []}
+  for _ in range(args.pairs):
+    for name, (update, state, batches) in steps.items():
+      state, _, s = _timed_steps(update, state, batches, args.steps)
+      steps[name][1] = state
+      seconds[name].append(s / args.steps)
+  ratios = [b / a for a, b in zip(seconds["A"], seconds["B"])]
+  return {"preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
+          "A": " ".join(extra) or "(defaults)", "B": " ".join(args.versus),
+          "steps_per_timing": args.steps,
+          "A_s_per_step": [round(s, 3) for s in seconds["A"]],
+          "B_s_per_step": [round(s, 3) for s in seconds["B"]],
+          "B_over_A": [round(r, 3) for r in ratios],
+          "median_B_over_A": round(float(np.median(ratios)), 3),
+          "loadavg_before": [round(x, 2) for x in load_before],
+          "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def program_throughput(args, extra):
@@ -168,8 +213,17 @@ def main():
   parser.add_argument("--trace_dir", default="", help="write a jax.profiler trace here")
   parser.add_argument("--program", action="store_true",
                       help="time the whole training program's process instead of the step")
+  parser.add_argument("--versus", action="append", default=[],
+                      help="KEY=VALUE (repeatable): also time the config with these overrides, "
+                           "in alternating pairs with the config itself")
+  parser.add_argument("--pairs", type=int, default=3, help="alternating pairs with --versus")
   args, extra = parser.parse_known_args()  # the rest: --config.KEY=VALUE flags
-  result = program_throughput(args, extra) if args.program else step_throughput(args, extra)
+  if args.program:
+    result = program_throughput(args, extra)
+  elif args.versus:
+    result = paired_throughput(args, extra)
+  else:
+    result = step_throughput(args, extra)
   print(json.dumps(result))
 
 

@@ -118,6 +118,10 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # GPU kernel (bf16, no attention dropout).
   c.model.attention = "auto"
   c.model.attention_block = 512
+  # Gradients of the vocabulary projection (models/bert.vocab_logits): 'fused' = weight and bias
+  # gradients as plain dots over the flattened tokens (no transposed copy of the [tokens, vocab]
+  # logit gradient; same numbers up to summation order), 'autodiff' = JAX's own derivative.
+  c.model.vocab_head = "fused"
   # Longer inputs than an init.hf_dir checkpoint's positions cover (e.g. 8192): its position table
   # grows to this many positions, the new rows from the learned ones by 'tile' (copy them again
   # and again, Longformer's recipe) or 'interpolate' (stretch them linearly). 0 = keep its length.

@@ -46,6 +46,7 @@ class ModelConfig:
   attention: str = "auto"  # models/attention.py: 'auto' | 'dense' | 'chunked' | 'cudnn'
   attention_block: int = 512  # queries per block of 'chunked' attention
   sentence_vector: str = "cls"  # the decoder's h: 'cls' | 'mean' (retromae_jax/models/pooling.py)
+  vocab_head: str = "fused"  # the projection's gradients: 'fused' | 'autodiff' (vocab_logits)
 
   @property
   def head_dim(self) -> int:
@@ -95,7 +96,7 @@ def model_config_from(config, vocab_size: int) -> ModelConfig:
       query_stream=m.query_stream, remat=m.remat, family=family,
       pad_token_id=pad if pad >= 0 else DEFAULT_PAD[family], attention=m.get("attention", "auto"),
       attention_block=m.get("attention_block", 512),
-      sentence_vector=m.get("sentence_vector", "cls"))
+      sentence_vector=m.get("sentence_vector", "cls"), vocab_head=m.get("vocab_head", "fused"))
 
 
 def _normal(cfg: ModelConfig, names):
@@ -311,6 +312,64 @@ class MLMHead(nn.Module):
     x = nn.gelu(x, approximate=False)
     x = _layer_norm(cfg, "LayerNorm")(x)
     bias = self.param("bias", _zeros(("vocab",)), (cfg.vocab_size,), cfg.param_dtype)
-    logits = jnp.einsum("...d,vd->...v", x, word_embeddings.astype(cfg.dtype))
-    # The softmax and cross-entropy run in float32 whatever the compute dtype.
-    return logits.astype(jnp.float32) + bias.astype(jnp.float32)
+    return vocab_logits(x, word_embeddings.astype(cfg.dtype), bias, cfg.vocab_head)
+
+
+VOCAB_HEADS = ("fused", "autodiff")
+
+
+def vocab_logits(hidden: Array, embeddings: Array, bias: Array, gradients: str = "fused") -> Array:
+  """float32 logits [..., V] = hidden [..., D] . embeddings [V, D]^T + bias [V].
+
+  The product runs in the inputs' (compute) dtype; the softmax and cross-entropy that read the
+  logits run in float32 whatever that dtype. Both `gradients` give the same numbers up to
+  summation order: 'autodiff' is JAX's derivative of the einsum and the bias broadcast;
+  'fused' computes them as plain 2-D dots (_projection_gradients), which XLA:CPU runs without
+  transposing the [tokens, V] logit gradient and without its slow column reduction.
+  """
+  if gradients == "fused":
+    return _projection_with_dot_gradients(hidden, embeddings, bias)
+  if gradients == "autodiff":
+    return _projection(hidden, embeddings, bias)
+  raise ValueError(f"model.vocab_head: expected one of {', '.join(VOCAB_HEADS)}, "
+                   f"got {gradients!r}")
+
+
+def _projection(hidden: Array, embeddings: Array, bias: Array) -> Array:
+  logits = jnp.einsum("...d,vd->...v", hidden, embeddings)
+  return logits.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+@jax.custom_vjp
+def _projection_with_dot_gradients(hidden: Array, embeddings: Array, bias: Array) -> Array:
+  return _projection(hidden, embeddings, bias)
+
+
+def _projection_forward(hidden, embeddings, bias):
+  return _projection(hidden, embeddings, bias), (hidden, embeddings, bias)
+
+
+def _projection_gradients(residuals, dlogits):
+  """(d hidden, d embeddings, d bias) of the logits' cotangent [..., V] (float32).
+
+  Tokens are flattened into one row axis N, so that both weight gradients contract over a
+  leading axis of 2-D operands: XLA:CPU then calls one dot on the [N, V] gradient as it lies
+  (contracting over (batch, length) of 3-D operands instead made it copy a transposed
+  [V, N] first), and the bias gradient is a ones-vector dot (its column reduction of the same
+  [N, V] array was ~15x slower). The dtypes are autodiff's: the products in the compute dtype,
+  the bias gradient in float32.
+  """
+  hidden, embeddings, bias = residuals
+  compute = jnp.result_type(hidden, embeddings)
+  rows = dlogits.reshape(-1, dlogits.shape[-1])  # [N, V]
+  over_rows = (((0,), (0,)), ((), ()))
+  d_hidden = jnp.einsum("...v,vd->...d", dlogits.astype(compute), embeddings.astype(compute))
+  d_embeddings = jax.lax.dot_general(rows.astype(compute),
+                                     hidden.reshape(-1, hidden.shape[-1]).astype(compute),
+                                     over_rows)  # [V, D]
+  d_bias = jax.lax.dot_general(jnp.ones(rows.shape[:1], rows.dtype), rows, over_rows)
+  return (d_hidden.astype(hidden.dtype), d_embeddings.astype(embeddings.dtype),
+          d_bias.astype(bias.dtype))
+
+
+_projection_with_dot_gradients.defvjp(_projection_forward, _projection_gradients)
