@@ -134,9 +134,28 @@ def place_positions(doc_positions: np.ndarray, doc_targets: np.ndarray, rows, of
 def place_pool(doc_pool: np.ndarray, rows, offsets, lengths, num_rows: int,
                seq_len: int) -> np.ndarray:
   """Bit-packed pools [D, P, ceil(L/8)] -> the rows' [B, P, ceil(L/8)]: row p of a packed pool
-  holds every chunk's p-th mask, each on its own segment's tokens (segments are disjoint)."""
-  pool_size = doc_pool.shape[1]
-  bits = np.unpackbits(doc_pool, axis=-1, count=seq_len).transpose(0, 2, 1)  # [D, L, P]
-  out = np.zeros((num_rows, seq_len, pool_size), np.uint8)
-  place_tokens(out, bits, rows, offsets, lengths)
-  return np.packbits(out.transpose(0, 2, 1), axis=-1)
+  holds every chunk's p-th mask, each on its own segment's tokens (segments are disjoint).
+
+  The bits move as bytes: a chunk at offset o moves o // 8 bytes and o % 8 bits (each output
+  byte is a window of two input bytes), and chunks sharing a row are OR-ed together; nothing is
+  unpacked. A chunk's bits past its length are zero (masks cover its words only).
+  """
+  del lengths  # the bits past each chunk's length are zero: they move as they are
+  num_docs, pool_size, num_bytes = doc_pool.shape
+  if not num_docs:
+    return np.zeros((num_rows, pool_size, num_bytes), np.uint8)
+  # Output byte b of a chunk at offset o is the chunk's bytes (b - o // 8 - 1, b - o // 8) read
+  # as one 16-bit window shifted right by o % 8; bytes before the chunk's first are zero.
+  padded = np.zeros((num_docs, pool_size, 2 * num_bytes), np.uint16)
+  padded[:, :, num_bytes:] = doc_pool
+  offsets = np.asarray(offsets)
+  start = (np.arange(num_docs * pool_size) * (2 * num_bytes)).reshape(num_docs, pool_size, 1)
+  source = start + (num_bytes - offsets // 8)[:, None, None] + np.arange(num_bytes)
+  window = (padded.take(source - 1) << 8) | padded.take(source)
+  moved = (window >> (offsets % 8).astype(np.uint16)[:, None, None]).astype(np.uint8)
+  # Chunks come in row order, the k-th of each row at k - (the row's first): OR them together.
+  out = np.zeros((num_rows, pool_size, num_bytes), np.uint8)
+  rank = np.arange(num_docs) - np.searchsorted(rows, rows, side="left")
+  for k in range(int(rank.max()) + 1):
+    out[rows[rank == k]] |= moved[rank == k]
+  return out
