@@ -110,8 +110,11 @@ def greedy_walk(sorted_len: np.ndarray, budget: np.ndarray
   """
   sorted_len = np.asarray(sorted_len)
   num_rows, num_words = sorted_len.shape
-  budget = np.asarray(budget, np.int32)
-  cumulative = np.cumsum(sorted_len, axis=1, dtype=np.int32)
+  # 16-bit sums when no row can reach 2^15 tokens: half the memory traffic of 32-bit ones.
+  small = sorted_len.dtype.itemsize <= 2 and num_words * int(sorted_len.max(initial=0)) < 1 << 15
+  sum_type = np.int16 if small else np.int32
+  budget = np.minimum(budget, np.iinfo(sum_type).max).astype(sum_type)
+  cumulative = np.cumsum(sorted_len, axis=1, dtype=sum_type)
   prefix = np.count_nonzero(cumulative <= budget[:, None], axis=1)  # lengths >= 0: a prefix
   used = np.where(prefix > 0, cumulative[np.arange(num_rows), np.maximum(prefix - 1, 0)], 0)
   remaining = budget - used
@@ -181,16 +184,16 @@ def whole_word_masks(word_of_token: np.ndarray, word_len: np.ndarray, budget: np
   shape = (num_examples, num_rows, num_words)
   if priority is None:
     keys = _random_keys(rng, np.prod(shape), key_type).reshape(shape)
-    keys >>= shift
+    keys &= ~key_type((1 << index_bits) - 1)  # random high bits, room for the index
   else:
     keys = np.zeros(shape, key_type)
     keys[:, :num_masks] = priority
-  keys <<= shift
+    keys <<= shift
   keys |= np.arange(num_words, dtype=key_type)
   sorted_keys = np.sort(keys, axis=-1)
   index_mask = key_type((1 << index_bits) - 1)
-  sorted_words = (sorted_keys & index_mask).astype(np.intp)
-  sorted_words += (np.arange(num_examples) * num_words)[:, None, None]
+  sorted_words = sorted_keys & index_mask  # flat indices into word_len
+  sorted_words += (np.arange(num_examples, dtype=key_type) * key_type(num_words))[:, None, None]
   sorted_len = word_len.astype(np.int16).ravel().take(sorted_words).reshape(-1, num_words)
   sorted_keys = sorted_keys.reshape(-1, num_words)
   prefix, extra_rows, extra_cols = greedy_walk(sorted_len, np.repeat(budget, num_rows))

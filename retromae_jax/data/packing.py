@@ -67,13 +67,20 @@ def rows_of_chunks(input_ids: np.ndarray, lengths: np.ndarray, budgets: np.ndarr
   return out_ids, np.bincount(rows, sizes, num_rows).astype(np.int32), out_segments
 
 
+def _segment_edges(segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(starts, ends) bool [B, L]: the first and the last token of every segment."""
+  real = segment_ids > 0
+  changes = segment_ids[:, 1:] != segment_ids[:, :-1]  # between token j and j + 1
+  starts, ends = real.copy(), real.copy()
+  starts[:, 1:] &= changes
+  ends[:, :-1] &= changes
+  return starts, ends
+
+
 def documents(segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(row [D], offset [D], length [D]) of every segment, in row order then position."""
-  previous = np.pad(segment_ids[:, :-1], ((0, 0), (1, 0)))
-  starts = (segment_ids > 0) & (segment_ids != previous)
+  starts, ends = _segment_edges(segment_ids)
   rows, offsets = np.nonzero(starts)
-  following = np.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))
-  ends = (segment_ids > 0) & (segment_ids != following)
   end_rows, end_cols = np.nonzero(ends)
   if not np.array_equal(rows, end_rows):
     raise ValueError("segment_ids: expected each segment in one contiguous run")
@@ -82,10 +89,8 @@ def documents(segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def positions(segment_ids: np.ndarray) -> np.ndarray:
   """int32 [B, L]: each token's position inside its segment (0 at its [CLS]; 0 on padding)."""
-  seq_len = segment_ids.shape[1]
-  pos = np.arange(seq_len)
-  previous = np.pad(segment_ids[:, :-1], ((0, 0), (1, 0)))
-  starts = (segment_ids > 0) & (segment_ids != previous)
+  pos = np.arange(segment_ids.shape[1])
+  starts, _ = _segment_edges(segment_ids)
   last_start = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
   return np.where(segment_ids > 0, pos - last_start, 0).astype(np.int32)
 
