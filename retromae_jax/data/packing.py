@@ -51,7 +51,17 @@ def rows_of_chunks(input_ids: np.ndarray, lengths: np.ndarray, budgets: np.ndarr
   if not count:
     return input_ids, np.zeros((0,), np.int32), np.zeros((0, seq_len), np.int32)
   lengths = np.asarray(lengths, np.int64)
-  row_of = assign_rows(lengths, seq_len, budgets, capacity)
+  return place_chunks(input_ids, lengths, assign_rows(lengths, seq_len, budgets, capacity),
+                      pad_id)
+
+
+def place_chunks(input_ids: np.ndarray, lengths: np.ndarray, row_of: np.ndarray,
+                 pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Padded chunks ([N, L] ids, [N] lengths) and the row of each ([N], rows 0 .. R-1 all used)
+  -> the rows (input_ids [R, L], lengths [R], segment_ids [R, L]): within a row, chunks in
+  their order here, back to back from its first token."""
+  count, seq_len = input_ids.shape
+  lengths = np.asarray(lengths, np.int64)
   order = np.lexsort((np.arange(count), row_of))  # by row, then by position in the window
   rows, sizes = row_of[order], lengths[order]
   ends = np.cumsum(sizes)
@@ -65,6 +75,19 @@ def rows_of_chunks(input_ids: np.ndarray, lengths: np.ndarray, budgets: np.ndarr
   place_tokens(out_segments, np.broadcast_to(segment[:, None], (count, seq_len)), rows, offsets,
                sizes)
   return out_ids, np.bincount(rows, sizes, num_rows).astype(np.int32), out_segments
+
+
+def plan_rows(lengths: np.ndarray, budgets: np.ndarray, seq_len: int, capacity: int,
+              window: int) -> np.ndarray:
+  """The row of each chunk of a chunk stream packed as the raw pipeline packs it: windows of
+  `window` consecutive chunks, each packed by assign_rows; rows numbered window after window."""
+  row_of = np.empty(len(lengths), np.int64)
+  first_row = 0
+  for start in range(0, len(lengths), window):
+    part = slice(start, start + window)
+    row_of[part] = first_row + assign_rows(lengths[part], seq_len, budgets[part], capacity)
+    first_row = int(row_of[part].max()) + 1
+  return row_of
 
 
 def _segment_edges(segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
