@@ -50,10 +50,10 @@ def main(argv):
   # Masking alone, on the same kind of batches (packed rows with data.pack), tokenised and
   # packed beforehand.
   spec = pipeline.masking_spec(config, tokenizer)
-  if prepared.is_prepared(config.data.source):  # prepared rows are read by index, never packed
+  if prepared.is_prepared(config.data.source):  # read by index: packed rows with data.pack
     data = prepared.PreparedData(config, tokenizer)
-    raw = [(*data.rows(np.arange(i * batch_size, (i + 1) * batch_size)), None)
-           for i in range(num_batches)]
+    read = data.packed_rows if spec.pack else lambda positions: (*data.rows(positions), None)
+    raw = [read(np.arange(i * batch_size, (i + 1) * batch_size)) for i in range(num_batches)]
   else:
     chunks = pipeline.chunk_dataset(config, tokenizer)
     if spec.pack:
