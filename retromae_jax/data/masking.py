@@ -30,6 +30,7 @@ from retromae_jax.objectives import contract, registry
 from retromae_jax.objectives.config import ObjectiveConfig
 
 _NEVER_FITS = np.iinfo(np.int32).max  # a word length no budget reaches
+_WALK_BAND = 16  # words after the prefix walked at a time
 _GROUP_ELEMENTS = 1 << 17  # (example, mask, word) cells of the decoder pool computed at once
 
 
@@ -120,37 +121,59 @@ def greedy_walk(sorted_len: np.ndarray, budget: np.ndarray
   remaining = budget - used
   last = prefix - 1  # the last word walked past; the next one overflowed the budget
   rows = np.flatnonzero((remaining > 0) & (prefix < num_words))
-  extra = _walk_on(sorted_len[rows], last[rows], remaining[rows])
-  extra_rows, extra_cols = np.nonzero(extra)
-  return prefix, rows[extra_rows], extra_cols
+  extra_rows, extra_cols = _walk_after(sorted_len, rows, last[rows], remaining[rows])
+  return prefix, extra_rows, extra_cols
 
 
-def _walk_on(lens: np.ndarray, last: np.ndarray, left: np.ndarray) -> np.ndarray:
-  """The walk after the prefix: bool [R, W], the further words each row takes.
+def _walk_after(sorted_len: np.ndarray, rows: np.ndarray, last: np.ndarray, left: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """The walk after the prefix, for the rows with budget left: (rows, cols) of the words taken.
 
-  lens [R, W] in walking order, last [R] the word that overflowed, left [R] > 0 the budget left.
-  A word longer than what is left never fits later (it only shrinks), so among the words that
-  fit now the walk takes the longest prefix that fits together; the first that does not lowers
-  the bar for the rest. Each round is one such prefix: a few rounds (one per distinct word
-  length crossed), not one per word.
+  last [n]: each row's last word walked past, left [n] > 0: its budget left. The rows walk
+  _WALK_BAND words at a time (what is left is nearly always spent within them); the few rows
+  with budget left after a band walk the next one.
   """
-  num_words = lens.shape[1]
-  index = np.arange(num_words)
-  lens = lens.astype(np.int32)
-  lens[(index <= last[:, None]) | (lens == 0)] = _NEVER_FITS  # walked past, or no word there
+  num_words = sorted_len.shape[1]
+  found_rows, found_cols = [np.zeros(0, np.intp)], [np.zeros(0, np.intp)]
+  while rows.size:
+    cols = last[:, None] + np.arange(1, _WALK_BAND + 1)
+    lens = sorted_len[rows[:, None], np.minimum(cols, num_words - 1)].astype(np.int32)
+    lens[(cols >= num_words) | (lens == 0)] = _NEVER_FITS  # past the end, or no word there
+    taken, left = _walk_band(lens, left)
+    taker, col = np.nonzero(taken)
+    found_rows.append(rows[taker])
+    found_cols.append(cols[taker, col])
+    more = (left > 0) & (cols[:, -1] < num_words - 1)
+    rows, last, left = rows[more], cols[more, -1], left[more]
+  return np.concatenate(found_rows), np.concatenate(found_cols)
+
+
+def _walk_band(lens: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The walk over a band of words: (taken bool [n, K], budget left [n]).
+
+  lens [n, K] in walking order (_NEVER_FITS: no word). A word longer than what is left never
+  fits later (it only shrinks), so among the words that fit now the walk takes the longest
+  prefix that fits together; the first that does not lowers the bar for the rest. Each round is
+  one such prefix: a few rounds (one per distinct word length crossed), not one per word.
+  """
+  index = np.arange(lens.shape[1])
+  rows = np.arange(len(lens))
   taken = np.zeros(lens.shape, bool)
-  while left.any():
-    eligible = lens <= left[:, None]
+  walking = left > 0
+  while walking.any():
+    eligible = (lens <= left[:, None]) & walking[:, None]
     cumulative = np.cumsum(np.where(eligible, lens, 0), axis=1)
     take = eligible & (cumulative <= left[:, None])
     taken |= take
     over = eligible & ~take
+    has_over = over.any(axis=1)
     first_over = over.argmax(axis=1)
-    rows = np.arange(len(lens))
-    used = cumulative[rows, first_over] - lens[rows, first_over]
-    left = np.where(over.any(axis=1), left - used, 0)  # no word over: every fitting one taken
-    lens[index <= first_over[:, None]] = _NEVER_FITS
-  return taken
+    # No word over: every one that fits was taken, and the band is done.
+    left = left - np.where(has_over, cumulative[rows, first_over] - lens[rows, first_over],
+                           cumulative[:, -1])
+    lens[index <= first_over[:, None]] = _NEVER_FITS  # walked past
+    walking = has_over & (left > 0)
+  return taken, left
 
 
 def _random_keys(rng: np.random.Generator, count: int, key_type) -> np.ndarray:
