@@ -111,13 +111,17 @@ def greedy_walk(sorted_len: np.ndarray, budget: np.ndarray
   """
   sorted_len = np.asarray(sorted_len)
   num_rows, num_words = sorted_len.shape
-  # 16-bit sums when no row can reach 2^15 tokens: half the memory traffic of 32-bit ones.
-  small = sorted_len.dtype.itemsize <= 2 and num_words * int(sorted_len.max(initial=0)) < 1 << 15
-  sum_type = np.int16 if small else np.int32
-  budget = np.minimum(budget, np.iinfo(sum_type).max).astype(sum_type)
-  cumulative = np.cumsum(sorted_len, axis=1, dtype=sum_type)
-  prefix = np.count_nonzero(cumulative <= budget[:, None], axis=1)  # lengths >= 0: a prefix
-  used = np.where(prefix > 0, cumulative[np.arange(num_rows), np.maximum(prefix - 1, 0)], 0)
+  budget = np.asarray(budget, np.int64)
+  # One running sum over all rows end to end: non-decreasing (lengths >= 0), so each row's
+  # prefix (its words while their sum fits the budget) is one binary search, with no pass
+  # comparing every word to the budget.
+  fits_32 = int(sorted_len.max(initial=0)) * sorted_len.size < 1 << 31
+  running = np.cumsum(sorted_len, axis=None, dtype=np.int32 if fits_32 else np.int64)
+  row_ends = np.arange(1, num_rows + 1) * num_words - 1
+  before = np.concatenate([[0], running[row_ends[:-1]]])  # the sum of the rows before each
+  prefix = np.searchsorted(running, before + budget, side="right") - (row_ends + 1 - num_words)
+  prefix = np.minimum(prefix, num_words)
+  used = np.where(prefix > 0, running[row_ends - num_words + np.maximum(prefix, 1)] - before, 0)
   remaining = budget - used
   last = prefix - 1  # the last word walked past; the next one overflowed the budget
   rows = np.flatnonzero((remaining > 0) & (prefix < num_words))
