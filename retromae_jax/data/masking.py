@@ -7,10 +7,11 @@ the walk adds each word that still fits in what is left of the budget, skips tho
 and stops once the budget is reached.
 
 Vectorised form of the walk (exactly equivalent, see `greedy_walk`): in shuffled order, every
-word of the longest prefix whose total length fits is taken; after it, each further "round" takes
-the next word that fits in the remainder. Each round lowers the remainder, which after the prefix
-is shorter than the word that overflowed, so there are only a few rounds, each over the rows
-still walking.
+word of the longest prefix whose total length fits is taken (one binary search per row in a
+running sum over all rows); after it, the remainder is shorter than the word that overflowed, and
+the rows still walking go on a band of 16 words at a time, where each round takes the longest
+run of the words that fit the remainder (a word too long now never fits later): a few rounds,
+one per word length crossed.
 
 The encoder draws one mask per example (every objective does, first); the parts of the
 objective (retromae_jax/objectives/registry.py) then build their fields from it, in order:
