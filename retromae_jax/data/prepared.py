@@ -168,7 +168,6 @@ class PreparedCorpus:
       raise ValueError(f"{where}: prepared with another tokenizer than {config.tokenizer!r}; set "
                        f"--config.tokenizer={os.path.join(self.directory, TOKENIZER_DIR)}")
 
-
   def _check_pack_plan(self, config: ml_collections.ConfigDict, where: str) -> None:
     """Packed rows are planned at prepare time for one encoder mask ratio (a row's chunks share
     the encoder's masked slots)."""
@@ -189,8 +188,9 @@ class PreparedCorpus:
 
 
 class IndexStream:
-  """Stream position -> (corpus, record key): the order of the module docstring, O(1) per position
-  apart from one permutation per (corpus, epoch) and one deal per mixture block, both cached."""
+  """Stream position -> (corpus, unit: record key, or packed row with data.pack): the order of
+  the module docstring, O(1) per position apart from one permutation per (corpus, epoch) and one
+  deal per mixture block, both cached."""
 
   def __init__(self, sizes: list[int], weights: list[float], seed: int, shuffle: bool):
     self.sizes = [int(n) for n in sizes]
