@@ -62,7 +62,7 @@ def _repeat(seed_dir: str, out: str, num_chunks: int) -> None:
   shards = []
   for index in range(num_shards):
     count = num_chunks // num_shards + (index < num_chunks % num_shards)
-    chunks_name, documents_name = prepared.shard_names(index, num_shards)
+    chunks_name, documents_name, _ = prepared.shard_names(index, num_shards)
     writer = array_record_module.ArrayRecordWriter(os.path.join(out, chunks_name), "group_size:1")
     first = sum(s["num_chunks"] for s in shards)
     for i in range(first, first + count):
@@ -75,6 +75,7 @@ def _repeat(seed_dir: str, out: str, num_chunks: int) -> None:
   meta = dict(seed.meta, source=f"{seed.meta['source']} repeated to {num_chunks} chunks",
               shards=shards)
   meta["stats"] = dict(meta["stats"], chunks=num_chunks, documents=num_chunks, tokens=None)
+  meta.pop("pack", None)  # the seed's packing plan is not this corpus's
   shutil.copytree(os.path.join(seed_dir, prepared.TOKENIZER_DIR),
                   os.path.join(out, prepared.TOKENIZER_DIR))
   with open(os.path.join(out, prepared.META), "w", encoding="utf-8") as f:
@@ -94,7 +95,7 @@ def main(argv):
     _repeat(seed_dir, big, _NUM_CHUNKS.value)
 
   common = ["-m", "retromae_jax.data.bench", _CONFIG, f"--config.batch_size={_BATCH}",
-            "--config.data.pack=False", "--num_batches=2"]  # prepared rows are not packed
+            "--config.data.pack=False", "--num_batches=2"]  # the repeated corpus has no pack plan
   result = {"num_chunks": _NUM_CHUNKS.value, "batch_size": _BATCH, "max_seq_length": 512,
             "prepared": {}, "raw": {}}
   for step in map(int, _STEPS.value):

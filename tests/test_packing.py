@@ -193,6 +193,30 @@ def test_masking_statistics_are_those_of_documents_alone(tok):
   np.testing.assert_allclose(np.mean(shares), np.mean(alone_shares), atol=0.01)
 
 
+def test_pool_bits_land_on_their_segments_tokens():
+  """packing.place_pool (bytes moved and shifted, never unpacked) against a bit-by-bit layout."""
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    seq_len, num_rows = int(rng.integers(3, 70)), int(rng.integers(1, 5))
+    pool_size = int(rng.integers(1, 10))
+    rows, offsets, lengths = [], [], []
+    for row in range(num_rows):
+      offset = 0
+      while offset < seq_len - 1 and rng.random() < 0.8:
+        n = int(rng.integers(1, seq_len - offset + 1))
+        rows.append(row), offsets.append(offset), lengths.append(n)
+        offset += n
+    doc_bits = np.zeros((len(rows), pool_size, seq_len), bool)
+    expected = np.zeros((num_rows, pool_size, seq_len), bool)
+    for d, (row, offset, n) in enumerate(zip(rows, offsets, lengths)):
+      doc_bits[d, :, :n] = rng.random((pool_size, n)) < 0.5
+      expected[row, :, offset:offset + n] = doc_bits[d, :, :n]
+    got = packing.place_pool(np.packbits(doc_bits, axis=-1), *(np.array(a, np.int64) for a in (
+        rows, offsets, lengths)), num_rows, seq_len)
+    np.testing.assert_array_equal(np.unpackbits(got, axis=-1, count=seq_len).astype(bool),
+                                  expected)
+
+
 def test_dense_view_shows_no_visibility_across_documents(tok):
   _, batch = _packed_batch(tok, 60)
   view = inspect_lib.dense_view(batch)

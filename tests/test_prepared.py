@@ -24,10 +24,11 @@ def tok():
 
 
 def _config(source, **data):
+  """One chunk per row unless pack=True (packed prepared rows: the tests at the end)."""
   c = get_config("smoke")
   c.data.source = source
   c.data.max_seq_length = SEQ_LEN
-  c.data.pack = False  # prepared rows are read by index, one chunk per row
+  c.data.pack = False
   c.batch_size = 8
   for key, value in data.items():
     setattr(c.data, key, value)
@@ -244,6 +245,65 @@ def test_mismatched_settings_fail_with_the_fix(two_shards, tmp_path, tok):
     prepare.prepare(f"jsonl:{tiny}", str(tmp_path / "out"), _config(""), num_workers=1)
 
 
+# ---------------------------------------------------------------- packed rows (data.pack)
+
+def _segments(batches):
+  """The token ids of every segment ([CLS] chunk [SEP]) of the batches' rows, in order."""
+  out = []
+  for batch in batches:
+    for ids, segments in zip(batch["input_ids"], batch["segment_ids"]):
+      out += [tuple(ids[segments == k]) for k in range(1, segments.max() + 1)]
+  return out
+
+
+def test_packed_unshuffled_batches_equal_the_raw_pipelines(corpus, one_shard, tok):
+  """One shard, no shuffling: the prepared rows are the raw pipeline's packed rows (the plan
+  written at prepare time is its packing of the same chunk stream), also across an epoch's end."""
+  raw = _config(f"jsonl:{corpus}", shuffle_buffer=1, pack=True)
+  ready = _config(f"prepared:{one_shard}", shuffle_buffer=1, pack=True)
+  num_rows = prepared.PreparedCorpus(one_shard).num_rows
+  assert num_rows < len(prepared.PreparedCorpus(one_shard)) and num_rows % 8
+  start = num_rows // 8 - 1
+  batches = _take(ready, tok, 3, start_step=start)
+  _assert_batches_equal(_take(raw, tok, 3, start_step=start), batches)
+  assert max(b["segment_ids"].max() for b in batches) >= 2
+
+
+def test_packed_rows_hold_whole_chunks_each_once_per_epoch(two_shards, tok):
+  config = _config(f"prepared:{two_shards}", pack=True)
+  corpus = prepared.PreparedCorpus(two_shards)
+  steps = corpus.num_rows // 8 + 1
+  batches = _take(config, tok, steps)
+  rows = np.concatenate([b["input_ids"] for b in batches])[:corpus.num_rows]  # one epoch
+  segment_ids = np.concatenate([b["segment_ids"] for b in batches])[:corpus.num_rows]
+  got = _segments([{"input_ids": rows, "segment_ids": segment_ids}])
+  ids = tokenizer_lib.special_ids(tok)
+  expected = [(ids.cls, *c, ids.sep) for c in corpus.chunks(np.arange(len(corpus)))]
+  assert sorted(got) == sorted(expected)  # every chunk whole, once
+  assert (rows[segment_ids == 0] == ids.pad).all()
+  assert np.mean(segment_ids > 0) > 0.8  # rows are packed
+  # The next epoch has its own order of rows.
+  assert not np.array_equal(batches[0]["input_ids"],
+                            _take(config, tok, 1, start_step=steps)[0]["input_ids"])
+
+
+def test_packed_resume_equals_the_uninterrupted_run(two_shards, tok):
+  config = _config(f"prepared:{two_shards}", pack=True)
+  steps_per_epoch = prepared.PreparedCorpus(two_shards).num_rows // 8
+  full = _take(config, tok, steps_per_epoch + 2)
+  _assert_batches_equal(full[steps_per_epoch - 1:],
+                        _take(config, tok, 3, start_step=steps_per_epoch - 1))
+  _assert_batches_equal(full[5:6], _take(config, tok, 1, start_step=5))
+
+
+def test_packed_rows_need_the_plans_mask_ratio(two_shards, tok):
+  with pytest.raises(ValueError, match="rows packed for data.encoder_mask_ratio=0.3.*prepare "
+                                       "again, or set --config.data.pack=False"):
+    prepared.PreparedData(_config(f"prepared:{two_shards}", pack=True, encoder_mask_ratio=0.15),
+                          tok)
+  prepared.PreparedData(_config(f"prepared:{two_shards}", encoder_mask_ratio=0.15), tok)
+
+
 # ---------------------------------------------------------------- training
 
 def test_training_run_on_a_prepared_corpus(two_shards, tmp_path):
@@ -252,7 +312,7 @@ def test_training_run_on_a_prepared_corpus(two_shards, tmp_path):
       [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:smoke",
        f"--workdir={workdir}", f"--config.data.source=prepared:{two_shards}",
        f"--config.data.max_seq_length={SEQ_LEN}", "--config.batch_size=4",
-       "--config.data.pack=False", "--config.total_steps=3", "--config.log_every=1", "--config.checkpoint_every=3"],
+       "--config.total_steps=3", "--config.log_every=1", "--config.checkpoint_every=3"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:

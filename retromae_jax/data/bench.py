@@ -12,7 +12,9 @@ The last stdout line is JSON:
                                  warm-up batch; tokens = real tokens (attention_mask)
   masking_examples_per_s         masking.make_batch alone on already-tokenised batches: the
                                  work FlagEmbedding's PyTorch collator does per batch (rows:
-                                 packed rows with data.pack); masking_tokens_per_s: real tokens
+                                 packed rows with data.pack); masking_tokens_per_s: real tokens;
+                                 masking_examples_per_cpu_s: per CPU second of the process
+                                 (steadier than the wall clock on a loaded machine)
 """
 
 import json
@@ -50,10 +52,10 @@ def main(argv):
   # Masking alone, on the same kind of batches (packed rows with data.pack), tokenised and
   # packed beforehand.
   spec = pipeline.masking_spec(config, tokenizer)
-  if prepared.is_prepared(config.data.source):  # prepared rows are read by index, never packed
+  if prepared.is_prepared(config.data.source):  # read by index: packed rows with data.pack
     data = prepared.PreparedData(config, tokenizer)
-    raw = [(*data.rows(np.arange(i * batch_size, (i + 1) * batch_size)), None)
-           for i in range(num_batches)]
+    read = data.packed_rows if spec.pack else lambda positions: (*data.rows(positions), None)
+    raw = [read(np.arange(i * batch_size, (i + 1) * batch_size)) for i in range(num_batches)]
   else:
     chunks = pipeline.chunk_dataset(config, tokenizer)
     if spec.pack:
@@ -65,10 +67,10 @@ def main(argv):
   make = lambda ids, lengths, segments: masking.make_batch(ids, lengths, spec, rng,
                                                            segments if spec.pack else None)
   make(*raw[0])  # warm-up
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for batch in raw:
     make(*batch)
-  mask_elapsed = time.perf_counter() - start
+  mask_elapsed, mask_cpu = time.perf_counter() - start, time.process_time() - cpu_start
   mask_tokens = sum(int(lengths.sum()) for _, lengths, _ in raw)
 
   print(json.dumps({
@@ -78,6 +80,7 @@ def main(argv):
       "seconds_to_first_batch": round(to_first_batch, 3),
       "start_step": _START_STEP.value,
       "masking_tokens_per_s": round(mask_tokens / mask_elapsed, 1),
+      "masking_examples_per_cpu_s": round(len(raw) * batch_size / mask_cpu, 1),
       "pack": spec.pack,
       "batch_size": batch_size,
       "max_seq_length": config.data.max_seq_length,

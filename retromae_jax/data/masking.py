@@ -7,10 +7,11 @@ the walk adds each word that still fits in what is left of the budget, skips tho
 and stops once the budget is reached.
 
 Vectorised form of the walk (exactly equivalent, see `greedy_walk`): in shuffled order, every
-word of the longest prefix whose total length fits is taken; after it, each further "round" takes
-the next word that fits in the remainder. Each round lowers the remainder, which after the prefix
-is shorter than the word that overflowed, so there are only a few rounds, each over the rows
-still walking.
+word of the longest prefix whose total length fits is taken (one binary search per row in a
+running sum over all rows); after it, the remainder is shorter than the word that overflowed, and
+the rows still walking go on a band of 16 words at a time, where each round takes the longest
+run of the words that fit the remainder (a word too long now never fits later): a few rounds,
+one per word length crossed.
 
 The encoder draws one mask per example (every objective does, first); the parts of the
 objective (retromae_jax/objectives/registry.py) then build their fields from it, in order:
@@ -29,6 +30,8 @@ from retromae_jax.data import packing
 from retromae_jax.objectives import contract, registry
 from retromae_jax.objectives.config import ObjectiveConfig
 
+_NEVER_FITS = np.iinfo(np.int32).max  # a word length no budget reaches
+_WALK_BAND = 16  # words after the prefix walked at a time
 _GROUP_ELEMENTS = 1 << 17  # (example, mask, word) cells of the decoder pool computed at once
 
 
@@ -109,27 +112,81 @@ def greedy_walk(sorted_len: np.ndarray, budget: np.ndarray
   """
   sorted_len = np.asarray(sorted_len)
   num_rows, num_words = sorted_len.shape
-  budget = np.asarray(budget, np.int32)
-  cumulative = np.cumsum(sorted_len, axis=1, dtype=np.int32)
-  prefix = np.count_nonzero(cumulative <= budget[:, None], axis=1)  # lengths >= 0: a prefix
-  used = np.where(prefix > 0, cumulative[np.arange(num_rows), np.maximum(prefix - 1, 0)], 0)
+  budget = np.asarray(budget, np.int64)
+  # One running sum over all rows end to end: non-decreasing (lengths >= 0), so each row's
+  # prefix (its words while their sum fits the budget) is one binary search, with no pass
+  # comparing every word to the budget.
+  fits_32 = int(sorted_len.max(initial=0)) * sorted_len.size < 1 << 31
+  running = np.cumsum(sorted_len, axis=None, dtype=np.int32 if fits_32 else np.int64)
+  row_ends = np.arange(1, num_rows + 1) * num_words - 1
+  before = np.concatenate([[0], running[row_ends[:-1]]])  # the sum of the rows before each
+  prefix = np.searchsorted(running, before + budget, side="right") - (row_ends + 1 - num_words)
+  prefix = np.minimum(prefix, num_words)
+  used = np.where(prefix > 0, running[row_ends - num_words + np.maximum(prefix, 1)] - before, 0)
   remaining = budget - used
   last = prefix - 1  # the last word walked past; the next one overflowed the budget
   rows = np.flatnonzero((remaining > 0) & (prefix < num_words))
-  index = np.arange(num_words)
-  extra_rows, extra_cols = [np.zeros(0, np.intp)], [np.zeros(0, np.intp)]
-  while rows.size:  # each round takes one more word per row, and lowers its remainder
-    lens = sorted_len[rows]
-    fits = (index > last[rows, None]) & (lens > 0) & (lens <= remaining[rows, None])
-    found = fits.any(axis=1)
-    rows, fits = rows[found], fits[found]
-    nxt = fits.argmax(axis=1)
-    extra_rows.append(rows)
-    extra_cols.append(nxt)
-    remaining[rows] -= sorted_len[rows, nxt]
-    last[rows] = nxt
-    rows = rows[remaining[rows] > 0]
-  return prefix, np.concatenate(extra_rows), np.concatenate(extra_cols)
+  extra_rows, extra_cols = _walk_after(sorted_len, rows, last[rows], remaining[rows])
+  return prefix, extra_rows, extra_cols
+
+
+def _walk_after(sorted_len: np.ndarray, rows: np.ndarray, last: np.ndarray, left: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """The walk after the prefix, for the rows with budget left: (rows, cols) of the words taken.
+
+  last [n]: each row's last word walked past, left [n] > 0: its budget left. The rows walk
+  _WALK_BAND words at a time (what is left is nearly always spent within them); the few rows
+  with budget left after a band walk the next one.
+  """
+  num_words = sorted_len.shape[1]
+  found_rows, found_cols = [np.zeros(0, np.intp)], [np.zeros(0, np.intp)]
+  while rows.size:
+    cols = last[:, None] + np.arange(1, _WALK_BAND + 1)
+    lens = sorted_len[rows[:, None], np.minimum(cols, num_words - 1)].astype(np.int32)
+    lens[(cols >= num_words) | (lens == 0)] = _NEVER_FITS  # past the end, or no word there
+    taken, left = _walk_band(lens, left)
+    taker, col = np.nonzero(taken)
+    found_rows.append(rows[taker])
+    found_cols.append(cols[taker, col])
+    more = (left > 0) & (cols[:, -1] < num_words - 1)
+    rows, last, left = rows[more], cols[more, -1], left[more]
+  return np.concatenate(found_rows), np.concatenate(found_cols)
+
+
+def _walk_band(lens: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The walk over a band of words: (taken bool [n, K], budget left [n]).
+
+  lens [n, K] in walking order (_NEVER_FITS: no word). A word longer than what is left never
+  fits later (it only shrinks), so among the words that fit now the walk takes the longest
+  prefix that fits together; the first that does not lowers the bar for the rest. Each round is
+  one such prefix: a few rounds (one per distinct word length crossed), not one per word.
+  """
+  index = np.arange(lens.shape[1])
+  rows = np.arange(len(lens))
+  taken = np.zeros(lens.shape, bool)
+  walking = left > 0
+  while walking.any():
+    eligible = (lens <= left[:, None]) & walking[:, None]
+    cumulative = np.cumsum(np.where(eligible, lens, 0), axis=1)
+    take = eligible & (cumulative <= left[:, None])
+    taken |= take
+    over = eligible & ~take
+    has_over = over.any(axis=1)
+    first_over = over.argmax(axis=1)
+    # No word over: every one that fits was taken, and the band is done.
+    left = left - np.where(has_over, cumulative[rows, first_over] - lens[rows, first_over],
+                           cumulative[:, -1])
+    lens[index <= first_over[:, None]] = _NEVER_FITS  # walked past
+    walking = has_over & (left > 0)
+  return taken, left
+
+
+def _random_keys(rng: np.random.Generator, count: int, key_type) -> np.ndarray:
+  """count random key_type values straight from the bit generator (a 64-bit draw gives two
+  32-bit keys)."""
+  per_draw = 8 // np.dtype(key_type).itemsize
+  raw = rng.bit_generator.random_raw(-(-count // per_draw))
+  return raw.view(key_type)[:count]
 
 
 def whole_word_masks(word_of_token: np.ndarray, word_len: np.ndarray, budget: np.ndarray,
@@ -144,35 +201,40 @@ def whole_word_masks(word_of_token: np.ndarray, word_len: np.ndarray, budget: np
   num_examples, num_words = word_len.shape
   seq_len = word_of_token.shape[1]
   num_rows = -(-num_masks // 8) * 8  # the gather below moves 8 masks per uint64
-  # Sort keys: priority in the high bits; the word's length and index ride in the low bits, so
-  # one in-place-sized np.sort yields both the order and the lengths in that order (no argsort).
-  # Random priorities keep 64 - low_bits (>= 40) random bits: ties are vanishingly rare.
+  # Sort keys: the priority in the high bits, the word's index in the low bits, so one np.sort
+  # yields the walking order (np.argsort is ~5x slower). Up to 256 words the keys are 32-bit
+  # (half the random bits to draw, sorting 2.5x faster than 64-bit) with >= 24 random bits: two
+  # words tie (then walk in index order) with probability 2^-24 per pair, about 3e-4 per mask at
+  # 100 words. Longer rows use 64-bit keys (>= 40 random bits).
   index_bits = max(1, (num_words - 1).bit_length())
-  len_bits = max(1, int(word_len.max(initial=0)).bit_length())
-  low_bits = np.uint64(index_bits + len_bits)
+  key_type = np.uint32 if index_bits <= 8 else np.uint64
+  shift = key_type(index_bits)
+  shape = (num_examples, num_rows, num_words)
   if priority is None:
-    keys = rng.bit_generator.random_raw(num_examples * num_rows * num_words)
-    keys = keys.reshape(num_examples, num_rows, num_words)
-    keys >>= low_bits
+    keys = _random_keys(rng, np.prod(shape), key_type).reshape(shape)
+    keys &= ~key_type((1 << index_bits) - 1)  # random high bits, room for the index
   else:
-    keys = np.zeros((num_examples, num_rows, num_words), np.uint64)
+    keys = np.zeros(shape, key_type)
     keys[:, :num_masks] = priority
-  keys <<= low_bits
-  keys |= ((word_len.astype(np.uint64) << np.uint64(index_bits))
-           | np.arange(num_words, dtype=np.uint64))[:, None, :]
-  sorted_keys = np.sort(keys, axis=-1).reshape(-1, num_words)
-  sorted_len = np.empty(sorted_keys.shape, np.int16)
-  np.right_shift(sorted_keys, np.uint64(index_bits), out=sorted_len, casting="unsafe")
-  sorted_len &= np.int16((1 << len_bits) - 1)
+    keys <<= shift
+  keys |= np.arange(num_words, dtype=key_type)
+  sorted_keys = np.sort(keys, axis=-1)
+  index_mask = key_type((1 << index_bits) - 1)
+  sorted_words = sorted_keys & index_mask  # flat indices into word_len
+  sorted_words += (np.arange(num_examples, dtype=key_type) * key_type(num_words))[:, None, None]
+  sorted_len = word_len.astype(np.int16).ravel().take(sorted_words).reshape(-1, num_words)
+  sorted_keys = sorted_keys.reshape(-1, num_words)
   prefix, extra_rows, extra_cols = greedy_walk(sorted_len, np.repeat(budget, num_rows))
 
   # Taken words: the prefix is every key up to the prefix's last, plus the few extra words.
   threshold = sorted_keys[np.arange(sorted_keys.shape[0]), np.maximum(prefix - 1, 0)]
-  threshold[prefix == 0] = 0  # keys of real words are > 0 (their length bits)
-  taken = np.empty((num_examples, num_words, num_rows), bool)  # word-major, masks contiguous
-  np.less_equal(keys.transpose(0, 2, 1), threshold.reshape(num_examples, 1, num_rows),
-                out=taken)
-  extra_words = (sorted_keys[extra_rows, extra_cols] & np.uint64((1 << index_bits) - 1))
+  # Compared in the keys' layout, then made word-major (masks contiguous): faster than comparing
+  # the transposed keys.
+  taken = keys <= threshold.reshape(num_examples, num_rows, 1)
+  taken = np.ascontiguousarray(taken.transpose(0, 2, 1))
+  empty = np.flatnonzero(prefix == 0)  # the first word overflowed: no prefix at all
+  taken[empty // num_rows, :, empty % num_rows] = False
+  extra_words = sorted_keys[extra_rows, extra_cols] & index_mask
   taken[extra_rows // num_rows, extra_words.astype(np.intp), extra_rows % num_rows] = True
 
   # Token j copies the row of its word: num_rows / 8 uint64 per token, not num_rows bools.
@@ -291,22 +353,29 @@ def mask_pool(word_of_token: np.ndarray, word_len: np.ndarray, lengths: np.ndarr
               pool_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """The enhanced decoder's pools: see Draw.mask_pool."""
   batch, seq_len = word_of_token.shape
-  num_words = word_len.shape[1]
   pool_rows = np.minimum(lengths, pool_size)
-  # Only as many masks as the longest example needs, rounded up to a multiple of 8 (the fast
-  # path of the gather and the bit packing); rows past an example's P are zeroed.
-  num_masks = min(-(-int(pool_rows.max(initial=1)) // 8) * 8, pool_size)
   budget = mask_budget(lengths, ratio)
   packed = np.zeros((batch, pool_size, (seq_len + 7) // 8), np.uint8)
-  # A few examples at a time: arrays of ~1 MB are reused by malloc from one group to the next,
-  # while whole-batch arrays are returned to the OS and page-faulted back in on every batch
+  # Examples shortest first, a few at a time, each group with only the masks (P rounded up to a
+  # multiple of 8, the fast path of the gather and the bit packing) and words its longest
+  # example needs: packed documents are of all lengths, and a 20-token one needs 20 masks of
+  # 18 words, not the batch's 128 of 126. Groups of up to _GROUP_ELEMENTS (example, mask,
+  # word) cells: arrays of ~1 MB are reused by malloc from one group to the next, while
+  # whole-batch arrays are returned to the OS and page-faulted back in on every batch
   # (measured: 2x slower at batch 16, L=128).
-  group = max(1, _GROUP_ELEMENTS // (num_masks * num_words))
-  for start in range(0, batch, group):
-    rows = slice(start, start + group)
-    words = max(1, int(np.count_nonzero(word_len[rows], axis=1).max()))
+  order = np.argsort(lengths, kind="stable")
+  masks_needed = np.maximum.accumulate(np.minimum(-(-pool_rows[order] // 8) * 8, pool_size))
+  words_needed = np.maximum.accumulate(np.maximum(1, np.count_nonzero(word_len[order], axis=1)))
+  cells = masks_needed * words_needed  # of a group that ends with this example (non-decreasing)
+  start = 0
+  while start < batch:
+    fits = np.arange(1, batch - start + 1) * cells[start:] <= _GROUP_ELEMENTS
+    end = start + max(1, int(np.count_nonzero(fits)))
+    rows = order[start:end]
+    num_masks, words = int(masks_needed[end - 1]), int(words_needed[end - 1])
     pool = whole_word_masks(word_of_token[rows], word_len[rows, :words], budget[rows],
                             num_masks, rng=rng)
     pool &= (np.arange(num_masks) < pool_rows[rows, None])[:, None, :]
     packed[rows, :num_masks] = pack_token_bits(pool)
+    start = end
   return packed, pool_rows

@@ -51,7 +51,17 @@ def rows_of_chunks(input_ids: np.ndarray, lengths: np.ndarray, budgets: np.ndarr
   if not count:
     return input_ids, np.zeros((0,), np.int32), np.zeros((0, seq_len), np.int32)
   lengths = np.asarray(lengths, np.int64)
-  row_of = assign_rows(lengths, seq_len, budgets, capacity)
+  return place_chunks(input_ids, lengths, assign_rows(lengths, seq_len, budgets, capacity),
+                      pad_id)
+
+
+def place_chunks(input_ids: np.ndarray, lengths: np.ndarray, row_of: np.ndarray,
+                 pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Padded chunks ([N, L] ids, [N] lengths) and the row of each ([N], rows 0 .. R-1 all used)
+  -> the rows (input_ids [R, L], lengths [R], segment_ids [R, L]): within a row, chunks in
+  their order here, back to back from its first token."""
+  count, seq_len = input_ids.shape
+  lengths = np.asarray(lengths, np.int64)
   order = np.lexsort((np.arange(count), row_of))  # by row, then by position in the window
   rows, sizes = row_of[order], lengths[order]
   ends = np.cumsum(sizes)
@@ -67,13 +77,33 @@ def rows_of_chunks(input_ids: np.ndarray, lengths: np.ndarray, budgets: np.ndarr
   return out_ids, np.bincount(rows, sizes, num_rows).astype(np.int32), out_segments
 
 
+def plan_rows(lengths: np.ndarray, budgets: np.ndarray, seq_len: int, capacity: int,
+              window: int) -> np.ndarray:
+  """The row of each chunk of a chunk stream packed as the raw pipeline packs it: windows of
+  `window` consecutive chunks, each packed by assign_rows; rows numbered window after window."""
+  row_of = np.empty(len(lengths), np.int64)
+  first_row = 0
+  for start in range(0, len(lengths), window):
+    part = slice(start, start + window)
+    row_of[part] = first_row + assign_rows(lengths[part], seq_len, budgets[part], capacity)
+    first_row = int(row_of[part].max()) + 1
+  return row_of
+
+
+def _segment_edges(segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(starts, ends) bool [B, L]: the first and the last token of every segment."""
+  real = segment_ids > 0
+  changes = segment_ids[:, 1:] != segment_ids[:, :-1]  # between token j and j + 1
+  starts, ends = real.copy(), real.copy()
+  starts[:, 1:] &= changes
+  ends[:, :-1] &= changes
+  return starts, ends
+
+
 def documents(segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(row [D], offset [D], length [D]) of every segment, in row order then position."""
-  previous = np.pad(segment_ids[:, :-1], ((0, 0), (1, 0)))
-  starts = (segment_ids > 0) & (segment_ids != previous)
+  starts, ends = _segment_edges(segment_ids)
   rows, offsets = np.nonzero(starts)
-  following = np.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))
-  ends = (segment_ids > 0) & (segment_ids != following)
   end_rows, end_cols = np.nonzero(ends)
   if not np.array_equal(rows, end_rows):
     raise ValueError("segment_ids: expected each segment in one contiguous run")
@@ -82,10 +112,8 @@ def documents(segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def positions(segment_ids: np.ndarray) -> np.ndarray:
   """int32 [B, L]: each token's position inside its segment (0 at its [CLS]; 0 on padding)."""
-  seq_len = segment_ids.shape[1]
-  pos = np.arange(seq_len)
-  previous = np.pad(segment_ids[:, :-1], ((0, 0), (1, 0)))
-  starts = (segment_ids > 0) & (segment_ids != previous)
+  pos = np.arange(segment_ids.shape[1])
+  starts, _ = _segment_edges(segment_ids)
   last_start = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
   return np.where(segment_ids > 0, pos - last_start, 0).astype(np.int32)
 
@@ -134,9 +162,28 @@ def place_positions(doc_positions: np.ndarray, doc_targets: np.ndarray, rows, of
 def place_pool(doc_pool: np.ndarray, rows, offsets, lengths, num_rows: int,
                seq_len: int) -> np.ndarray:
   """Bit-packed pools [D, P, ceil(L/8)] -> the rows' [B, P, ceil(L/8)]: row p of a packed pool
-  holds every chunk's p-th mask, each on its own segment's tokens (segments are disjoint)."""
-  pool_size = doc_pool.shape[1]
-  bits = np.unpackbits(doc_pool, axis=-1, count=seq_len).transpose(0, 2, 1)  # [D, L, P]
-  out = np.zeros((num_rows, seq_len, pool_size), np.uint8)
-  place_tokens(out, bits, rows, offsets, lengths)
-  return np.packbits(out.transpose(0, 2, 1), axis=-1)
+  holds every chunk's p-th mask, each on its own segment's tokens (segments are disjoint).
+
+  The bits move as bytes: a chunk at offset o moves o // 8 bytes and o % 8 bits (each output
+  byte is a window of two input bytes), and chunks sharing a row are OR-ed together; nothing is
+  unpacked. A chunk's bits past its length are zero (masks cover its words only).
+  """
+  del lengths  # the bits past each chunk's length are zero: they move as they are
+  num_docs, pool_size, num_bytes = doc_pool.shape
+  if not num_docs:
+    return np.zeros((num_rows, pool_size, num_bytes), np.uint8)
+  # Output byte b of a chunk at offset o is the chunk's bytes (b - o // 8 - 1, b - o // 8) read
+  # as one 16-bit window shifted right by o % 8; bytes before the chunk's first are zero.
+  padded = np.zeros((num_docs, pool_size, 2 * num_bytes), np.uint16)
+  padded[:, :, num_bytes:] = doc_pool
+  offsets = np.asarray(offsets)
+  start = (np.arange(num_docs * pool_size) * (2 * num_bytes)).reshape(num_docs, pool_size, 1)
+  source = start + (num_bytes - offsets // 8)[:, None, None] + np.arange(num_bytes)
+  window = (padded.take(source - 1) << 8) | padded.take(source)
+  moved = (window >> (offsets % 8).astype(np.uint16)[:, None, None]).astype(np.uint8)
+  # Chunks come in row order, the k-th of each row at k - (the row's first): OR them together.
+  out = np.zeros((num_rows, pool_size, num_bytes), np.uint8)
+  rank = np.arange(num_docs) - np.searchsorted(rows, rows, side="left")
+  for k in range(int(rank.max()) + 1):
+    out[rows[rank == k]] |= moved[rank == k]
+  return out

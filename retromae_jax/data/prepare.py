@@ -11,6 +11,11 @@ of N would read (data/sources.py) and writes output shard w. Train on DIR with
   chunks-W-of-N.array_record   one record per chunk: its token ids, no [CLS]/[SEP], as
                                little-endian uint16 (int32 for vocabularies over 65,536)
   documents-W-of-N.npy         int64, per chunk: the index of its document (shard after shard)
+  rows-W-of-N.npy              int64, per chunk: its packed row within the shard (data.pack):
+                               the raw pipeline's packing of the shard's chunk stream (windows
+                               of pipeline.PACK_WINDOW chunks, first-fit decreasing under L
+                               tokens and the encoder's C masked slots at the config's
+                               data.encoder_mask_ratio)
   tokenizer/                   the tokenizer's files
   prepared.json                settings, tokenizer fingerprint, per-shard and total counts
                                (documents, chunks, tokens, dropped short chunks, skipped lines
@@ -33,7 +38,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import chunking, prepared, sources
+from retromae_jax.data import chunking, masking, packing, pipeline, prepared, sources
 
 _WRITER_OPTIONS = "group_size:1"  # one record per group: a random read decodes one chunk only
 
@@ -49,6 +54,7 @@ class ShardTask:
   count: int
   out: str
   token_dtype: str
+  encoder_mask_ratio: float
 
 
 def prepare_shard(task: ShardTask) -> dict:
@@ -64,10 +70,10 @@ def prepare_shard(task: ShardTask) -> dict:
   is_continuation = tokenizer_lib.continuation_table(tokenizer)
   skips, counts = sources.SkipCounter(), chunking.ChunkStats()
   docs = sources.documents(task.source, task.data_dir, task.index, task.count, skips=skips)
-  chunks_name, documents_name = prepared.shard_names(task.index, task.count)
+  chunks_name, documents_name, rows_name = prepared.shard_names(task.index, task.count)
   tmp = os.path.join(task.out, chunks_name + ".tmp")
   writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
-  doc_of_chunk = []
+  doc_of_chunk, lengths = [], []
   dtype = np.dtype(task.token_dtype).newbyteorder("<")
   for doc, text in enumerate(docs.as_numpy_iterator()):
     for chunk in chunking.chunk_documents(
@@ -75,15 +81,28 @@ def prepare_shard(task: ShardTask) -> dict:
         min_chunk_tokens=task.min_chunk_tokens, is_continuation=is_continuation, stats=counts):
       writer.write(chunk.astype(dtype).tobytes())
       doc_of_chunk.append(doc)
+      lengths.append(len(chunk) + 2)  # with [CLS] and [SEP], as the pipeline packs them
   writer.close()
   os.replace(tmp, os.path.join(task.out, chunks_name))
   np.save(os.path.join(task.out, documents_name), np.asarray(doc_of_chunk, np.int64))
+  row_of = pack_plan(np.asarray(lengths, np.int64), task.max_seq_length, task.encoder_mask_ratio)
+  np.save(os.path.join(task.out, rows_name), row_of)
   logging.info("prepare: shard %d/%d: %s; skipped lines %s", task.index, task.count, counts,
                skips.as_dict())
-  return {"chunks": chunks_name, "documents": documents_name, "num_chunks": counts.chunks,
+  return {"chunks": chunks_name, "documents": documents_name, "rows": rows_name,
+          "num_rows": int(row_of.max(initial=-1)) + 1, "num_chunks": counts.chunks,
           "num_documents": counts.documents, "tokens": counts.tokens,
           "dropped_chunks": counts.dropped_chunks, "dropped_tokens": counts.dropped_tokens,
           "skipped_lines": skips.as_dict()}
+
+
+def pack_plan(lengths: np.ndarray, seq_len: int, encoder_mask_ratio: float) -> np.ndarray:
+  """The packed row of each chunk of a shard (data.pack): the rows the raw pipeline packs from
+  the same chunk stream (pipeline.packed_rows), fixed here so that training reads rows by index.
+  The plan depends on the encoder's mask ratio (a row's chunks share its C masked slots)."""
+  budgets = masking.mask_budget(lengths, encoder_mask_ratio)
+  capacity = masking.encoder_capacity(seq_len, encoder_mask_ratio)
+  return packing.plan_rows(lengths, budgets, seq_len, capacity, pipeline.PACK_WINDOW)
 
 
 def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "local",
@@ -107,7 +126,8 @@ def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "
   os.makedirs(out, exist_ok=True)
   tasks = [ShardTask(source, config.data.data_dir, config.tokenizer, config.data.max_seq_length,
                      config.data.min_chunk_tokens, index, num_workers, out,
-                     "uint16" if vocab_size <= 1 << 16 else "int32")
+                     "uint16" if vocab_size <= 1 << 16 else "int32",
+                     config.data.encoder_mask_ratio)
            for index in range(num_workers)]
   sources.documents(source, config.data.data_dir, skips=sources.SkipCounter())  # fails early
   if engine == "beam":
@@ -155,6 +175,8 @@ def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "
           "skipped_lines": {reason: sum(s["skipped_lines"][reason] for s in shards)
                             for reason in sources.SkipCounter.REASONS},
       },
+      "pack": {"encoder_mask_ratio": config.data.encoder_mask_ratio,
+               "window": pipeline.PACK_WINDOW, "rows": sum(s["num_rows"] for s in shards)},
       "shards": shards,
       "seconds": round(time.perf_counter() - start, 1),
   }

@@ -21,6 +21,11 @@ shard k of data.num_shards owns its R = B / num_shards rows [s*B + k*R, s*B + (k
 So the chunks of a global batch do not depend on the process count nor on data.num_shards, and
 each process reads only the rows of its own shards.
 
+PACKED ROWS (data.pack, the default): the stream's units are then the rows of the packing plan
+written at prepare time (prepare.pack_plan: the raw pipeline's packing of each shard's chunk
+stream), not single chunks; the order above applies to rows unchanged, so a packed batch is as
+much a function of its step, and every chunk is once per epoch in some row.
+
 THE MASKS are drawn as the raw pipeline draws them: one generator per (seed, shard, step) for the
 shard's rows, masking.make_batch vectorised over them. With one shard and no shuffling the
 batches are bit-identical to the raw pipeline's on the same text (tests/test_prepared.py). Per-
@@ -40,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 import tokenizers
 
+from retromae_jax.data import packing
 from retromae_jax.data import tokenizer as tokenizer_lib
 
 SCHEME = "prepared:"
@@ -55,10 +61,11 @@ def is_prepared(source: str) -> bool:
   return source.startswith(SCHEME)
 
 
-def shard_names(index: int, count: int) -> tuple[str, str]:
-  """File names of output shard `index`: its chunks (ArrayRecord) and their document indices."""
+def shard_names(index: int, count: int) -> tuple[str, str, str]:
+  """File names of output shard `index`: its chunks (ArrayRecord), their document indices and
+  their packed rows (data.pack)."""
   suffix = f"{index:05d}-of-{count:05d}"
-  return f"chunks-{suffix}.array_record", f"documents-{suffix}.npy"
+  return f"chunks-{suffix}.array_record", f"documents-{suffix}.npy", f"rows-{suffix}.npy"
 
 
 def tokenizer_fingerprint(tokenizer: tokenizers.Tokenizer) -> str:
@@ -123,6 +130,24 @@ class PreparedCorpus:
     records = self._source.__getitems__([int(k) for k in keys])
     return [np.frombuffer(r, self.dtype).astype(np.int32) for r in records]
 
+  @functools.cached_property
+  def packed(self) -> tuple[np.ndarray, np.ndarray]:
+    """The packing plan as (record keys in row order [len], row starts [rows + 1]): row r holds
+    the chunks keys[starts[r]:starts[r + 1]], in corpus order."""
+    offsets = np.cumsum([0] + [s["num_rows"] for s in self.meta["shards"]])
+    row_of = np.concatenate([
+        np.load(os.path.join(self.directory, s["rows"])) + offset
+        for s, offset in zip(self.meta["shards"], offsets)])
+    keys = np.argsort(row_of, kind="stable")  # stable: a row's chunks stay in corpus order
+    return keys, np.searchsorted(row_of[keys], np.arange(offsets[-1] + 1))
+
+  def row_chunks(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(record keys of the chunks of these packed rows, in row order; chunks per row)."""
+    keys, starts = self.packed
+    counts = starts[rows + 1] - starts[rows]
+    first = np.repeat(starts[rows] - np.cumsum(counts) + counts, counts)
+    return keys[first + np.arange(counts.sum())], counts
+
   def documents(self) -> np.ndarray:
     """int64 [len]: the document index of every chunk (documents numbered shard after shard)."""
     return np.concatenate([
@@ -137,14 +162,35 @@ class PreparedCorpus:
         raise ValueError(f"{where}: prepared with data.{key}={self.meta[key]}, the config has "
                          f"{config.data[key]}; set --config.data.{key}={self.meta[key]} or "
                          "prepare again")
+    if config.data.get("pack", False):
+      self._check_pack_plan(config, where)
     if self.meta["tokenizer_fingerprint"] != tokenizer_fingerprint(tokenizer):
       raise ValueError(f"{where}: prepared with another tokenizer than {config.tokenizer!r}; set "
                        f"--config.tokenizer={os.path.join(self.directory, TOKENIZER_DIR)}")
 
+  def _check_pack_plan(self, config: ml_collections.ConfigDict, where: str) -> None:
+    """Packed rows are planned at prepare time for one encoder mask ratio (a row's chunks share
+    the encoder's masked slots)."""
+    plan = self.meta.get("pack")
+    if plan is None:
+      raise ValueError(f"{where}: prepared without a packing plan (an older prepare); prepare "
+                       "again, or set --config.data.pack=False")
+    if plan["encoder_mask_ratio"] != config.data.encoder_mask_ratio:
+      raise ValueError(f"{where}: rows packed for data.encoder_mask_ratio="
+                       f"{plan['encoder_mask_ratio']}, the config has "
+                       f"{config.data.encoder_mask_ratio}; set --config.data.encoder_mask_ratio="
+                       f"{plan['encoder_mask_ratio']}, prepare again, or set "
+                       "--config.data.pack=False")
+
+  @property
+  def num_rows(self) -> int:
+    return int(self.meta["pack"]["rows"])
+
 
 class IndexStream:
-  """Stream position -> (corpus, record key): the order of the module docstring, O(1) per position
-  apart from one permutation per (corpus, epoch) and one deal per mixture block, both cached."""
+  """Stream position -> (corpus, unit: record key, or packed row with data.pack): the order of
+  the module docstring, O(1) per position apart from one permutation per (corpus, epoch) and one
+  deal per mixture block, both cached."""
 
   def __init__(self, sizes: list[int], weights: list[float], seed: int, shuffle: bool):
     self.sizes = [int(n) for n in sizes]
@@ -202,26 +248,33 @@ class IndexStream:
 
 
 class PreparedData:
-  """The corpora of a `prepared:` data.source and their index stream, checked against the config."""
+  """The corpora of a `prepared:` data.source and their index stream, checked against the config.
+
+  The stream's units are chunks, or with data.pack the packed rows of the corpora's plans."""
 
   def __init__(self, config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer):
     parts = parse_source(config.data.source)
     self.corpora = [PreparedCorpus(path) for path, _ in parts]
     for corpus in self.corpora:
       corpus.check_compatible(config, tokenizer)
-    self.stream = IndexStream([len(c) for c in self.corpora], [w for _, w in parts],
-                              config.seed & (2**63 - 1), config.data.shuffle_buffer > 1)
+    self.pack = config.data.get("pack", False)
+    units = [c.num_rows if self.pack else len(c) for c in self.corpora]
+    self.stream = IndexStream(units, [w for _, w in parts], config.seed & (2**63 - 1),
+                              config.data.shuffle_buffer > 1)
     self.ids = tokenizer_lib.special_ids(tokenizer)
     self.seq_len = config.data.max_seq_length
 
-  def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids int32 [n, L] = [CLS] chunk [SEP] pad..., lengths int32 [n]) at stream positions."""
-    corpus, keys = self.stream.lookup(positions)
+  def _chunks(self, corpus: np.ndarray, keys: np.ndarray) -> list[np.ndarray]:
+    """The token ids of the chunks at (corpus, record key) pairs, in their order."""
     chunks = [None] * len(keys)
     for c in np.unique(corpus):
       where = np.flatnonzero(corpus == c)
       for i, chunk in zip(where, self.corpora[c].chunks(keys[where])):
         chunks[i] = chunk
+    return chunks
+
+  def _padded(self, chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids int32 [n, L] = [CLS] chunk [SEP] pad..., lengths int32 [n])."""
     lengths = np.array([len(c) for c in chunks], np.int32) + 2
     input_ids = np.full((len(chunks), self.seq_len), self.ids.pad, np.int32)
     input_ids[:, 0] = self.ids.cls
@@ -229,6 +282,26 @@ class PreparedData:
       input_ids[row, 1:len(chunk) + 1] = chunk
     input_ids[np.arange(len(chunks)), lengths - 1] = self.ids.sep
     return input_ids, lengths
+
+  def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk per row (data.pack off): (input_ids [n, L], lengths [n]) at stream positions."""
+    return self._padded(self._chunks(*self.stream.lookup(positions)))
+
+  def packed_rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The planned packed rows at stream positions (data.pack): (input_ids [n, L], lengths [n]
+    = real tokens, segment_ids [n, L]), as packing.rows_of_chunks lays them out."""
+    corpus, rows = self.stream.lookup(positions)
+    chunk_corpus, chunk_keys, chunk_row = [], [], []
+    for c in np.unique(corpus):
+      where = np.flatnonzero(corpus == c)
+      keys, counts = self.corpora[c].row_chunks(rows[where])
+      chunk_corpus.append(np.full(len(keys), c))
+      chunk_keys.append(keys)
+      chunk_row.append(np.repeat(where, counts))
+    chunk_corpus, chunk_keys, chunk_row = map(np.concatenate,
+                                              (chunk_corpus, chunk_keys, chunk_row))
+    input_ids, lengths = self._padded(self._chunks(chunk_corpus, chunk_keys))
+    return packing.place_chunks(input_ids, lengths, chunk_row, self.ids.pad)
 
 
 def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
@@ -238,9 +311,6 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
   starting at batch `start_step` with no read of the batches before it."""
   from retromae_jax.data import masking, pipeline  # pipeline dispatches here: import late
 
-  if config.data.get("pack", False):
-    raise ValueError(f"config.data.pack: {config.data.source!r} is read as fixed rows by index and "
-                     "not packed; set --config.data.pack=False")
   pipeline.host_batch_size(config, process_count)  # validates the split
   num_shards = pipeline.data_shards(config, process_count)
   per_process = num_shards // process_count
@@ -257,9 +327,13 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
     parts = []
     for shard in range(first, first + per_process):
       positions = step * config.batch_size + shard * rows + np.arange(rows)
-      input_ids, lengths = data.rows(positions)
+      segment_ids = None
+      if spec.pack:
+        input_ids, lengths, segment_ids = data.packed_rows(positions)
+      else:
+        input_ids, lengths = data.rows(positions)
       rng = np.random.default_rng([seed, shard, step])  # the raw pipeline's mask seed
-      parts.append(masking.make_batch(input_ids, lengths, spec, rng))
+      parts.append(masking.make_batch(input_ids, lengths, spec, rng, segment_ids))
     return tuple(np.concatenate([p[n] for p in parts]) for n in names)
 
   def as_tensors(step):

@@ -74,9 +74,6 @@ def _pretrain_checks(config, shape_known: bool):
       ("model.sentence_vector", not (d.get("pack", False) and m.get("sentence_vector") == "mean"),
        "'mean' reads a whole row; packed rows take each document's [CLS] state: set "
        "--config.data.pack=False"),
-      ("data.pack", not (d.get("pack", False) and "prepared:" in d.source),
-       "prepared sources are read as fixed rows by index and not packed; set "
-       "--config.data.pack=False"),
       ("model.query_stream", m.query_stream in ("embeddings", "raw"),
        "expected 'embeddings' or 'raw'"),
       ("model.vocab_multiple", m.vocab_multiple >= 1, "expected >= 1"),
