@@ -1,6 +1,7 @@
 """The prepare command on Apache Beam (DirectRunner, two worker processes) writes the same
-prepared corpus as the local engine: byte-identical chunk records and document indexes, the same
-statistics. (The local engine is tested against the raw pipeline in test_prepared.py.)"""
+prepared corpus as the local engine: byte-identical chunk records, document indexes and packing
+plans, the same statistics. (The local engine is tested against the raw pipeline in
+test_prepared.py.)"""
 
 import json
 import os
@@ -45,8 +46,9 @@ def test_beam_engine_writes_what_the_local_engine_writes(corpus, tmp_path):
   for shard in local["shards"]:
     assert (_records(str(tmp_path / "beam" / shard["chunks"]))
             == _records(str(tmp_path / "local" / shard["chunks"])))
-    np.testing.assert_array_equal(np.load(tmp_path / "beam" / shard["documents"]),
-                                  np.load(tmp_path / "local" / shard["documents"]))
+    for index in ("documents", "rows"):  # each chunk's document; its packed row (data.pack)
+      np.testing.assert_array_equal(np.load(tmp_path / "beam" / shard[index]),
+                                    np.load(tmp_path / "local" / shard[index]), err_msg=index)
 
 
 def test_pipeline_options_without_the_beam_engine_are_refused(corpus, tmp_path):
