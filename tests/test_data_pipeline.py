@@ -15,6 +15,7 @@ from configs.base import get_config
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import chunking, masking, pipeline, sources
 from retromae_jax.objectives.contract import IGNORE
+from batches import take  # noqa: E402  (tests/ is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,18 +113,11 @@ def _config(corpus, **overrides):
   return c
 
 
-def _take(config, tok, n, **kw):
-  batches = pipeline.pretrain_batches(config, tok, **kw)
-  out = [next(batches) for _ in range(n)]
-  batches.close()
-  return out
-
-
 def test_batch_contract(corpus, tok):
   config = _config(corpus, data__pack=False)  # one chunk per row (packed rows: test_packing)
   ids = tokenizer_lib.special_ids(tok)
   shapes = pipeline.batch_shapes(config, 8)
-  for batch in _take(config, tok, 3):
+  for batch in take(config, tok, 3):
     assert set(batch) == set(shapes)
     for name, (shape, dtype) in shapes.items():
       assert batch[name].shape == shape and batch[name].dtype == dtype, name
@@ -142,13 +136,13 @@ def test_batch_contract(corpus, tok):
 
 def test_same_seed_same_batches_across_epochs_other_seed_differs(corpus, tok):
   stats = pipeline.PipelineStats()
-  a = _take(_config(corpus), tok, 30, stats=stats)
+  a = take(_config(corpus), tok, 30, stats=stats)
   assert stats.epochs >= 2  # the comparison crosses epoch boundaries (reshuffled)
-  b = _take(_config(corpus), tok, 30)
+  b = take(_config(corpus), tok, 30)
   for x, y in zip(a, b):
     for name in x:
       np.testing.assert_array_equal(x[name], y[name])
-  c = _take(_config(corpus, seed=1), tok, 3)
+  c = take(_config(corpus, seed=1), tok, 3)
   assert not np.array_equal(a[0]["input_ids"], c[0]["input_ids"])
   assert not np.array_equal(a[0]["decoder_pool"], c[0]["decoder_pool"])
   # Epochs are reshuffled: the first batch of epoch 2 is not the first batch of epoch 1.
@@ -157,8 +151,8 @@ def test_same_seed_same_batches_across_epochs_other_seed_differs(corpus, tok):
 
 
 def test_start_step_resumes_the_stream(corpus, tok):
-  full = _take(_config(corpus), tok, 8)
-  resumed = _take(_config(corpus), tok, 3, start_step=5)
+  full = take(_config(corpus), tok, 8)
+  resumed = take(_config(corpus), tok, 3, start_step=5)
   for x, y in zip(full[5:], resumed):
     for name in x:
       np.testing.assert_array_equal(x[name], y[name])
@@ -168,7 +162,7 @@ def test_per_host_batch_and_disjoint_process_shards(corpus, tok):
   config = _config(corpus)
   with pytest.raises(ValueError, match="batch_size 8 is not divisible by the 3 processes"):
     pipeline.pretrain_dataset(config, tok, process_index=0, process_count=3)
-  assert _take(config, tok, 1, process_index=1, process_count=2)[0]["input_ids"].shape == (4, 64)
+  assert take(config, tok, 1, process_index=1, process_count=2)[0]["input_ids"].shape == (4, 64)
   shards = []
   for index in range(2):
     ds = pipeline.chunk_dataset(config, tok, process_index=index, process_count=2)
@@ -183,8 +177,8 @@ def test_fixed_shards_make_the_global_batch_independent_of_the_process_count(cor
   that 1 process makes (same chunks, same masks), from the start and after a resume."""
   config = _config(corpus, data__num_shards=2)
   for start in (0, 3):
-    one = _take(config, tok, 2, start_step=start)
-    two = [_take(config, tok, 2, start_step=start, process_index=i, process_count=2)
+    one = take(config, tok, 2, start_step=start)
+    two = [take(config, tok, 2, start_step=start, process_index=i, process_count=2)
            for i in range(2)]
     for step, batch in enumerate(one):
       for name, value in batch.items():
@@ -198,7 +192,7 @@ def test_fixed_shards_make_the_global_batch_independent_of_the_process_count(cor
 def test_epoch_log_counts_skipped_lines(corpus, tok, caplog):
   caplog.set_level(logging.INFO)
   stats = pipeline.PipelineStats()
-  _take(_config(corpus), tok, 20, stats=stats)
+  take(_config(corpus), tok, 20, stats=stats)
   skips = stats.skips.as_dict()  # one of each per epoch read (the next one may have begun)
   assert skips["invalid_json"] == skips["missing_text"] in (stats.epochs, stats.epochs + 1)
   assert skips["empty"] == skips["non_utf8"] == 0

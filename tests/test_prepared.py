@@ -12,6 +12,7 @@ import pytest
 from configs.base import get_config
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import pipeline, prepare, prepared, sources
+from batches import take  # noqa: E402  (tests/ is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ_LEN = 64
@@ -61,13 +62,6 @@ def _raw_chunks(config, tok, index, count):
   return [ids[1:n - 1] for ids, n in
           pipeline.chunk_dataset(config, tok, process_index=index, process_count=count)
           .as_numpy_iterator()]
-
-
-def _take(config, tok, n, **kw):
-  batches = pipeline.pretrain_batches(config, tok, **kw)
-  out = [next(batches) for _ in range(n)]
-  batches.close()
-  return out
 
 
 def _assert_batches_equal(a, b):
@@ -123,8 +117,8 @@ def test_unshuffled_batches_equal_the_raw_pipelines(corpus, one_shard, tok):
   num_chunks = len(prepared.PreparedCorpus(one_shard))
   assert num_chunks % 8  # the epoch ends inside a batch
   start = num_chunks // 8 - 1
-  _assert_batches_equal(_take(raw, tok, 3, start_step=start),
-                        _take(ready, tok, 3, start_step=start))
+  _assert_batches_equal(take(raw, tok, 3, start_step=start),
+                        take(ready, tok, 3, start_step=start))
 
 
 # ---------------------------------------------------------------- the index order
@@ -168,8 +162,8 @@ def test_mixture_deals_exact_shares_and_runs_each_corpus_through_its_epochs():
 def test_global_batch_independent_of_processes_and_shards(two_shards, tok):
   config = _config(f"prepared:{two_shards}", num_shards=2)
   for start in (0, 11):
-    one = _take(config, tok, 2, start_step=start)
-    two = [_take(config, tok, 2, start_step=start, process_index=i, process_count=2)
+    one = take(config, tok, 2, start_step=start)
+    two = [take(config, tok, 2, start_step=start, process_index=i, process_count=2)
            for i in range(2)]
     for step, batch in enumerate(one):
       for name, value in batch.items():
@@ -177,8 +171,8 @@ def test_global_batch_independent_of_processes_and_shards(two_shards, tok):
             value, np.concatenate([two[0][step][name], two[1][step][name]]), err_msg=name)
   # Which chunks make a batch does not even depend on the number of shards (the masks do:
   # they are seeded per shard, as in the raw pipeline).
-  single = _take(_config(f"prepared:{two_shards}", num_shards=1), tok, 2)
-  for a, b in zip(single, _take(config, tok, 2)):
+  single = take(_config(f"prepared:{two_shards}", num_shards=1), tok, 2)
+  for a, b in zip(single, take(config, tok, 2)):
     np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
     assert not np.array_equal(a["decoder_pool"], b["decoder_pool"])
 
@@ -187,22 +181,22 @@ def test_resume_is_bit_exact_and_epochs_reshuffle(two_shards, tok):
   config = _config(f"prepared:{two_shards}")
   num_chunks = len(prepared.PreparedCorpus(two_shards))
   steps_per_epoch = num_chunks // 8
-  full = _take(config, tok, steps_per_epoch + 2)
+  full = take(config, tok, steps_per_epoch + 2)
   _assert_batches_equal(full[steps_per_epoch - 1:],
-                        _take(config, tok, 3, start_step=steps_per_epoch - 1))
+                        take(config, tok, 3, start_step=steps_per_epoch - 1))
   seen = np.concatenate([b["input_ids"] for b in full[:steps_per_epoch]])
   assert len({tuple(r) for r in seen}) == len(seen)  # no chunk twice in an epoch
   assert not np.array_equal(full[0]["input_ids"], full[steps_per_epoch]["input_ids"])
-  other = _take(_config(f"prepared:{two_shards}"), tok, 1)
+  other = take(_config(f"prepared:{two_shards}"), tok, 1)
   _assert_batches_equal(full[:1], other)
   reseeded = _config(f"prepared:{two_shards}")
   reseeded.seed = 1
-  assert not np.array_equal(_take(reseeded, tok, 1)[0]["input_ids"], full[0]["input_ids"])
+  assert not np.array_equal(take(reseeded, tok, 1)[0]["input_ids"], full[0]["input_ids"])
 
 
 def test_weighted_mixture_of_two_prepared_corpora(one_shard, two_shards, tok):
   config = _config(f"prepared:{one_shard}@3,prepared:{two_shards}@1")
-  batches = _take(config, tok, 2)
+  batches = take(config, tok, 2)
   data = prepared.PreparedData(config, tok)
   np.testing.assert_allclose(data.stream.counts / prepared.MIX_BLOCK, [0.75, 0.25], atol=1e-4)
   corpus, keys = data.stream.lookup(np.arange(16))
@@ -264,8 +258,8 @@ def test_packed_unshuffled_batches_equal_the_raw_pipelines(corpus, one_shard, to
   num_rows = prepared.PreparedCorpus(one_shard).num_rows
   assert num_rows < len(prepared.PreparedCorpus(one_shard)) and num_rows % 8
   start = num_rows // 8 - 1
-  batches = _take(ready, tok, 3, start_step=start)
-  _assert_batches_equal(_take(raw, tok, 3, start_step=start), batches)
+  batches = take(ready, tok, 3, start_step=start)
+  _assert_batches_equal(take(raw, tok, 3, start_step=start), batches)
   assert max(b["segment_ids"].max() for b in batches) >= 2
 
 
@@ -273,7 +267,7 @@ def test_packed_rows_hold_whole_chunks_each_once_per_epoch(two_shards, tok):
   config = _config(f"prepared:{two_shards}", pack=True)
   corpus = prepared.PreparedCorpus(two_shards)
   steps = corpus.num_rows // 8 + 1
-  batches = _take(config, tok, steps)
+  batches = take(config, tok, steps)
   rows = np.concatenate([b["input_ids"] for b in batches])[:corpus.num_rows]  # one epoch
   segment_ids = np.concatenate([b["segment_ids"] for b in batches])[:corpus.num_rows]
   got = _segments([{"input_ids": rows, "segment_ids": segment_ids}])
@@ -284,16 +278,16 @@ def test_packed_rows_hold_whole_chunks_each_once_per_epoch(two_shards, tok):
   assert np.mean(segment_ids > 0) > 0.8  # rows are packed
   # The next epoch has its own order of rows.
   assert not np.array_equal(batches[0]["input_ids"],
-                            _take(config, tok, 1, start_step=steps)[0]["input_ids"])
+                            take(config, tok, 1, start_step=steps)[0]["input_ids"])
 
 
 def test_packed_resume_equals_the_uninterrupted_run(two_shards, tok):
   config = _config(f"prepared:{two_shards}", pack=True)
   steps_per_epoch = prepared.PreparedCorpus(two_shards).num_rows // 8
-  full = _take(config, tok, steps_per_epoch + 2)
+  full = take(config, tok, steps_per_epoch + 2)
   _assert_batches_equal(full[steps_per_epoch - 1:],
-                        _take(config, tok, 3, start_step=steps_per_epoch - 1))
-  _assert_batches_equal(full[5:6], _take(config, tok, 1, start_step=5))
+                        take(config, tok, 3, start_step=steps_per_epoch - 1))
+  _assert_batches_equal(full[5:6], take(config, tok, 1, start_step=5))
 
 
 def test_packed_rows_need_the_plans_mask_ratio(two_shards, tok):
