@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from configs.base import get_config
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import chunking, masking, pipeline, sources
+from retromae_jax.data import chunking, pipeline, sources
 from retromae_jax.objectives.contract import IGNORE
 from batches import take  # noqa: E402  (tests/ is on sys.path)
 
