@@ -80,36 +80,30 @@ def _losses(workdir, devices, mesh, *extra, return_log=False):
   return (losses, proc.stderr) if return_log else losses
 
 
+# Eight heads and a vocabulary padded to a multiple of 128, so that every mesh axis, tensor
+# included, divides the model: one single-device reference serves every mesh.
+TENSOR_SIZES = ("--config.model.num_heads=8", "--config.model.vocab_multiple=128")
+
+
 @pytest.fixture(scope="module")
 def one_device_losses(tmp_path_factory):
-  return _losses(str(tmp_path_factory.mktemp("one_device")), 1, (1, 1, 1))
+  return _losses(str(tmp_path_factory.mktemp("one_device")), 1, (1, 1, 1), *TENSOR_SIZES)
 
 
 @pytest.fixture(scope="module")
 def run_2x2x2(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("mesh_2x2x2"))
-  return workdir, _losses(workdir, 8, (2, 2, 2))
+  return workdir, _losses(workdir, 8, (2, 2, 2), *TENSOR_SIZES)
 
 
-@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2), (1, 8, 1)])
+# (2,2,2) mixes the three axes; (1,8,1) is FSDP alone, (1,1,8) tensor parallelism alone (heads,
+# MLP and the padded vocabulary split 8 ways). Plain data parallelism, the simplest, is @slow.
+@pytest.mark.parametrize("mesh", [pytest.param((8, 1, 1), marks=pytest.mark.slow), (2, 2, 2),
+                                  (1, 8, 1), (1, 1, 8)])
 def test_losses_do_not_depend_on_the_mesh(tmp_path, mesh, one_device_losses, run_2x2x2):
-  # (1, 1, 8) needs the vocabulary and the heads divisible by 8: the next test.
   reference = one_device_losses
-  sharded = run_2x2x2[1] if mesh == (2, 2, 2) else _losses(str(tmp_path / "mesh"), 8, mesh)
-  assert len(reference) == len(sharded) == 3
-  for (ref_enc, ref_dec), (enc, dec) in zip(reference, sharded):
-    assert enc == pytest.approx(ref_enc, rel=1e-5)
-    assert dec == pytest.approx(ref_dec, rel=1e-5)
-
-
-TENSOR_SIZES = ("--config.model.num_heads=8", "--config.model.vocab_multiple=128")
-
-
-def test_tensor_parallel_losses_equal_one_device(tmp_path):
-  """Mesh (1,1,8): heads, MLP and the (padded) vocabulary split 8 ways; the same losses as one
-  device with the same (padded) model."""
-  reference = _losses(str(tmp_path / "one"), 1, (1, 1, 1), *TENSOR_SIZES)
-  sharded = _losses(str(tmp_path / "tensor"), 8, (1, 1, 8), *TENSOR_SIZES)
+  sharded = (run_2x2x2[1] if mesh == (2, 2, 2)
+             else _losses(str(tmp_path / "mesh"), 8, mesh, *TENSOR_SIZES))
   assert len(reference) == len(sharded) == 3
   for (ref_enc, ref_dec), (enc, dec) in zip(reference, sharded):
     assert enc == pytest.approx(ref_enc, rel=1e-5)
@@ -135,7 +129,7 @@ def test_checkpoint_of_one_mesh_resumes_on_another(tmp_path, devices, mesh, run_
   workdir = str(tmp_path / "moved")
   shutil.copytree(run_2x2x2[0], workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "3"))
-  resumed, log = _losses(workdir, devices, mesh, return_log=True)
+  resumed, log = _losses(workdir, devices, mesh, *TENSOR_SIZES, return_log=True)
   assert f"Resuming from {workdir}/checkpoints/2" in log  # not a fresh run that agrees anyway
   assert len(resumed) == 3  # steps 1-2 from the first run, step 3 rewritten by the resumed one
   (ref_enc, ref_dec), (enc, dec) = run_2x2x2[1][2], resumed[2]
@@ -151,7 +145,9 @@ def plain_losses(tmp_path_factory):
   return _losses(str(tmp_path_factory.mktemp("plain")), 1, (1, 1, 1), *NO_DROPOUT)
 
 
-@pytest.mark.parametrize("lever", ["--config.model.remat=full", "--config.model.remat=dots",
+@pytest.mark.parametrize("lever", ["--config.model.remat=full",
+                                   pytest.param("--config.model.remat=dots",
+                                                marks=pytest.mark.slow),
                                    "--config.grad_accum_steps=2"])
 def test_memory_levers_keep_the_losses(tmp_path, lever, plain_losses):
   # Without dropout (microbatches draw their own dropout keys), remat and gradient accumulation
