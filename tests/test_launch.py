@@ -150,10 +150,19 @@ def test_local_failing_process_stops_the_others_and_fails():
   assert "process 1 failed (exit status 3)" in proc.stderr
 
 
+def _default_signals():
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, signal.SIG_DFL)
+
+
 def _start_ready(code, n=2):
   """Starts the launcher on `code` and returns once all n processes printed 'ready'."""
+  # Started with default signal dispositions, as from a terminal or a scheduler: a test process
+  # may have SIGINT ignored by then (seen in full-suite runs), which the launcher would inherit,
+  # and bash cannot trap a signal ignored at its start.
   launcher = subprocess.Popen([LOCAL, str(n), "--", sys.executable, "-c", code], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=_default_signals)
   ready = 0
   while ready < n:
     line = launcher.stdout.readline()
