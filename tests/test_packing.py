@@ -211,8 +211,8 @@ def test_pool_bits_land_on_their_segments_tokens():
     for d, (row, offset, n) in enumerate(zip(rows, offsets, lengths)):
       doc_bits[d, :, :n] = rng.random((pool_size, n)) < 0.5
       expected[row, :, offset:offset + n] = doc_bits[d, :, :n]
-    got = packing.place_pool(np.packbits(doc_bits, axis=-1), *(np.array(a, np.int64) for a in (
-        rows, offsets, lengths)), num_rows, seq_len)
+    got = packing.place_pool(np.packbits(doc_bits, axis=-1), np.array(rows, np.int64),
+                             np.array(offsets, np.int64), num_rows)
     np.testing.assert_array_equal(np.unpackbits(got, axis=-1, count=seq_len).astype(bool),
                                   expected)
 

@@ -342,7 +342,7 @@ def _packed_batch(input_ids, segment_ids, spec: MaskingSpec, rng) -> dict[str, n
         field = np.full((num_rows, seq_len), fills[kind], alone[name].dtype)
         out[name] = packing.place_tokens(field, alone[name], rows, offsets, doc_lengths)
       elif kind == contract.PACK_POOL:
-        out[name] = packing.place_pool(alone[name], rows, offsets, doc_lengths, num_rows, seq_len)
+        out[name] = packing.place_pool(alone[name], rows, offsets, num_rows)
     if contract.PACK_SLOTS in part.packs.values():
       out["encoder_positions"], out["encoder_targets"] = packing.place_positions(
           alone["encoder_positions"], alone["encoder_targets"], rows, offsets, num_rows)

@@ -159,8 +159,7 @@ def place_positions(doc_positions: np.ndarray, doc_targets: np.ndarray, rows, of
   return out_positions, out_targets
 
 
-def place_pool(doc_pool: np.ndarray, rows, offsets, lengths, num_rows: int,
-               seq_len: int) -> np.ndarray:
+def place_pool(doc_pool: np.ndarray, rows, offsets, num_rows: int) -> np.ndarray:
   """Bit-packed pools [D, P, ceil(L/8)] -> the rows' [B, P, ceil(L/8)]: row p of a packed pool
   holds every chunk's p-th mask, each on its own segment's tokens (segments are disjoint).
 
@@ -168,7 +167,6 @@ def place_pool(doc_pool: np.ndarray, rows, offsets, lengths, num_rows: int,
   byte is a window of two input bytes), and chunks sharing a row are OR-ed together; nothing is
   unpacked. A chunk's bits past its length are zero (masks cover its words only).
   """
-  del lengths  # the bits past each chunk's length are zero: they move as they are
   num_docs, pool_size, num_bytes = doc_pool.shape
   if not num_docs:
     return np.zeros((num_rows, pool_size, num_bytes), np.uint8)
