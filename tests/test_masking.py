@@ -5,6 +5,7 @@ import pytest
 
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import chunking, masking, sources
+from retromae_jax.data.example_random import ExampleRandom
 from retromae_jax.objectives.contract import IGNORE
 
 L = 128
@@ -88,6 +89,50 @@ def test_whole_word_masks_equal_loop_reference_for_the_same_order():
         assert set(np.flatnonzero(masks[e, :, g]).tolist()) == expected
         checked += 1
   assert checked > 1000
+
+
+def test_random_keys_walk_words_by_their_top_24_bits_then_index():
+  """The random order is the rank rule whatever the key width: 32-bit keys up to 256 words,
+  64-bit beyond (documents of 300-600 words here), against the loop reference."""
+  rng = np.random.default_rng(2)
+  for num_words_max in (40, 600):
+    examples, seq_len, num_masks = 3, num_words_max + 2, 9
+    is_cont = np.zeros(8, bool)
+    input_ids = rng.integers(0, 8, (examples, seq_len)).astype(np.int32)
+    lengths = rng.integers(seq_len // 2, seq_len + 1, examples)
+    word_of_token, word_len = masking.word_spans(input_ids, lengths, is_cont)
+    num_words = word_len.shape[1]
+    keys = rng.integers(0, 2**32, (examples, masking.mask_rows(num_masks), num_words),
+                        dtype=np.uint32)
+    keys[:, :, ::7] &= np.uint32(0xFF)  # ties in the top 24 bits: broken by the word's index
+    budget = masking.mask_budget(lengths, 0.5)
+    masks = masking.whole_word_masks(word_of_token, word_len, budget, num_masks,
+                                     random_keys=keys)
+    for e in range(examples):
+      for g in range(num_masks):
+        rank = (keys[e, g].astype(np.int64) >> 8) * num_words + np.arange(num_words)
+        expected = reference_mask(is_cont[input_ids[e]].tolist(), int(lengths[e]),
+                                  int(budget[e]), rank)
+        assert set(np.flatnonzero(masks[e, :, g]).tolist()) == expected
+
+
+def test_a_documents_fields_depend_on_its_identity_not_its_batch(real):
+  """Masks are drawn per document (example_random.py): the same document with the same
+  identity gets the same fields in any batch, at any row, beside any other documents."""
+  _, _, _, _, spec = real
+  input_ids, lengths = real[0]["input_ids"][:16], real[1][:16]
+  ids = np.stack([np.zeros(16, int), np.ones(16, int), np.arange(16)], axis=1)
+  whole = masking.make_batch(input_ids, lengths, spec, ExampleRandom(9, ids))
+  subset = np.array([11, 3, 7])  # other rows, another order, a smaller batch
+  part = masking.make_batch(input_ids[subset], lengths[subset], spec,
+                            ExampleRandom(9, ids[subset]))
+  for name in whole:
+    np.testing.assert_array_equal(part[name], whole[name][subset], err_msg=name)
+  # Another identity, another draw.
+  other = masking.make_batch(input_ids[subset], lengths[subset], spec,
+                             ExampleRandom(9, ids[subset] + [0, 1, 0]))
+  assert not np.array_equal(other["decoder_pool"], part["decoder_pool"])
+  assert not np.array_equal(other["encoder_positions"], part["encoder_positions"])
 
 
 def test_pack_token_bits_equals_numpy_packbits():

@@ -17,6 +17,7 @@ from configs.base import get_config
 from retromae_jax.data import inspect as inspect_lib
 from retromae_jax.data import masking, packing, pipeline, sources
 from retromae_jax.data import tokenizer as tokenizer_lib
+from retromae_jax.data.example_random import ExampleRandom
 from retromae_jax.models.bert import ModelConfig
 from retromae_jax.objectives import registry
 from retromae_jax.objectives.config import ObjectiveConfig
@@ -191,6 +192,29 @@ def test_masking_statistics_are_those_of_documents_alone(tok):
   alone_shares = [alone_bits[i, :alone_rows_p[i]].sum(1).mean() / chunk_lengths[i]
                   for i in range(len(chunk_lengths))]
   np.testing.assert_allclose(np.mean(shares), np.mean(alone_shares), atol=0.01)
+
+
+def test_a_packed_document_is_masked_exactly_as_alone(tok):
+  """With per-document identities, every field of a document inside a packed row (cut out by
+  hand) equals that of the same document masked alone in an unpacked batch."""
+  spec = _spec(tok)
+  input_ids, lengths = _chunks(tok, 80)
+  budgets = masking.mask_budget(lengths, spec.encoder_mask_ratio)
+  row_of = packing.assign_rows(lengths, L, budgets, spec.encoder_capacity)
+  rows, _, segments = packing.place_chunks(input_ids, lengths, row_of, spec.pad_id)
+  ids = np.stack([np.zeros(len(lengths), int), np.full(len(lengths), 4), np.arange(len(lengths))],
+                 axis=1)
+  order = np.lexsort((np.arange(len(lengths)), row_of))  # the chunks in the rows' order
+  packed = masking.make_batch(rows, (segments > 0).sum(1), spec, ExampleRandom(3, ids[order]),
+                              segments)
+  alone = masking.make_batch(input_ids, lengths, _spec(tok, pack=False), ExampleRandom(3, ids))
+  assert segments.max() >= 3
+  doc_rows, _, _ = packing.documents(segments)
+  segment_of = segments[doc_rows, packing.documents(segments)[1]]
+  for d, chunk in enumerate(order):
+    cut = _alone(packed, doc_rows[d], segment_of[d], L, spec.pad_id)
+    for name, value in cut.items():
+      np.testing.assert_array_equal(value[0], alone[name][chunk], err_msg=f"{name} of {chunk}")
 
 
 def test_pool_bits_land_on_their_segments_tokens():

@@ -11,7 +11,8 @@ import pytest
 
 from configs.base import get_config
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import pipeline, prepare, prepared, sources
+from retromae_jax.data import masking, pipeline, prepare, prepared, sources
+from retromae_jax.data.example_random import ExampleRandom
 from batches import take  # noqa: E402  (tests/ is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,16 +110,44 @@ def test_prepared_chunks_are_the_raw_pipelines(corpus, two_shards, tok):
   assert prepared.tokenizer_fingerprint(copied) == data.meta["tokenizer_fingerprint"]
 
 
-def test_unshuffled_batches_equal_the_raw_pipelines(corpus, one_shard, tok):
-  """One shard, no shuffling: the raw pipeline and the prepared corpus give bit-identical
-  batches (same chunks, same mask seeds), also across the end of an epoch."""
+def _remasked(config, tok, batch, random):
+  """`batch`'s tokens masked again by masking.make_batch with the documents' identities."""
+  spec = pipeline.masking_spec(config, tok)
+  return masking.make_batch(batch["input_ids"], batch["attention_mask"].sum(1), spec, random,
+                            batch["segment_ids"] if spec.pack else None)
+
+
+def _assert_same_tokens_and_own_masks(raw, ready, config, tok, start, identities):
+  """The two pipelines' batches hold the same tokens; each batch's masks are those of its
+  documents' identities: the raw pipeline's (seed, shard 0, step, d), the prepared corpus's
+  (seed, corpus, epoch, record key) as `identities(step)` computes them from the layout."""
+  seed = config.seed & (2**63 - 1)
+  for step, (a, b) in enumerate(zip(raw, ready, strict=True), start):
+    for name in ("input_ids", "attention_mask", "segment_ids", "positions"):
+      if name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    _assert_batches_equal([a], [_remasked(config, tok, a, ExampleRandom.numbered(seed, 0, step))])
+    _assert_batches_equal([b], [_remasked(config, tok, a, ExampleRandom(seed, identities(step)))])
+    assert not np.array_equal(a["decoder_pool"], b["decoder_pool"])
+
+
+def test_unshuffled_batches_hold_the_raw_pipelines_chunks(corpus, one_shard, tok):
+  """One shard, no shuffling: the raw pipeline and the prepared corpus give the same chunks in
+  the same order, also across the end of an epoch; position p holds chunk p % N of epoch
+  p // N, and its masks are drawn from that identity."""
   raw = _config(f"jsonl:{corpus}", shuffle_buffer=1)
   ready = _config(f"prepared:{one_shard}", shuffle_buffer=1)
   num_chunks = len(prepared.PreparedCorpus(one_shard))
   assert num_chunks % 8  # the epoch ends inside a batch
   start = num_chunks // 8 - 1
-  _assert_batches_equal(take(raw, tok, 3, start_step=start),
-                        take(ready, tok, 3, start_step=start))
+
+  def identities(step):
+    positions = step * 8 + np.arange(8)
+    return np.stack([np.zeros(8, int), positions // num_chunks, positions % num_chunks], axis=1)
+
+  _assert_same_tokens_and_own_masks(take(raw, tok, 3, start_step=start),
+                                    take(ready, tok, 3, start_step=start), ready, tok, start,
+                                    identities)
 
 
 # ---------------------------------------------------------------- the index order
@@ -144,7 +173,7 @@ def test_mixture_deals_exact_shares_and_runs_each_corpus_through_its_epochs():
   sizes, weights = [3000, 500], [0.7, 0.3]
   stream = prepared.IndexStream(sizes, weights, seed=0, shuffle=True)
   positions = np.arange(2 * prepared.MIX_BLOCK)
-  corpus, keys = stream.lookup(positions)
+  corpus, keys, _ = stream.lookup(positions)
   for block in range(2):
     owners = corpus[block * prepared.MIX_BLOCK:(block + 1) * prepared.MIX_BLOCK]
     share = np.count_nonzero(owners == 1)
@@ -169,12 +198,32 @@ def test_global_batch_independent_of_processes_and_shards(two_shards, tok):
       for name, value in batch.items():
         np.testing.assert_array_equal(
             value, np.concatenate([two[0][step][name], two[1][step][name]]), err_msg=name)
-  # Which chunks make a batch does not even depend on the number of shards (the masks do:
-  # they are seeded per shard, as in the raw pipeline).
-  single = take(_config(f"prepared:{two_shards}", num_shards=1), tok, 2)
-  for a, b in zip(single, take(config, tok, 2)):
-    np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
-    assert not np.array_equal(a["decoder_pool"], b["decoder_pool"])
+  # Nor does the whole batch, masks included, depend on the number of shards: a chunk's masks
+  # are drawn from (seed, corpus, epoch, record key).
+  _assert_batches_equal(take(_config(f"prepared:{two_shards}", num_shards=1), tok, 2),
+                        take(config, tok, 2))
+
+
+def test_a_chunks_masks_depend_on_its_epoch_not_its_batch(two_shards, tok):
+  """Batch size 8 at step s is batch size 4 at steps 2s and 2s + 1, masks included; the same
+  chunk in the next epoch is masked anew."""
+  eight = take(_config(f"prepared:{two_shards}"), tok, 2, start_step=3)
+  small = _config(f"prepared:{two_shards}")
+  small.batch_size = 4
+  four = take(small, tok, 4, start_step=6)
+  for i, batch in enumerate(eight):
+    for name, value in batch.items():
+      np.testing.assert_array_equal(
+          value, np.concatenate([four[2 * i][name], four[2 * i + 1][name]]), err_msg=name)
+  unshuffled = _config(f"prepared:{two_shards}", shuffle_buffer=1)
+  num_chunks = len(prepared.PreparedCorpus(two_shards))
+  first = take(unshuffled, tok, 1)[0]  # chunks 0-7 of epoch 0
+  step, row = divmod(num_chunks, 8)  # chunk 0 of epoch 1 is at position num_chunks
+  later = take(unshuffled, tok, 2, start_step=step)
+  rows = {name: np.concatenate([b[name] for b in later])[row:row + 8] for name in first}
+  np.testing.assert_array_equal(rows["input_ids"], first["input_ids"])
+  assert not np.array_equal(rows["encoder_positions"], first["encoder_positions"])
+  assert not np.array_equal(rows["decoder_pool"], first["decoder_pool"])
 
 
 def test_resume_is_bit_exact_and_epochs_reshuffle(two_shards, tok):
@@ -199,7 +248,7 @@ def test_weighted_mixture_of_two_prepared_corpora(one_shard, two_shards, tok):
   batches = take(config, tok, 2)
   data = prepared.PreparedData(config, tok)
   np.testing.assert_allclose(data.stream.counts / prepared.MIX_BLOCK, [0.75, 0.25], atol=1e-4)
-  corpus, keys = data.stream.lookup(np.arange(16))
+  corpus, keys, _ = data.stream.lookup(np.arange(16))
   assert set(corpus) == {0, 1}
   rows = np.concatenate([b["input_ids"] for b in batches])
   for row, c, key in zip(rows, corpus, keys):
@@ -250,16 +299,27 @@ def _segments(batches):
   return out
 
 
-def test_packed_unshuffled_batches_equal_the_raw_pipelines(corpus, one_shard, tok):
+def test_packed_unshuffled_batches_hold_the_raw_pipelines_rows(corpus, one_shard, tok):
   """One shard, no shuffling: the prepared rows are the raw pipeline's packed rows (the plan
-  written at prepare time is its packing of the same chunk stream), also across an epoch's end."""
+  written at prepare time is its packing of the same chunk stream), also across an epoch's end;
+  each chunk's masks come from (corpus, epoch of its row, record key)."""
   raw = _config(f"jsonl:{corpus}", shuffle_buffer=1, pack=True)
   ready = _config(f"prepared:{one_shard}", shuffle_buffer=1, pack=True)
   num_rows = prepared.PreparedCorpus(one_shard).num_rows
   assert num_rows < len(prepared.PreparedCorpus(one_shard)) and num_rows % 8
   start = num_rows // 8 - 1
+  row_of = np.load(os.path.join(one_shard, prepared.shard_names(0, 1)[2]))  # the plan
+
+  def identities(step):
+    out = []
+    for position in step * 8 + np.arange(8):
+      epoch, row = divmod(position, num_rows)
+      out += [(0, epoch, key) for key in np.flatnonzero(row_of == row)]  # in corpus order
+    return np.array(out)
+
   batches = take(ready, tok, 3, start_step=start)
-  _assert_batches_equal(take(raw, tok, 3, start_step=start), batches)
+  _assert_same_tokens_and_own_masks(take(raw, tok, 3, start_step=start), batches, ready, tok,
+                                    start, identities)
   assert max(b["segment_ids"].max() for b in batches) >= 2
 
 

@@ -54,7 +54,8 @@ def main(argv):
   spec = pipeline.masking_spec(config, tokenizer)
   if prepared.is_prepared(config.data.source):  # read by index: packed rows with data.pack
     data = prepared.PreparedData(config, tokenizer)
-    read = data.packed_rows if spec.pack else lambda positions: (*data.rows(positions), None)
+    read = ((lambda positions: data.packed_rows(positions)[:3]) if spec.pack
+            else lambda positions: (*data.rows(positions)[:2], None))
     raw = [read(np.arange(i * batch_size, (i + 1) * batch_size)) for i in range(num_batches)]
   else:
     chunks = pipeline.chunk_dataset(config, tokenizer)

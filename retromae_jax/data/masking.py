@@ -20,6 +20,10 @@ masked tokens; the enhanced decoder draws a pool of P = min(n, decoder_pool_size
 masks per example, sent bit-packed, and for each query row the pool row it uses
 (retromae_jax/models/decoder_mask.py expands them on the device); the basic and
 cross-attention decoders draw one more whole-word mask at the decoder ratio; the others none.
+
+Every draw reads the document's own random stream (example_random.py; one stream per kind of
+draw, STREAMS), laid out by the document's own sizes: a document's fields are a function of its
+tokens and its identity, whatever batch, row or group of documents it is masked in.
 """
 
 import dataclasses
@@ -27,6 +31,7 @@ import dataclasses
 import numpy as np
 
 from retromae_jax.data import packing
+from retromae_jax.data.example_random import ExampleRandom
 from retromae_jax.objectives import contract, registry
 from retromae_jax.objectives.config import ObjectiveConfig
 
@@ -181,42 +186,46 @@ def _walk_band(lens: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, np.ndarr
   return taken, left
 
 
-def _random_keys(rng: np.random.Generator, count: int, key_type) -> np.ndarray:
-  """count random key_type values straight from the bit generator (a 64-bit draw gives two
-  32-bit keys)."""
-  per_draw = 8 // np.dtype(key_type).itemsize
-  raw = rng.bit_generator.random_raw(-(-count // per_draw))
-  return raw.view(key_type)[:count]
+def mask_rows(num_masks: int) -> int:
+  """Masks computed for num_masks: a multiple of 8 (the gather in whole_word_masks moves 8 masks
+  per uint64); the random_keys of whole_word_masks have this many rows."""
+  return -(-num_masks // 8) * 8
 
 
 def whole_word_masks(word_of_token: np.ndarray, word_len: np.ndarray, budget: np.ndarray,
-                     num_masks: int, *, rng: np.random.Generator | None = None,
+                     num_masks: int, *, random_keys: np.ndarray | None = None,
                      priority: np.ndarray | None = None) -> np.ndarray:
   """num_masks independent whole-word masks per example, token-major: bool [E, L, num_masks].
 
   word_of_token [E, L], word_len [E, W]: from word_spans; budget [E]: tokens per mask.
-  Words are walked in a uniformly random order drawn from `rng`, or (tests) by increasing
-  `priority` [E, num_masks, W] (small non-negative ints, e.g. each order's inverse permutation).
+  Mask m of example e walks its words by increasing rank, ties by the word's index: the rank
+  is the top 24 bits of random_keys[e, m, w] (uint32 [E, >= num_masks, W], uniformly random:
+  a uniformly random order), or (tests) priority[e, m, w] (integers < 2^24, e.g. each order's
+  inverse permutation). Two random ranks tie with probability 2^-24 per pair of words (about
+  3e-4 per mask at 100 words), and the order does not depend on W: a document's masks are the
+  same whatever the group of documents it is masked with.
   """
   num_examples, num_words = word_len.shape
   seq_len = word_of_token.shape[1]
-  num_rows = -(-num_masks // 8) * 8  # the gather below moves 8 masks per uint64
-  # Sort keys: the priority in the high bits, the word's index in the low bits, so one np.sort
+  num_rows = mask_rows(num_masks)
+  # Sort keys: the rank in the high bits, the word's index in the low bits, so one np.sort
   # yields the walking order (np.argsort is ~5x slower). Up to 256 words the keys are 32-bit
-  # (half the random bits to draw, sorting 2.5x faster than 64-bit) with >= 24 random bits: two
-  # words tie (then walk in index order) with probability 2^-24 per pair, about 3e-4 per mask at
-  # 100 words. Longer rows use 64-bit keys (>= 40 random bits).
-  index_bits = max(1, (num_words - 1).bit_length())
-  key_type = np.uint32 if index_bits <= 8 else np.uint64
-  shift = key_type(index_bits)
+  # (sorting 2.5x faster than 64-bit); longer rows use 64-bit keys with the same 24-bit rank.
+  index_bits = 8 if num_words <= 256 else 32
+  key_type = np.uint32 if index_bits == 8 else np.uint64
   shape = (num_examples, num_rows, num_words)
   if priority is None:
-    keys = _random_keys(rng, np.prod(shape), key_type).reshape(shape)
-    keys &= ~key_type((1 << index_bits) - 1)  # random high bits, room for the index
+    ranked = np.asarray(random_keys, np.uint32)
+    if ranked.shape != shape:
+      raise ValueError(f"random_keys: shape {ranked.shape}, expected {shape}")
+    if key_type is np.uint32:
+      keys = ranked & np.uint32(0xFFFFFF00)  # the rank where the rank goes: no shift
+    else:
+      keys = (ranked >> np.uint32(8)).astype(np.uint64) << np.uint64(index_bits)
   else:
     keys = np.zeros(shape, key_type)
     keys[:, :num_masks] = priority
-    keys <<= shift
+    keys <<= key_type(index_bits)
   keys |= np.arange(num_words, dtype=key_type)
   sorted_keys = np.sort(keys, axis=-1)
   index_mask = key_type((1 << index_bits) - 1)
@@ -263,50 +272,72 @@ def pack_token_bits(masks: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(packed.view(np.uint8).transpose(0, 2, 1))
 
 
+# Each random draw of a batch reads its own stream of every document (example_random.py).
+STREAMS = {"encoder_mask": 1, "corrupt": 2, "decoder_pool": 3, "decoder_choice": 4,
+           "decoder_mask": 5}
+
+
 @dataclasses.dataclass(eq=False)
 class Draw:
   """One batch being drawn: what each part's builder reads (objectives/contract.Part.build).
 
-  input_ids int32 [B, L] and lengths [B] (padded chunks), their words (word_spans), the spec, the
-  RNG (parts draw from it in the registry's order), and the encoder's whole-word mask, drawn
-  first for every objective.
+  input_ids int32 [B, L] and lengths [B] (padded chunks, one document per row), their words
+  (word_spans), the spec, the documents' random streams (one identity per row), and the
+  encoder's whole-word mask, drawn first for every objective. Every draw reads a named stream
+  (STREAMS) of each document, laid out by the document's own sizes: a document's fields do not
+  depend on the other rows.
   """
   input_ids: np.ndarray
   lengths: np.ndarray
   spec: MaskingSpec
-  rng: np.random.Generator
+  random: ExampleRandom
   word_of_token: np.ndarray = dataclasses.field(init=False)
   word_len: np.ndarray = dataclasses.field(init=False)
+  num_words: np.ndarray = dataclasses.field(init=False)
   encoder_masked: np.ndarray = dataclasses.field(init=False)
 
   def __post_init__(self):
     self.word_of_token, self.word_len = word_spans(self.input_ids, self.lengths,
                                                    self.spec.is_continuation)
-    self.encoder_masked = self.whole_word_mask(self.spec.encoder_mask_ratio)
+    self.num_words = np.count_nonzero(self.word_len, axis=1)
+    self.encoder_masked = self.whole_word_mask(self.spec.encoder_mask_ratio, "encoder_mask")
 
-  def whole_word_mask(self, ratio: float) -> np.ndarray:
-    """bool [B, L]: one whole-word mask per example with budget round(n * ratio); special
-    tokens inside the text spend budget but are never masked."""
+  def whole_word_mask(self, ratio: float, stream: str) -> np.ndarray:
+    """bool [B, L]: one whole-word mask per example with budget round(n * ratio), its order
+    from `stream`; special tokens inside the text spend budget but are never masked."""
+    batch, num_words = self.word_len.shape
+    keys = self.random.uint32_blocks(STREAMS[stream], np.arange(batch), np.ones(batch, int),
+                                     self.num_words, (mask_rows(1), num_words))
     budget = mask_budget(self.lengths, ratio)
-    masked = whole_word_masks(self.word_of_token, self.word_len, budget, 1, rng=self.rng)[:, :, 0]
+    masked = whole_word_masks(self.word_of_token, self.word_len, budget, 1,
+                              random_keys=keys)[:, :, 0]
     if self.spec.is_special is not None:
       masked &= ~self.spec.is_special[self.input_ids]
     return masked
+
+  def token_bits(self, stream: str) -> np.ndarray:
+    """uint64 [B, L]: random bits at each real token (the first lengths[e] values of document
+    e's stream), 0 on padding. example_random.below / low_fraction turn them into numbers."""
+    return self.random.uint64(STREAMS[stream], self.lengths, self.input_ids.shape[1])
 
   def mask_pool(self, ratio: float, pool_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pools of P = min(n, pool_size) whole-word masks with budget round(n * ratio): (uint8
     [B, pool_size, ceil(L/8)] bit-packed along the tokens, bit 1 = masked, rows past an
     example's P zero; P [B])."""
-    return mask_pool(self.word_of_token, self.word_len, self.lengths, ratio, pool_size, self.rng)
+    return mask_pool(self.word_of_token, self.word_len, self.lengths, ratio, pool_size,
+                     self.random)
 
 
 def make_batch(input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec,
-               rng: np.random.Generator, segment_ids: np.ndarray | None = None
-               ) -> dict[str, np.ndarray]:
+               random: ExampleRandom | np.random.Generator,
+               segment_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """The batch contract (see retromae_jax/data/pipeline.py) from padded ids and true lengths.
 
-  Draws, in this order: the encoder's mask, then each part's fields (objectives/registry.parts:
-  encoder, decoder, options), so the default objective's stream is the same as ever.
+  random: the documents' random streams (example_random.ExampleRandom: one identity per
+  document, rows first, then a packed row's segments in order), or a np.random.Generator to
+  draw their identities from (tests, benchmarks).
+  Draws the encoder's mask, then each part's fields (objectives/registry.parts: encoder,
+  decoder, options), each from its own stream of every document.
   With spec.pack, rows are packed (segment_ids [B, L]; without it, one document per row): each
   document is masked alone, exactly as an unpacked row, and its fields are put back at its place.
   """
@@ -316,20 +347,27 @@ def make_batch(input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec,
   if spec.pack:
     if segment_ids is None:
       segment_ids = real.astype(np.int32)
-    return _packed_batch(input_ids, np.asarray(segment_ids, np.int32), spec, rng)
-  draw = Draw(input_ids, lengths, spec, rng)
+    return _packed_batch(input_ids, np.asarray(segment_ids, np.int32), spec, random)
+  draw = Draw(input_ids, lengths, spec, _for_documents(random, len(input_ids)))
   out = {"input_ids": input_ids, "attention_mask": real.astype(np.int32)}
   for part in registry.parts(spec.objective):
     out.update(part.build(draw))
   return out
 
 
-def _packed_batch(input_ids, segment_ids, spec: MaskingSpec, rng) -> dict[str, np.ndarray]:
+def _for_documents(random: ExampleRandom | np.random.Generator, count: int) -> ExampleRandom:
+  if isinstance(random, np.random.Generator):
+    return ExampleRandom.from_generator(random, count)
+  return random.for_documents(count)
+
+
+def _packed_batch(input_ids, segment_ids, spec: MaskingSpec, random) -> dict[str, np.ndarray]:
   """make_batch of packed rows: the documents' own batch (one per row), placed back."""
   num_rows, seq_len = input_ids.shape
   rows, offsets, doc_lengths = packing.documents(segment_ids)
   doc_ids = packing.take_tokens(input_ids, rows, offsets, doc_lengths, spec.pad_id)
-  alone = make_batch(doc_ids, doc_lengths, dataclasses.replace(spec, pack=False), rng)
+  alone = make_batch(doc_ids, doc_lengths, dataclasses.replace(spec, pack=False),
+                     _for_documents(random, len(rows)))
   out = {"input_ids": input_ids, "attention_mask": (segment_ids > 0).astype(np.int32),
          "segment_ids": segment_ids, "positions": packing.positions(segment_ids)}
   fills = {contract.PACK_IDS: spec.pad_id, contract.PACK_LABELS: contract.IGNORE,
@@ -350,7 +388,7 @@ def _packed_batch(input_ids, segment_ids, spec: MaskingSpec, rng) -> dict[str, n
 
 
 def mask_pool(word_of_token: np.ndarray, word_len: np.ndarray, lengths: np.ndarray, ratio: float,
-              pool_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+              pool_size: int, random: ExampleRandom) -> tuple[np.ndarray, np.ndarray]:
   """The enhanced decoder's pools: see Draw.mask_pool."""
   batch, seq_len = word_of_token.shape
   pool_rows = np.minimum(lengths, pool_size)
@@ -365,7 +403,8 @@ def mask_pool(word_of_token: np.ndarray, word_len: np.ndarray, lengths: np.ndarr
   # (measured: 2x slower at batch 16, L=128).
   order = np.argsort(lengths, kind="stable")
   masks_needed = np.maximum.accumulate(np.minimum(-(-pool_rows[order] // 8) * 8, pool_size))
-  words_needed = np.maximum.accumulate(np.maximum(1, np.count_nonzero(word_len[order], axis=1)))
+  num_words = np.count_nonzero(word_len, axis=1)
+  words_needed = np.maximum.accumulate(np.maximum(1, num_words[order]))
   cells = masks_needed * words_needed  # of a group that ends with this example (non-decreasing)
   start = 0
   while start < batch:
@@ -373,8 +412,10 @@ def mask_pool(word_of_token: np.ndarray, word_len: np.ndarray, lengths: np.ndarr
     end = start + max(1, int(np.count_nonzero(fits)))
     rows = order[start:end]
     num_masks, words = int(masks_needed[end - 1]), int(words_needed[end - 1])
+    keys = random.uint32_blocks(STREAMS["decoder_pool"], rows, pool_rows[rows], num_words[rows],
+                                (mask_rows(num_masks), words))
     pool = whole_word_masks(word_of_token[rows], word_len[rows, :words], budget[rows],
-                            num_masks, rng=rng)
+                            num_masks, random_keys=keys)
     pool &= (np.arange(num_masks) < pool_rows[rows, None])[:, None, :]
     packed[rows, :num_masks] = pack_token_bits(pool)
     start = end

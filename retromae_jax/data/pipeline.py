@@ -49,7 +49,7 @@ import tokenizers
 from absl import logging
 
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import chunking, masking, packing, prepared, sources
+from retromae_jax.data import chunking, example_random, masking, packing, prepared, sources
 from retromae_jax.objectives import contract, registry
 from retromae_jax.objectives.config import objective_config_from
 
@@ -230,8 +230,9 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
     ds = ds.skip(start_step)
 
     def mask_numpy(input_ids, lengths, segment_ids, index):
-      rng = np.random.default_rng([seed, shard, int(index)])
-      batch = masking.make_batch(input_ids, lengths, spec, rng,
+      # Each document's own streams: (seed, shard, step, its number in the shard's batch).
+      random = example_random.ExampleRandom.numbered(seed, shard, int(index))
+      batch = masking.make_batch(input_ids, lengths, spec, random,
                                  segment_ids if spec.pack else None)
       return tuple(batch[name] for name in names)
 
@@ -243,8 +244,8 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
         out.set_shape(shapes[name][0])
       return dict(zip(names, outs))
 
-    # Parallel calls cannot change the result (each batch has its own seed); deterministic=True
-    # keeps the order.
+    # Parallel calls cannot change the result (masks come from each document's identity);
+    # deterministic=True keeps the order.
     return ds.map(mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   first = process_index * per_process

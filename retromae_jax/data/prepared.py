@@ -26,13 +26,12 @@ written at prepare time (prepare.pack_plan: the raw pipeline's packing of each s
 stream), not single chunks; the order above applies to rows unchanged, so a packed batch is as
 much a function of its step, and every chunk is once per epoch in some row.
 
-THE MASKS are drawn as the raw pipeline draws them: one generator per (seed, shard, step) for the
-shard's rows, masking.make_batch vectorised over them. With one shard and no shuffling the
-batches are bit-identical to the raw pipeline's on the same text (tests/test_prepared.py). Per-
-example generators would make masks independent of data.num_shards too, but make_batch called
-once per example masks 2.5x fewer examples per second (minilm shapes), below the host pipeline's
-speed target; with data.num_shards fixed, as resume across process counts requires anyway, the
-batches are the same whatever the process count.
+THE MASKS of a chunk are drawn from its own streams, keyed by (seed, corpus, epoch, record key)
+(data/example_random.py): the same chunk in the same epoch is masked the same way whatever the
+batch size, data.num_shards, the process count or the row it is packed in, and differently in
+every epoch. The raw pipeline keys a document by (seed, shard, step, its number in the batch)
+instead, so with one shard and no shuffling both pipelines give the same tokens, and masks
+that differ (each is the masking of its own identities; tests/test_prepared.py checks both).
 """
 
 import functools
@@ -225,8 +224,8 @@ class IndexStream:
       rank[mine] = np.arange(np.count_nonzero(mine))
     return owner, rank
 
-  def lookup(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(corpus [n], record key [n]) of stream positions [n] (int64)."""
+  def lookup(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(corpus [n], record key [n], the corpus's epoch [n]) of stream positions [n] (int64)."""
     positions = np.asarray(positions, np.int64)
     if len(self.sizes) == 1:
       corpus = np.zeros_like(positions)
@@ -244,7 +243,7 @@ class IndexStream:
     for c, e in set(zip(corpus.tolist(), epoch.tolist())):  # a batch spans one or two epochs
       mine = (corpus == c) & (epoch == e)
       keys[mine] = self.permutation(c, e)[index[mine]]
-    return corpus, keys
+    return corpus, keys, epoch
 
 
 class PreparedData:
@@ -283,25 +282,34 @@ class PreparedData:
     input_ids[np.arange(len(chunks)), lengths - 1] = self.ids.sep
     return input_ids, lengths
 
-  def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One chunk per row (data.pack off): (input_ids [n, L], lengths [n]) at stream positions."""
-    return self._padded(self._chunks(*self.stream.lookup(positions)))
+  def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One chunk per row (data.pack off) at stream positions: (input_ids [n, L], lengths [n],
+    identities [n, 3]: each chunk's (corpus, epoch, record key), what its masks are drawn
+    from)."""
+    corpus, keys, epoch = self.stream.lookup(positions)
+    return (*self._padded(self._chunks(corpus, keys)), np.stack([corpus, epoch, keys], axis=1))
 
-  def packed_rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  def packed_rows(self, positions: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The planned packed rows at stream positions (data.pack): (input_ids [n, L], lengths [n]
-    = real tokens, segment_ids [n, L]), as packing.rows_of_chunks lays them out."""
-    corpus, rows = self.stream.lookup(positions)
-    chunk_corpus, chunk_keys, chunk_row = [], [], []
+    = real tokens, segment_ids [n, L], as packing.rows_of_chunks lays them out; identities
+    [chunks, 3] in the order of the rows' segments: (corpus, epoch of the row, record key))."""
+    corpus, rows, epoch = self.stream.lookup(positions)
+    chunk_corpus, chunk_keys, chunk_row, chunk_epoch = [], [], [], []
     for c in np.unique(corpus):
       where = np.flatnonzero(corpus == c)
       keys, counts = self.corpora[c].row_chunks(rows[where])
       chunk_corpus.append(np.full(len(keys), c))
       chunk_keys.append(keys)
       chunk_row.append(np.repeat(where, counts))
-    chunk_corpus, chunk_keys, chunk_row = map(np.concatenate,
-                                              (chunk_corpus, chunk_keys, chunk_row))
+      chunk_epoch.append(np.repeat(epoch[where], counts))
+    chunk_corpus, chunk_keys, chunk_row, chunk_epoch = map(
+        np.concatenate, (chunk_corpus, chunk_keys, chunk_row, chunk_epoch))
     input_ids, lengths = self._padded(self._chunks(chunk_corpus, chunk_keys))
-    return packing.place_chunks(input_ids, lengths, chunk_row, self.ids.pad)
+    # place_chunks lays each row's chunks in their order here: the segments' order is this one.
+    order = np.argsort(chunk_row, kind="stable")
+    ids = np.stack([chunk_corpus, chunk_epoch, chunk_keys], axis=1)[order]
+    return (*packing.place_chunks(input_ids, lengths, chunk_row, self.ids.pad), ids)
 
 
 def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
@@ -309,7 +317,7 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
                      start_step: int = 0) -> tf.data.Dataset:
   """Infinite per-host batches of the batch contract (data/pipeline.py) from prepared corpora,
   starting at batch `start_step` with no read of the batches before it."""
-  from retromae_jax.data import masking, pipeline  # pipeline dispatches here: import late
+  from retromae_jax.data import example_random, masking, pipeline  # pipeline dispatches here
 
   pipeline.host_batch_size(config, process_count)  # validates the split
   num_shards = pipeline.data_shards(config, process_count)
@@ -329,11 +337,11 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
       positions = step * config.batch_size + shard * rows + np.arange(rows)
       segment_ids = None
       if spec.pack:
-        input_ids, lengths, segment_ids = data.packed_rows(positions)
+        input_ids, lengths, segment_ids, ids = data.packed_rows(positions)
       else:
-        input_ids, lengths = data.rows(positions)
-      rng = np.random.default_rng([seed, shard, step])  # the raw pipeline's mask seed
-      parts.append(masking.make_batch(input_ids, lengths, spec, rng, segment_ids))
+        input_ids, lengths, ids = data.rows(positions)
+      random = example_random.ExampleRandom(seed, ids)  # per chunk: (corpus, epoch, record key)
+      parts.append(masking.make_batch(input_ids, lengths, spec, random, segment_ids))
     return tuple(np.concatenate([p[n] for p in parts]) for n in names)
 
   def as_tensors(step):

@@ -29,7 +29,7 @@ def masked_decoder_input(input_ids: np.ndarray, masked: np.ndarray,
 
 
 def build(draw) -> dict[str, np.ndarray]:
-  masked = draw.whole_word_mask(draw.spec.decoder_mask_ratio)
+  masked = draw.whole_word_mask(draw.spec.decoder_mask_ratio, "decoder_mask")
   return masked_decoder_input(draw.input_ids, masked, draw.spec.mask_id)
 
 

@@ -3,6 +3,7 @@ its masked words corrupted 80/10/10 ([MASK] / a random id / kept) and predicts t
 
 import numpy as np
 
+from retromae_jax.data import example_random
 from retromae_jax.objectives import contract
 
 
@@ -17,11 +18,12 @@ def fields(dims: contract.Dims) -> contract.Shapes:
 
 def build(draw) -> dict[str, np.ndarray]:
   """80/10/10 corruption of the encoder's masked tokens, and their positions and targets."""
-  input_ids, enc_masked, spec, rng = draw.input_ids, draw.encoder_masked, draw.spec, draw.rng
-  batch, seq_len = input_ids.shape
+  input_ids, enc_masked, spec = draw.input_ids, draw.encoder_masked, draw.spec
+  seq_len = input_ids.shape[1]
   pos = np.arange(seq_len)
-  choice = rng.random((batch, seq_len))
-  random_ids = rng.integers(0, spec.vocab_size, (batch, seq_len), dtype=np.int32)
+  bits = draw.token_bits("corrupt")  # one draw per token: the rule from 32 bits, the id from 32
+  choice = example_random.low_fraction(bits)
+  random_ids = example_random.below(bits, spec.vocab_size).astype(np.int32)
   corrupted = np.where(choice < 0.8, np.int32(spec.mask_id),
                        np.where(choice < 0.9, random_ids, input_ids))
   encoder_input_ids = np.where(enc_masked, corrupted, input_ids)

@@ -8,6 +8,7 @@ the dense [B, L, L] visibility (models/decoder_mask.py). The decoder predicts ev
 
 import numpy as np
 
+from retromae_jax.data import example_random
 from retromae_jax.objectives import contract
 from retromae_jax.objectives.flop_formulas import decoder_forward_flops
 
@@ -27,7 +28,8 @@ def build(draw) -> dict[str, np.ndarray]:
   packed, pool_rows = draw.mask_pool(spec.decoder_mask_ratio, spec.decoder_pool_size)
   batch, seq_len = draw.input_ids.shape
   real = np.arange(seq_len) < draw.lengths[:, None]
-  choice = draw.rng.integers(0, np.maximum(pool_rows, 1)[:, None], (batch, seq_len))
+  choice = example_random.below(draw.token_bits("decoder_choice"),
+                                np.maximum(pool_rows, 1)[:, None])
   return {
       "decoder_pool": packed,
       "decoder_choice": np.where(real, choice, 0).astype(np.int32),
