@@ -75,6 +75,8 @@ def main():
   parser.add_argument("--out", default="/tmp/side_by_side.jsonl")
   parser.add_argument("--docs", default="/tmp/stdlib_docstrings.jsonl")
   parser.add_argument("--skip_host", action="store_true")
+  parser.add_argument("--pairs", default="equal_slots,paragraphs",
+                      help="which step pairs each round runs (comma-separated)")
   args = parser.parse_args()
   if args.render:
     return render(args.render)
@@ -85,12 +87,15 @@ def main():
   peer = [py, "bench/torch_peer.py", "--mode=step", "--batch_size=16", "--seq_len=128",
           f"--steps={steps}", "--warmup=2"]
   with open(args.out, "a", encoding="utf-8") as out:
+    pairs = args.pairs.split(",")
     for _ in range(args.rounds):
-      run("ours_equal_slots", ours + ["--config.data.pack=False",
-                                      "--config.data.source=pydoc:modules"], out)
-      run("peer_equal_slots", peer + ["--text=full_rows"], out)
-      run("ours_paragraphs_packed", ours + [f"--config.data.source=jsonl:{args.docs}"], out)
-      run("peer_paragraphs_collator", peer + [f"--text=jsonl:{args.docs}"], out)
+      if "equal_slots" in pairs:
+        run("ours_equal_slots", ours + ["--config.data.pack=False",
+                                        "--config.data.source=pydoc:modules"], out)
+        run("peer_equal_slots", peer + ["--text=full_rows"], out)
+      if "paragraphs" in pairs:
+        run("ours_paragraphs_packed", ours + [f"--config.data.source=jsonl:{args.docs}"], out)
+        run("peer_paragraphs_collator", peer + [f"--text=jsonl:{args.docs}"], out)
     if not args.skip_host:
       run("ours_host_packed", [py, "-m", "retromae_jax.data.bench",
                                "--config=configs/base.py:minilm", "--num_batches=50",
