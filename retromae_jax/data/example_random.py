@@ -89,16 +89,22 @@ class ExampleRandom:
     return out
 
   def uint32_blocks(self, stream: int, documents: np.ndarray, rows: np.ndarray,
-                    cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """uint32 [len(documents), *shape]: block i holds document documents[i]'s first
-    rows[i] * cols[i] values of the stream as a [rows[i], cols[i]] array (row-major), zeros
-    around it."""
+                    cols: np.ndarray, shape: tuple[int, int],
+                    picks: list[np.ndarray] | None = None) -> np.ndarray:
+    """uint32 [len(documents), *shape]: document documents[i]'s first rows[i] * cols[i] values
+    of the stream as a [rows[i], cols[i]] array (row-major), zeros around it; with picks, only
+    its rows picks[i] (in that order, from the top of block i): the values of a row do not
+    depend on which rows are picked."""
     out = np.zeros((len(documents), *shape), np.uint32)
     for i, (document, r, c) in enumerate(zip(np.asarray(documents).tolist(),
                                              np.asarray(rows).tolist(),
                                              np.asarray(cols).tolist())):
       raw = self._rekey(document, stream).random_raw(-(-(r * c) // 2))
-      out[i, :r, :c] = raw.view(np.uint32)[:r * c].reshape(r, c)
+      block = raw.view(np.uint32)[:r * c].reshape(r, c)
+      if picks is None:
+        out[i, :r, :c] = block
+      else:
+        out[i, :len(picks[i]), :c] = block[picks[i]]
     return out
 
 

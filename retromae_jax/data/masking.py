@@ -199,7 +199,8 @@ def whole_word_masks(word_of_token: np.ndarray, word_len: np.ndarray, budget: np
 
   word_of_token [E, L], word_len [E, W]: from word_spans; budget [E]: tokens per mask.
   Mask m of example e walks its words by increasing rank, ties by the word's index: the rank
-  is the top 24 bits of random_keys[e, m, w] (uint32 [E, >= num_masks, W], uniformly random:
+  is the top 24 bits of random_keys[e, m, w] (uint32 [E, mask_rows(num_masks), W], used up:
+  overwritten; uniformly random:
   a uniformly random order), or (tests) priority[e, m, w] (integers < 2^24, e.g. each order's
   inverse permutation). Two random ranks tie with probability 2^-24 per pair of words (about
   3e-4 per mask at 100 words), and the order does not depend on W: a document's masks are the
@@ -219,7 +220,8 @@ def whole_word_masks(word_of_token: np.ndarray, word_len: np.ndarray, budget: np
     if ranked.shape != shape:
       raise ValueError(f"random_keys: shape {ranked.shape}, expected {shape}")
     if key_type is np.uint32:
-      keys = ranked & np.uint32(0xFFFFFF00)  # the rank where the rank goes: no shift
+      keys = ranked
+      keys &= np.uint32(0xFFFFFF00)  # in place (the caller's keys are used up): the rank stays
     else:
       keys = (ranked >> np.uint32(8)).astype(np.uint64) << np.uint64(index_bits)
   else:
@@ -320,12 +322,13 @@ class Draw:
     e's stream), 0 on padding. example_random.below / low_fraction turn them into numbers."""
     return self.random.uint64(STREAMS[stream], self.lengths, self.input_ids.shape[1])
 
-  def mask_pool(self, ratio: float, pool_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pools of P = min(n, pool_size) whole-word masks with budget round(n * ratio): (uint8
-    [B, pool_size, ceil(L/8)] bit-packed along the tokens, bit 1 = masked, rows past an
-    example's P zero; P [B])."""
+  def mask_pool(self, ratio: float, pool_size: int, choice: np.ndarray) -> np.ndarray:
+    """The pools of P = min(n, pool_size) whole-word masks with budget round(n * ratio), each
+    mask from its row of the document's "decoder_pool" stream, bit-packed along the tokens (bit
+    1 = masked): uint8 [B, pool_size, ceil(L/8)]. Only the rows that some query row uses
+    (choice [B, L], on the real tokens) are computed; the others stay zero (never read)."""
     return mask_pool(self.word_of_token, self.word_len, self.lengths, ratio, pool_size,
-                     self.random)
+                     self.random, choice)
 
 
 def make_batch(input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec,
@@ -388,22 +391,33 @@ def _packed_batch(input_ids, segment_ids, spec: MaskingSpec, random) -> dict[str
 
 
 def mask_pool(word_of_token: np.ndarray, word_len: np.ndarray, lengths: np.ndarray, ratio: float,
-              pool_size: int, random: ExampleRandom) -> tuple[np.ndarray, np.ndarray]:
-  """The enhanced decoder's pools: see Draw.mask_pool."""
+              pool_size: int, random: ExampleRandom, choice: np.ndarray) -> np.ndarray:
+  """The enhanced decoder's pools: see Draw.mask_pool.
+
+  A row of the pool that no query row chooses changes nothing the model sees, and with n query
+  rows choosing among P = n masks only 1 - (1 - 1/n)^n ~ 63% of them are chosen: the others are
+  not computed. The chosen ones are exactly what the whole pool would hold.
+  """
   batch, seq_len = word_of_token.shape
   pool_rows = np.minimum(lengths, pool_size)
   budget = mask_budget(lengths, ratio)
   packed = np.zeros((batch, pool_size, (seq_len + 7) // 8), np.uint8)
-  # Examples shortest first, a few at a time, each group with only the masks (P rounded up to a
-  # multiple of 8, the fast path of the gather and the bit packing) and words its longest
-  # example needs: packed documents are of all lengths, and a 20-token one needs 20 masks of
-  # 18 words, not the batch's 128 of 126. Groups of up to _GROUP_ELEMENTS (example, mask,
-  # word) cells: arrays of ~1 MB are reused by malloc from one group to the next, while
-  # whole-batch arrays are returned to the OS and page-faulted back in on every batch
+  used = np.zeros((batch, pool_size), bool)
+  real = np.arange(seq_len) < lengths[:, None]
+  used[np.nonzero(real)[0], choice[real]] = True
+  num_used = used.sum(axis=1)
+  used_rows = np.argsort(~used, axis=1, kind="stable")  # each document's chosen rows first
+  # Examples shortest first, a few at a time, each group with only the masks (its chosen rows,
+  # rounded up to a multiple of 8, the fast path of the gather and the bit packing) and words
+  # its longest example needs: packed documents are of all lengths, and a 20-token one needs at
+  # most 20 masks of 18 words, not the batch's 128 of 126. Groups of up to _GROUP_ELEMENTS
+  # (example, mask, word) cells: arrays of ~1 MB are reused by malloc from one group to the next,
+  # while whole-batch arrays are returned to the OS and page-faulted back in on every batch
   # (measured: 2x slower at batch 16, L=128).
   order = np.argsort(lengths, kind="stable")
-  masks_needed = np.maximum.accumulate(np.minimum(-(-pool_rows[order] // 8) * 8, pool_size))
   num_words = np.count_nonzero(word_len, axis=1)
+  masks_needed = np.maximum.accumulate(np.minimum(mask_rows(1) * -(-num_used[order] // 8),
+                                                  mask_rows(pool_size)))
   words_needed = np.maximum.accumulate(np.maximum(1, num_words[order]))
   cells = masks_needed * words_needed  # of a group that ends with this example (non-decreasing)
   start = 0
@@ -412,11 +426,17 @@ def mask_pool(word_of_token: np.ndarray, word_len: np.ndarray, lengths: np.ndarr
     end = start + max(1, int(np.count_nonzero(fits)))
     rows = order[start:end]
     num_masks, words = int(masks_needed[end - 1]), int(words_needed[end - 1])
+    # The chosen rows of each document's pool (row m's keys are the same whichever rows are
+    # chosen).
+    pick = used_rows[rows, :min(num_masks, pool_size)]
     keys = random.uint32_blocks(STREAMS["decoder_pool"], rows, pool_rows[rows], num_words[rows],
-                                (mask_rows(num_masks), words))
+                                (num_masks, words),
+                                picks=[p[:k] for p, k in zip(pick, num_used[rows].tolist())])
     pool = whole_word_masks(word_of_token[rows], word_len[rows, :words], budget[rows],
                             num_masks, random_keys=keys)
-    pool &= (np.arange(num_masks) < pool_rows[rows, None])[:, None, :]
-    packed[rows, :num_masks] = pack_token_bits(pool)
+    bits = pack_token_bits(pool)  # [group, num_masks, ceil(L/8)]
+    chosen = np.arange(pick.shape[1]) < num_used[rows, None]
+    where = np.nonzero(chosen)
+    packed[rows[where[0]], pick[where]] = bits[where]
     start = end
-  return packed, pool_rows
+  return packed

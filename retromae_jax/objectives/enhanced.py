@@ -16,7 +16,8 @@ from retromae_jax.objectives.flop_formulas import decoder_forward_flops
 def fields(dims: contract.Dims) -> contract.Shapes:
   rows = (dims.batch_size, dims.seq_len)
   return {
-      # np.packbits of the pool masks along the tokens (bit 1 = masked)
+      # np.packbits of the pool masks along the tokens (bit 1 = masked); rows that no query row
+      # chooses are zero (not computed: data/masking.mask_pool)
       "decoder_pool": ((dims.batch_size, dims.pool_size, (dims.seq_len + 7) // 8), np.uint8),
       "decoder_choice": (rows, np.int32),  # the pool row each query row uses (0 on padding rows)
       "decoder_targets": (rows, np.int32),  # original ids on the text tokens, else -100
@@ -25,14 +26,14 @@ def fields(dims: contract.Dims) -> contract.Shapes:
 
 def build(draw) -> dict[str, np.ndarray]:
   spec = draw.spec
-  packed, pool_rows = draw.mask_pool(spec.decoder_mask_ratio, spec.decoder_pool_size)
   batch, seq_len = draw.input_ids.shape
   real = np.arange(seq_len) < draw.lengths[:, None]
-  choice = example_random.below(draw.token_bits("decoder_choice"),
-                                np.maximum(pool_rows, 1)[:, None])
+  pool_rows = np.minimum(draw.lengths, spec.decoder_pool_size)
+  choice = np.where(real, example_random.below(draw.token_bits("decoder_choice"),
+                                               np.maximum(pool_rows, 1)[:, None]), 0)
   return {
-      "decoder_pool": packed,
-      "decoder_choice": np.where(real, choice, 0).astype(np.int32),
+      "decoder_pool": draw.mask_pool(spec.decoder_mask_ratio, spec.decoder_pool_size, choice),
+      "decoder_choice": choice.astype(np.int32),
       "decoder_targets": np.where(draw.word_of_token >= 0, draw.input_ids,
                                   contract.IGNORE).astype(np.int32),
   }
