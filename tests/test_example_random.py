@@ -30,17 +30,17 @@ def test_a_documents_values_depend_on_its_identity_not_its_place():
   assert differ(values[0], ExampleRandom(8, ids).uint64(2, counts, 12)[0])
 
 
-def test_blocks_are_the_stream_laid_out_by_the_documents_own_sizes():
-  random = ExampleRandom(1, np.array([[0, 0, 0], [0, 0, 1]]))
-  blocks = random.uint32_blocks(4, np.array([1, 0]), np.array([2, 3]), np.array([5, 4]), (8, 6))
-  stream = {d: random.uint64(4, np.array([20, 20]), 20)[d].view(np.uint32) for d in (0, 1)}
-  np.testing.assert_array_equal(blocks[0, :2, :5], stream[1][:10].reshape(2, 5))
-  np.testing.assert_array_equal(blocks[1, :3, :4], stream[0][:12].reshape(3, 4))
-  assert blocks[0, 2:].sum() == 0 and blocks[0, :, 5:].sum() == 0
-  assert blocks[1, 3:].sum() == 0 and blocks[1, :, 4:].sum() == 0
-  # A wider block of the same document starts the same way: what grouping gives each size.
-  wide = random.uint32_blocks(4, np.array([1]), np.array([2]), np.array([5]), (16, 9))
-  np.testing.assert_array_equal(wide[0, :2, :5], blocks[0, :2, :5])
+def test_uint32_values_are_each_documents_stream_end_to_end():
+  random = ExampleRandom(1, np.array([[0, 0, 0], [0, 0, 1], [3, 0, 0]]))
+  values, offsets = random.uint32(4, np.array([5, 0, 12]))
+  np.testing.assert_array_equal(offsets, [0, 5, 5])
+  assert values.dtype == np.uint32 and len(values) == 17
+  stream = random.uint64(4, np.array([8, 8, 8]), 8).view(np.uint32)  # [3, 16]
+  np.testing.assert_array_equal(values[:5], stream[0, :5])
+  np.testing.assert_array_equal(values[5:], stream[2, :12])
+  # More values of a document begin with the same ones: what a longer pool row reads.
+  longer, _ = random.uint32(4, np.array([9, 1, 1]))
+  np.testing.assert_array_equal(longer[:5], values[:5])
 
 
 def test_numbers_are_uniform_and_streams_independent():

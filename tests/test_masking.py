@@ -56,24 +56,27 @@ def test_walk_equals_loop_reference_for_its_order():
     num_words = np.count_nonzero(word_len, axis=1)
     word_start = 1 + np.cumsum(word_len, axis=1) - word_len
     num_masks = int(rng.integers(1, 12))
-    keys = rng.integers(0, 2**32, (examples, num_masks, word_len.shape[1]), dtype=np.uint32)
+    counts = num_masks * num_words  # each document's keys: one row of one key per word per mask
+    keys = rng.integers(0, 2**32, counts.sum(), dtype=np.uint32)
+    offsets = np.cumsum(counts) - counts
     rows = np.where(np.arange(num_masks) < rng.integers(1, num_masks + 1, (examples, 1)),
                     rng.permuted(np.tile(np.arange(num_masks), (examples, 1)), axis=1), -1)
     budget = masking.mask_budget(lengths, float(rng.random()))
     out = np.zeros((examples, num_masks, (seq_len + 7) // 8), np.uint8)
-    word_walk.walk_masks(word_start, word_len.astype(np.int64), num_words, budget, keys, rows,
-                         out)
+    word_walk.walk_masks(word_start, word_len.astype(np.int64), num_words, budget, keys, offsets,
+                         rows, out)
     bits = np.unpackbits(out, axis=-1, count=seq_len).astype(bool)
     for e in range(examples):
       for r in range(num_masks):
         if rows[e, r] < 0:
           assert not bits[e, np.setdiff1d(np.arange(num_masks), rows[e])].any()
           break
-        order = word_walk.walk_order(keys[e, r], int(num_words[e]))
+        m, count = rows[e, r], int(num_words[e])
+        order = word_walk.walk_order(keys[offsets[e] + m * count:][:count], count)
         priority = np.argsort(order)  # word -> its step in the walk
         expected = reference_mask(is_cont[input_ids[e]].tolist(), int(lengths[e]),
                                   int(budget[e]), priority)
-        assert set(np.flatnonzero(bits[e, rows[e, r]]).tolist()) == expected
+        assert set(np.flatnonzero(bits[e, m]).tolist()) == expected
         checked += 1
   assert checked > 400
 

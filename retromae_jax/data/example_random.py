@@ -91,24 +91,14 @@ class ExampleRandom:
       out[document, :count] = self._rekey(document, stream).random_raw(count)
     return out
 
-  def uint32_blocks(self, stream: int, documents: np.ndarray, rows: np.ndarray,
-                    cols: np.ndarray, shape: tuple[int, int],
-                    picks: list[np.ndarray] | None = None) -> np.ndarray:
-    """uint32 [len(documents), *shape]: document documents[i]'s first rows[i] * cols[i] values
-    of the stream as a [rows[i], cols[i]] array (row-major), zeros around it; with picks, only
-    its rows picks[i] (in that order, from the top of block i): the values of a row do not
-    depend on which rows are picked."""
-    out = np.zeros((len(documents), *shape), np.uint32)
-    for i, (document, r, c) in enumerate(zip(np.asarray(documents).tolist(),
-                                             np.asarray(rows).tolist(),
-                                             np.asarray(cols).tolist())):
-      raw = self._rekey(document, stream).random_raw(-(-(r * c) // 2))
-      block = raw.view(np.uint32)[:r * c].reshape(r, c)
-      if picks is None:
-        out[i, :r, :c] = block
-      else:
-        out[i, :len(picks[i]), :c] = block[picks[i]]
-    return out
+  def uint32(self, stream: int, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first counts[e] uint32 values of every document e's stream, end to end: (values
+    [sum(counts)], offsets [E]: where document e's values start)."""
+    counts = np.asarray(counts, np.int64)
+    parts = [self._rekey(document, stream).random_raw(-(-count // 2)).view(np.uint32)[:count]
+             for document, count in enumerate(counts.tolist())]
+    offsets = np.cumsum(counts) - counts
+    return (np.concatenate(parts) if parts else np.zeros(0, np.uint32)), offsets
 
 
 def below(values: np.ndarray, bound) -> np.ndarray:

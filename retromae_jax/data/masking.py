@@ -128,21 +128,19 @@ class Draw:
     self.word_start = 1 + np.cumsum(self.word_len, axis=1) - self.word_len
     self.encoder_masked = self.whole_word_mask(self.spec.encoder_mask_ratio, "encoder_mask")
 
-  def walk(self, stream: str, budget: np.ndarray, rows: np.ndarray, num_rows: int,
-           picks: list[np.ndarray] | None = None) -> np.ndarray:
+  def walk(self, stream: str, budget: np.ndarray, rows: np.ndarray, num_rows: int
+           ) -> np.ndarray:
     """Whole-word masks with budget[e] tokens each, bit-packed: uint8 [B, num_rows, ceil(L/8)].
-    Mask r of document e is row r of its stream's [pool rows, words] block (picks: which
-    rows), written at out[e, rows[e, r]] (rows -1: no mask)."""
+    rows [B, R]: the masks to make (-1: none), each from its row of the document's stream
+    (min(n, num_rows) rows of one key per word), written at that row."""
     batch, seq_len = self.input_ids.shape
-    mask_count = rows.shape[1]
-    keys = self.random.uint32_blocks(STREAMS[stream], np.arange(batch),
-                                     np.minimum(self.lengths, num_rows) if picks is not None else
-                                     np.full(batch, mask_count), self.num_words,
-                                     (mask_count, self.word_len.shape[1]), picks=picks)
+    key_rows = np.minimum(self.lengths, num_rows)
+    keys, offsets = self.random.uint32(STREAMS[stream], key_rows * self.num_words)
     out = np.zeros((batch, num_rows, (seq_len + 7) // 8), np.uint8)
     as_int = lambda a: np.ascontiguousarray(a, np.int64)
     return word_walk.walk_masks(as_int(self.word_start), as_int(self.word_len),
-                                as_int(self.num_words), as_int(budget), keys, as_int(rows), out)
+                                as_int(self.num_words), as_int(budget), keys, offsets,
+                                as_int(rows), out)
 
   def whole_word_mask(self, ratio: float, stream: str) -> np.ndarray:
     """bool [B, L]: one whole-word mask per example with budget round(n * ratio), its order
@@ -176,8 +174,7 @@ class Draw:
     width = max(1, int(num_used.max()))
     used_rows = np.argsort(~used, axis=1, kind="stable")[:, :width]  # the chosen rows first
     rows = np.where(np.arange(width) < num_used[:, None], used_rows, -1)
-    picks = [r[:k] for r, k in zip(used_rows, num_used.tolist())]
-    return self.walk("decoder_pool", mask_budget(self.lengths, ratio), rows, pool_size, picks)
+    return self.walk("decoder_pool", mask_budget(self.lengths, ratio), rows, pool_size)
 
 
 def make_batch(input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec,
