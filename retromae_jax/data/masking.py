@@ -117,14 +117,15 @@ class Draw:
   random: ExampleRandom
   word_of_token: np.ndarray = dataclasses.field(init=False)
   word_len: np.ndarray = dataclasses.field(init=False)
-  num_words: np.ndarray = dataclasses.field(init=False)
+  num_words: np.ndarray = dataclasses.field(init=False)  # [B]
+  word_start: np.ndarray = dataclasses.field(init=False)  # [B, W]: each word's first token
   encoder_masked: np.ndarray = dataclasses.field(init=False)
 
   def __post_init__(self):
     self.word_of_token, self.word_len = word_spans(self.input_ids, self.lengths,
                                                    self.spec.is_continuation)
     self.num_words = np.count_nonzero(self.word_len, axis=1)
-    # Words are back to back from position 1: each one's first token.
+    # Words are back to back from position 1.
     self.word_start = 1 + np.cumsum(self.word_len, axis=1) - self.word_len
     self.encoder_masked = self.whole_word_mask(self.spec.encoder_mask_ratio, "encoder_mask")
 
