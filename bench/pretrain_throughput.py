@@ -91,7 +91,8 @@ def _compiled_step(args, config):
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
   update = jax.jit(loop.make_update_step(loss_and_grads, tx, {"lr": schedule},
-                                         lambda b: b["attention_mask"].sum(), config.seed),
+                                         lambda b: b["attention_mask"].sum(), config.seed,
+                                         dropout_prng=config.dropout_prng),
                    donate_argnums=0)
   device_batches = [jax.device_put(b) for b in host]
   start = time.perf_counter()

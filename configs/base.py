@@ -27,6 +27,10 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = preset
   c.seed = 0
+  # Dropout's random bits: 'threefry' (JAX's default: the same bits on every mesh) or 'rbg'
+  # (XLA's RngBitGenerator: cheaper bits, but they depend on the mesh, and other numbers than
+  # threefry's; bench/RESULTS.md has the step-time difference).
+  c.dropout_prng = "threefry"
   # A HF tokenizer directory / tokenizer.json, or 'default': the bert-base-uncased WordPiece
   # vocabulary shipped in retromae_jax/data/assets (Apache-2.0).
   c.tokenizer = "default"

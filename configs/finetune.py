@@ -33,6 +33,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.task = "finetune"  # retromae_jax/main.py dispatches on this key
   c.preset = preset
   c.seed = 0
+  c.dropout_prng = "threefry"  # or 'rbg': cheaper bits that depend on the mesh (configs/base.py)
   # '' = the tokenizer files of init.model (or 'default', bert-base-uncased's vocabulary, when
   # training from scratch); else a HF tokenizer directory / tokenizer.json.
   c.tokenizer = ""

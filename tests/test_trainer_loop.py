@@ -99,3 +99,28 @@ def test_pretraining_scores_zero_shot_retrieval_as_the_exported_encoder_does(tmp
   exported = json.loads(cli.stdout.strip().splitlines()[-1])
   for name in ("ndcg@10", "mrr@10", "recall@100"):
     assert abs(evals[3][f"eval/{name}"] - exported[name]) <= 1e-4, (name, evals[3], exported)
+
+
+def test_dropout_prng_picks_the_key_implementation_and_keeps_dropout_a_function_of_the_step():
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  def loss_and_grads(params, batch, dropout_key):
+    keep = jax.random.bernoulli(dropout_key, 0.9, (64,))
+    weights = jnp.sin(jnp.arange(64.0)) * params["w"]  # distinct masks, distinct sums
+    return (jnp.sum(keep * weights), {}), {"w": keep.astype(jnp.float32)}
+
+  from retromae_jax.trainers import train_state
+  masks = {}
+  for prng in ("threefry", "rbg"):
+    step = jax.jit(loop.make_update_step(loss_and_grads, optax.sgd(0.0), {}, lambda b: 0,
+                                         seed=3, dropout_prng=prng))
+    state = train_state.TrainState(step=jnp.int32(0), params={"w": jnp.ones(64)},
+                                   opt_state=optax.sgd(0.0).init({"w": jnp.ones(64)}))
+    first = [float(step(state, {})[1]["loss"]) for _ in range(2)]
+    assert first[0] == first[1]  # the same step draws the same dropout
+    later = step(state.replace(step=jnp.int32(1)), {})[1]["loss"]
+    masks[prng] = (first[0], float(later))
+    assert masks[prng][0] != masks[prng][1]  # another step, another mask
+  assert masks["threefry"] != masks["rbg"]  # other bits

@@ -67,8 +67,12 @@ def make_mesh(config):
 # ---------------------------------------------------------------------------------- Update step
 
 
+# config.dropout_prng -> the JAX key implementation of dropout's keys.
+DROPOUT_PRNGS = {"threefry": "threefry2x32", "rbg": "rbg"}
+
+
 def make_update_step(loss_and_grads: Callable, tx, schedules: dict, count_tokens: Callable,
-                     seed: int, skip_nonfinite: bool = False):
+                     seed: int, skip_nonfinite: bool = False, dropout_prng: str = "threefry"):
   """update_step(state, batch, **static) -> (state, metrics), a pure function to jit.
 
   loss_and_grads(params, batch, dropout_key, **static) -> ((loss, aux), grads);
@@ -76,8 +80,9 @@ def make_update_step(loss_and_grads: Callable, tx, schedules: dict, count_tokens
   count_tokens(batch) -> the real tokens the step trained on (for tokens/s);
   skip_nonfinite (config.divergence.skip_steps > 0): a step whose loss or gradient norm is not
   finite leaves the parameters and optimizer state as they were (divergence.keep_if_finite).
+  dropout_prng (config.dropout_prng): the key implementation of dropout's keys (DROPOUT_PRNGS).
   """
-  dropout_root = jax.random.key(seed + 1)
+  dropout_root = jax.random.key(seed + 1, impl=DROPOUT_PRNGS[dropout_prng])
 
   def update_step(state, batch, **static):
     # Dropout depends only on (seed, step): not on the mesh or on where the run resumed.

@@ -112,7 +112,8 @@ def train_and_evaluate(config, workdir: str):
 
   update_step = loop.make_update_step(loss_and_grads, tx, schedules,
                                       lambda batch: batch["attention_mask"].sum(), config.seed,
-                                      skip_nonfinite=config.divergence.skip_steps > 0)
+                                      skip_nonfinite=config.divergence.skip_steps > 0,
+                                      dropout_prng=config.get("dropout_prng", "threefry"))
   batch_sharding = {k: sharding.batch_sharding(mesh, rules) for k in example}
   global_example = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
                     for k, v in example.items()}

@@ -9,7 +9,7 @@ from retromae_jax.evaluators.embed import POOLING_CHOICES, POOLINGS
 from retromae_jax.models import pooling
 from retromae_jax.models.biencoder import SIMILARITIES
 from retromae_jax.models import bert
-from retromae_jax.trainers import sharding
+from retromae_jax.trainers import loop, sharding
 from retromae_jax.objectives import registry
 
 
@@ -42,6 +42,8 @@ def _shared_checks(config, shape_known: bool):
   m, e = config.model, config.eval
   return [
       ("seed", config.seed >= 0, "expected >= 0"),
+      ("dropout_prng", config.get("dropout_prng", "threefry") in loop.DROPOUT_PRNGS,
+       f"expected one of {sorted(loop.DROPOUT_PRNGS)}"),
       ("batch_size", config.batch_size > 0, "expected a positive global batch size"),
       ("total_steps", config.total_steps > 0, "expected a positive number of steps"),
       ("log_every", config.log_every > 0, "expected a positive interval"),
