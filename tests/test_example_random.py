@@ -63,8 +63,10 @@ def test_numbers_are_uniform_and_streams_independent():
   # are neighbouring documents and two streams of one document.
   high = example_random.below(bits, 2**16).ravel()
   other = ExampleRandom(3, np.stack([np.zeros(400), np.zeros(400), np.arange(400)], 1))
-  pairs = [(high, fractions), (bits[:-1].ravel() >> np.uint64(11), bits[1:].ravel() >> np.uint64(11)),
-           (fractions, example_random.low_fraction(other.uint64(2, np.full(400, 500), 500)).ravel())]
+  shifted = bits >> np.uint64(11)
+  second_stream = example_random.low_fraction(other.uint64(2, np.full(400, 500), 500)).ravel()
+  pairs = [(high, fractions), (shifted[:-1].ravel(), shifted[1:].ravel()),
+           (fractions, second_stream)]
   for x, y in pairs:
     assert abs(np.corrcoef(x.astype(float), y.astype(float))[0, 1]) < 0.015  # 4.7 sigma at n=2e5
 

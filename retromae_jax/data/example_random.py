@@ -57,7 +57,8 @@ class ExampleRandom:
   @staticmethod
   def _checked(ids) -> np.ndarray:
     ids = np.asarray(ids)
-    if ids.ndim != 2 or ids.shape[1] != 3 or (ids.size and (ids.min() < 0 or ids.max() >= _MAX_ID)):
+    out_of_range = ids.size and (ids.min() < 0 or ids.max() >= _MAX_ID)
+    if ids.ndim != 2 or ids.shape[1] != 3 or out_of_range:
       raise ValueError(f"ExampleRandom: expected ids [documents, 3] of integers in [0, 2^64), "
                        f"got shape {ids.shape}")
     return ids.astype(np.uint64)

@@ -5,10 +5,11 @@ The walk (spec section 1): shuffle the words, then take each word that still fit
 left of the budget, skip those that do not, stop once the budget is spent. The shuffle is drawn
 lazily, Fisher-Yates style: step j swaps word j with a uniformly random word among j..W-1 and
 walks it, so a mask shuffles only the words it walks (about 60% of them at ratio 0.5); step j
-of a mask reads the j-th of its row of keys (one uint32 per word, from the document's stream). Compiled, one mask of 120 words costs about a
-microsecond; the NumPy form (a sort per mask, a running sum, a band walk) cost about 2.5x more
-per decoder pool, mostly in array passes and their allocations, and the pool is most of the host
-pipeline's time. nogil: tf.data's parallel map calls run it on several cores at once.
+of a mask reads the j-th of its row of keys (one uint32 per word, from the document's stream).
+Compiled, one mask of 120 words costs about a microsecond; the NumPy form it replaced (a sort
+per mask, a running sum, a band walk) cost about 2.5x more per decoder pool, mostly in array
+passes and their allocations, and the pool is most of the host pipeline's time. nogil: tf.data's
+parallel map calls can run it on several cores at once.
 """
 
 import numba
