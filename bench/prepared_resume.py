@@ -76,8 +76,8 @@ def _repeat(seed_dir: str, out: str, num_chunks: int) -> None:
     for i in range(first, first + count):
       writer.write(records[i % len(records)])
     writer.close()
-    np.save(os.path.join(out, documents_name), np.arange(first, first + count))
     chunk = np.arange(first, first + count)
+    np.save(os.path.join(out, documents_name), chunk)
     _, row_of = np.unique((chunk // len(seed)) * seed.num_rows + seed_row[chunk % len(seed)],
                           return_inverse=True)
     np.save(os.path.join(out, rows_name), row_of)

@@ -8,9 +8,10 @@
 Beam distributes the N shard tasks (one `prepare_shard` call each: shard w reads the documents
 process w of N would read, chunks them and writes chunks-w-of-N.array_record and its document
 index) over its workers and retries a failed one. The statistics come back through files under
-DIR/beam/ (removed after); the driver then numbers the documents and writes prepared.json as the local engine
-does, so the output is the same whichever engine wrote it. DIR must be a directory every worker
-writes to (NFS, Filestore or a GCS FUSE mount): the ArrayRecord writer writes local paths.
+DIR/beam/ (removed after); the driver then numbers the documents and writes prepared.json as the
+local engine does, so the output is the same whichever engine wrote it. DIR must be a directory
+every worker writes to (NFS, Filestore or a GCS FUSE mount): the ArrayRecord writer writes local
+paths.
 
 `apache-beam` is an optional dependency (requirements-beam.txt), imported only here.
 """

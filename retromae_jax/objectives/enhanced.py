@@ -17,7 +17,7 @@ def fields(dims: contract.Dims) -> contract.Shapes:
   rows = (dims.batch_size, dims.seq_len)
   return {
       # np.packbits of the pool masks along the tokens (bit 1 = masked); rows that no query row
-      # chooses are zero (not computed: data/masking.mask_pool)
+      # chooses are zero (not computed: data/masking.Draw.mask_pool)
       "decoder_pool": ((dims.batch_size, dims.pool_size, (dims.seq_len + 7) // 8), np.uint8),
       "decoder_choice": (rows, np.int32),  # the pool row each query row uses (0 on padding rows)
       "decoder_targets": (rows, np.int32),  # original ids on the text tokens, else -100
