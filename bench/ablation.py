@@ -353,8 +353,8 @@ def main(argv=None):
 
   def data():
     if "data" not in data_cache:
-      from retromae_jax.data import beir
-      from retromae_jax.data import pydoc_set
+      from retromae_jax.data.evalsets import beir
+      from retromae_jax.data.evalsets import pydoc_set
       beir_dir = pydoc_set.cached_dir() if args.eval == "pydoc" else args.eval.removeprefix("beir:")
       data_cache["data"] = beir.load(beir_dir, args.split)
     return data_cache["data"]

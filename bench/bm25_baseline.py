@@ -19,9 +19,9 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from retromae_jax.data import beir
+from retromae_jax.data.evalsets import beir
 from retromae_jax.evaluators import metrics
-from retromae_jax.data import pydoc_set
+from retromae_jax.data.evalsets import pydoc_set
 
 
 def main():

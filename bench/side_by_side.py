@@ -97,7 +97,7 @@ def main():
         run("ours_paragraphs_packed", ours + [f"--config.data.source=jsonl:{args.docs}"], out)
         run("peer_paragraphs_collator", peer + [f"--text=jsonl:{args.docs}"], out)
     if not args.skip_host:
-      run("ours_host_packed", [py, "-m", "retromae_jax.data.bench",
+      run("ours_host_packed", [py, "-m", "retromae_jax.tools.input_bench",
                                "--config=configs/base.py:minilm", "--num_batches=50",
                                "--config.data.source=pydoc:modules"], out)
       run("peer_collator", [py, "bench/torch_peer.py", "--mode=collator", "--text=full_rows",

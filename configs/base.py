@@ -58,7 +58,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   # jsonl:GLOB | text:GLOB | tfds:NAME[:SPLIT] | pydoc (the Python standard library's
   # docstrings, real English text found on every machine: the embedded default) |
-  # prepared:DIR[@W],prepared:DIR2[@W2] (corpora from python -m retromae_jax.data.prepare,
+  # prepared:DIR[@W],prepared:DIR2[@W2] (corpora from python -m retromae_jax.data.pretrain.prepare,
   # read by index; weights W mix several: docs/prepared_data.md).
   c.data.source = "pydoc"
   c.data.data_dir = ""  # TFDS data_dir (gs:// works)
@@ -73,7 +73,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.prefetch = 2
   # Several chunks per row, each its own [CLS] ... [SEP] segment that attends only to itself:
   # static shapes without padding waste, each chunk's losses those of the chunk alone
-  # (retromae_jax/data/packing.py). False: one chunk per row, padded.
+  # (retromae_jax/data/pretrain/packing.py). False: one chunk per row, padded.
   c.data.pack = True
   # Logical shards of the corpus (each a fixed slice with its own seeds and its own rows of every
   # batch). 0 = one per process. Fix it (a multiple of every process count you will use) to make

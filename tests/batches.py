@@ -3,7 +3,7 @@
 import contextlib
 import itertools
 
-from retromae_jax.data import pipeline
+from retromae_jax.data.pretrain import pipeline
 
 
 def take(config, tokenizer, n: int, **kwargs) -> list[dict]:

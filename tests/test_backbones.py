@@ -29,13 +29,15 @@ import jax.numpy as jnp  # noqa: E402
 import tokenizers  # noqa: E402
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 
-from retromae_jax.data import masking, sources  # noqa: E402
+from retromae_jax.data.pretrain import masking  # noqa: E402
+
+from retromae_jax.data import sources
 from retromae_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from retromae_jax.interop import export as export_lib  # noqa: E402
 from retromae_jax.interop import hf as hf_interop  # noqa: E402
 from retromae_jax.models import attention  # noqa: E402
 from retromae_jax.models.bert import MLMHead, ModelConfig  # noqa: E402
-from retromae_jax.models.retromae import RetroMAE  # noqa: E402
+from retromae_jax.objectives.enhanced.model import RetroMAE  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's / XLM-R's ids 0..3 (+ mask)

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from retromae_jax.data import beir
-from retromae_jax.data import pydoc_set
+from retromae_jax.data.evalsets import beir
+from retromae_jax.data.evalsets import pydoc_set
 
 
 def _write(tmp_path, corpus_lines, query_lines, qrels_text, split="test"):

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from configs.base import get_config
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import chunking, pipeline, sources
+from retromae_jax.data.pretrain import batches, chunking, pipeline
+from retromae_jax.data import sources
 from retromae_jax.objectives.contract import IGNORE
 from batches import take  # noqa: E402  (tests/ is on sys.path)
 
@@ -116,7 +117,7 @@ def _config(corpus, **overrides):
 def test_batch_contract(corpus, tok):
   config = _config(corpus, data__pack=False)  # one chunk per row (packed rows: test_packing)
   ids = tokenizer_lib.special_ids(tok)
-  shapes = pipeline.batch_shapes(config, 8)
+  shapes = batches.batch_shapes(config, 8)
   for batch in take(config, tok, 3):
     assert set(batch) == set(shapes)
     for name, (shape, dtype) in shapes.items():
@@ -211,7 +212,7 @@ def test_a_source_without_usable_chunks_fails_clearly(corpus, tok):
 def test_inspect_cli_writes_the_dense_view(tmp_path):
   out = tmp_path / "view.npz"
   proc = subprocess.run(
-      [sys.executable, "-m", "retromae_jax.data.inspect", "--config=configs/base.py:smoke",
+      [sys.executable, "-m", "retromae_jax.tools.inspect", "--config=configs/base.py:smoke",
        f"--out={out}", "--num_batches=1", "--config.data.shuffle_buffer=100"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -20,7 +20,7 @@ from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import pooling
 from retromae_jax.models.bert import ModelConfig
-from retromae_jax.models.retromae import RetroMAE
+from retromae_jax.objectives.enhanced.model import RetroMAE
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import init_parts
 from retromae_jax.trainers import optim
@@ -133,7 +133,7 @@ def test_mean_sentence_vector_is_the_numpy_mean_over_real_tokens():
     np.testing.assert_allclose(seen["kv"][b, 0], expected, rtol=1e-5, atol=1e-6)
   assert not np.allclose(seen["kv"][1, 0], hidden[1, 0])  # not the [CLS] state
   # The embedder's mean is the same vector.
-  np.testing.assert_allclose(np.asarray(embed.pool(hidden, mask, "mean", False))[1],
+  np.testing.assert_allclose(np.asarray(pooling.pool(hidden, mask, "mean", False))[1],
                              hidden[1, :7].mean(0), rtol=1e-5, atol=1e-6)
 
 

@@ -12,7 +12,7 @@ import pytest
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.evaluators import embed as embed_lib
 from retromae_jax.models.bert import ModelConfig
-from retromae_jax.models.retromae import RetroMAE
+from retromae_jax.objectives.enhanced.model import RetroMAE
 
 TEXTS = [f"document number {i} says " + "word " * (i % 7) for i in range(10)]
 BATCH = 4  # 10 texts: batches of 4, 4 and 2

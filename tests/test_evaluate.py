@@ -20,7 +20,7 @@ pytrec_eval = pytest.importorskip("pytrec_eval")
 MINILM = os.path.join(os.path.dirname(_minilm_pkg.__file__), "model")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from retromae_jax.data import beir, pydoc_set  # noqa: E402
+from retromae_jax.data.evalsets import beir, pydoc_set  # noqa: E402
 
 # About 20 s per side on 2 quiet cores (twice that on a busy machine); the full split is @slow.
 NUM_QUERIES, NUM_DOCS = 40, 150

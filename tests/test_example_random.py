@@ -1,11 +1,11 @@
-"""Per-document random streams (retromae_jax/data/example_random.py): keyed by identity alone,
+"""Per-document random streams (retromae_jax/objectives/example_random.py): keyed by identity alone,
 independent across documents and streams, and uniform where the masks need it."""
 
 import numpy as np
 import pytest
 
-from retromae_jax.data import example_random
-from retromae_jax.data.example_random import ExampleRandom
+from retromae_jax.objectives import example_random
+from retromae_jax.objectives.example_random import ExampleRandom
 
 
 def test_a_documents_values_depend_on_its_identity_not_its_place():

@@ -54,7 +54,7 @@ def _small_beir(directory):
              "q5": "Pause the program for a while.",
              "q6": "Duplicate a file to another location."}
   targets = ["queue.qsize", "os.getcwd", "json.loads", "math.gcd", "time.sleep", "shutil.copy"]
-  from retromae_jax.data import beir
+  from retromae_jax.data.evalsets import beir
   beir.write(str(directory), docs, queries,
              {"test": {q: {d: 1} for q, d in zip(queries, targets)}})
   return str(directory)

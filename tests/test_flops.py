@@ -11,8 +11,8 @@ import pytest
 from retromae_jax.trainers import flops
 from retromae_jax.trainers import optim
 from retromae_jax.models.bert import ModelConfig
-from retromae_jax.models.retromae import RetroMAE
-from retromae_jax.objectives.config import ObjectiveConfig
+from retromae_jax.objectives.enhanced.model import RetroMAE
+from retromae_jax.objectives.settings import ObjectiveConfig
 from retromae_jax.objectives.registry import make_model
 
 

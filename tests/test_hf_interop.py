@@ -27,7 +27,7 @@ import tokenizers  # noqa: E402
 from retromae_jax.evaluators import embed as encode  # noqa: E402
 from retromae_jax.interop import hf as hf_interop  # noqa: E402
 from retromae_jax.models.bert import MLMHead, ModelConfig  # noqa: E402
-from retromae_jax.models.retromae import RetroMAE  # noqa: E402
+from retromae_jax.objectives.enhanced.model import RetroMAE  # noqa: E402
 
 SENTENCES = [
     "The cat sat on the mat.",

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import chunking, masking, sources, word_walk
-from retromae_jax.data.example_random import ExampleRandom
+from retromae_jax.data.pretrain import chunking, masking, word_walk
+from retromae_jax.data import sources
+from retromae_jax.objectives.example_random import ExampleRandom
 from retromae_jax.objectives.contract import IGNORE
 
 L = 128

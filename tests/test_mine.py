@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from retromae_jax.tools import mine
-from retromae_jax.data import beir
+from retromae_jax.data.evalsets import beir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,9 +6,10 @@ import pytest
 
 from configs import base
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import chunking, masking, pipeline, sources
-from retromae_jax.objectives.bag_of_words import bag_of_words_weights
-from retromae_jax.objectives.drop import dropped_encoder_input
+from retromae_jax.data.pretrain import batches, chunking, masking, pipeline
+from retromae_jax.data import sources
+from retromae_jax.objectives.bag_of_words.host import bag_of_words_weights
+from retromae_jax.objectives.drop.host import dropped_encoder_input
 
 L, N = 64, 96
 
@@ -35,7 +36,7 @@ def _spec(tok, **objective):
   for key, value in objective.items():
     section, name = key.split("__")
     config[section][name] = value
-  return config, pipeline.masking_spec(config, tok)
+  return config, batches.masking_spec(config, tok)
 
 
 VARIANTS = [
@@ -54,7 +55,7 @@ def test_each_variant_emits_exactly_its_contract(text, objective):
   tok, input_ids, lengths = text
   config, spec = _spec(tok, **objective)
   batch = masking.make_batch(input_ids[:16], lengths[:16], spec, np.random.default_rng(0))
-  shapes = pipeline.batch_shapes(config, 16)
+  shapes = batches.batch_shapes(config, 16)
   assert list(batch) == list(shapes)  # same order: the pipeline maps outputs by position
   for name, (shape, dtype) in shapes.items():
     assert batch[name].shape == shape and batch[name].dtype == dtype, name

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from configs import base
-from retromae_jax.data import chunking, masking, pipeline, sources
+from retromae_jax.data.pretrain import batches, chunking, masking
+from retromae_jax.data import sources
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.models import losses
+from retromae_jax.objectives import losses
 from retromae_jax.models.bert import ModelConfig
 from retromae_jax.objectives import registry
-from retromae_jax.objectives.config import objective_config_from
+from retromae_jax.objectives.settings import objective_config_from
 from retromae_jax.trainers import validation
 
 L, B = 32, 8
@@ -83,9 +84,9 @@ def test_declared_fields_are_what_the_host_builds_and_the_step_reads(text, overr
   config = _config(overrides)
   validation.validate(config)
   objective = objective_config_from(config)
-  declared = pipeline.batch_shapes(config, B)
+  declared = batches.batch_shapes(config, B)
 
-  built = masking.make_batch(input_ids, lengths, pipeline.masking_spec(config, tok),
+  built = masking.make_batch(input_ids, lengths, batches.masking_spec(config, tok),
                              np.random.default_rng(0))
   assert list(built) == list(declared)  # same order: the pipeline maps outputs by position
   for name, (shape, dtype) in declared.items():
@@ -116,7 +117,7 @@ def test_an_unknown_part_fails_at_start_up_naming_the_key(key, value):
   # The registry itself refuses it too, with the same line, wherever it is asked first.
   objective = objective_config_from(config)
   with pytest.raises(ValueError, match=message):
-    pipeline.batch_shapes(config, B)
+    batches.batch_shapes(config, B)
   with pytest.raises(ValueError, match=message):
     registry.make_model(ModelConfig(), objective)
 

@@ -16,11 +16,11 @@ import pytest
 
 from configs import base
 from retromae_jax.trainers import validation as config_check
-from retromae_jax.models import losses
+from retromae_jax.objectives import losses
 from retromae_jax.models.bert import ModelConfig
-from retromae_jax.objectives.bag_of_words import bag_of_words_weights
-from retromae_jax.objectives.config import ObjectiveConfig
-from retromae_jax.objectives.drop import dropped_encoder_input
+from retromae_jax.objectives.bag_of_words.host import bag_of_words_weights
+from retromae_jax.objectives.settings import ObjectiveConfig
+from retromae_jax.objectives.drop.host import dropped_encoder_input
 from retromae_jax.objectives.registry import make_model
 
 B, L, P, V, D, H, F = 3, 12, 6, 50, 16, 4, 32

@@ -1,4 +1,4 @@
-"""Packing without mixing documents (data.pack, retromae_jax/data/packing.py).
+"""Packing without mixing documents (data.pack, retromae_jax/data/pretrain/packing.py).
 
 The references here are independent of the packing code: each document is cut out of the packed
 row by hand (its tokens, its masked slots, its pool bits) and run ALONE through the model as an
@@ -14,13 +14,14 @@ import optax
 import pytest
 
 from configs.base import get_config
-from retromae_jax.data import inspect as inspect_lib
-from retromae_jax.data import masking, packing, pipeline, sources
+from retromae_jax.tools import inspect as inspect_lib
+from retromae_jax.data.pretrain import batches, masking, packing, pipeline
+from retromae_jax.data import sources
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data.example_random import ExampleRandom
+from retromae_jax.objectives.example_random import ExampleRandom
 from retromae_jax.models.bert import ModelConfig
 from retromae_jax.objectives import registry
-from retromae_jax.objectives.config import ObjectiveConfig
+from retromae_jax.objectives.settings import ObjectiveConfig
 from retromae_jax.objectives.contract import IGNORE
 from retromae_jax.trainers import validation
 
@@ -46,7 +47,7 @@ def _spec(tok, pack=True, seq_len=L):
   config = get_config("smoke")
   config.data.max_seq_length = seq_len
   config.data.pack = pack
-  return pipeline.masking_spec(config, tok)
+  return batches.masking_spec(config, tok)
 
 
 def _chunks(tok, count, seq_len=L):

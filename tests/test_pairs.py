@@ -8,7 +8,7 @@ import pytest
 
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import pairs
-from retromae_jax.data import beir
+from retromae_jax.data.evalsets import beir
 
 TOKENIZER = tokenizer_lib.load_tokenizer("default")
 

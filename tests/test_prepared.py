@@ -11,8 +11,9 @@ import pytest
 
 from configs.base import get_config
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import masking, pipeline, prepare, prepared, sources
-from retromae_jax.data.example_random import ExampleRandom
+from retromae_jax.data.pretrain import batches, masking, pipeline, prepare, prepared
+from retromae_jax.data import sources
+from retromae_jax.objectives.example_random import ExampleRandom
 from batches import take  # noqa: E402  (tests/ is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,7 @@ def two_shards(corpus, tmp_path_factory):
   """The corpus prepared by the command line with two worker processes."""
   out = str(tmp_path_factory.mktemp("prepared") / "two")
   proc = subprocess.run(
-      [sys.executable, "-m", "retromae_jax.data.prepare", f"--source=jsonl:{corpus}",
+      [sys.executable, "-m", "retromae_jax.data.pretrain.prepare", f"--source=jsonl:{corpus}",
        f"--out={out}", "--config=configs/base.py:smoke",
        f"--config.data.max_seq_length={SEQ_LEN}", "--num_workers=2"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -112,7 +113,7 @@ def test_prepared_chunks_are_the_raw_pipelines(corpus, two_shards, tok):
 
 def _remasked(config, tok, batch, random):
   """`batch`'s tokens masked again by masking.make_batch with the documents' identities."""
-  spec = pipeline.masking_spec(config, tok)
+  spec = batches.masking_spec(config, tok)
   return masking.make_batch(batch["input_ids"], batch["attention_mask"].sum(1), spec, random,
                             batch["segment_ids"] if spec.pack else None)
 

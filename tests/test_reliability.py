@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 from ml_collections import ConfigDict
 
-from retromae_jax.data import beir
+from retromae_jax.data.evalsets import beir
 from retromae_jax.data import sources
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import divergence

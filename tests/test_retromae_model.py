@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import flax.linen as nn
 
-from retromae_jax.models import losses
+from retromae_jax.objectives import losses
 from retromae_jax.models.bert import ModelConfig
-from retromae_jax.models.retromae import RetroMAE
+from retromae_jax.objectives.enhanced.model import RetroMAE
 
 B, L, P, V, D, H, F = 3, 12, 6, 50, 16, 4, 32
 

@@ -30,16 +30,16 @@ def test_parameters_and_optimizer_state_are_sharded_as_the_rules_say():
       from retromae_jax.trainers import optim
       from retromae_jax.trainers import sharding
       from retromae_jax.trainers import train_state
-      from retromae_jax.data import pipeline
+      from retromae_jax.data.pretrain import batches
       from retromae_jax.models.bert import model_config_from
-      from retromae_jax.models.retromae import RetroMAE
+      from retromae_jax.objectives.enhanced.model import RetroMAE
       config = base.get_config("smoke")
       config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 8, 1
       mesh = sharding.make_mesh(config.mesh)
       rules = sharding.LOGICAL_AXIS_RULES["fsdp_tensor"]
       tx, _ = optim.make_optimizer(config.optim, 10)
       example = {k: jax.ShapeDtypeStruct(s, d)
-                 for k, (s, d) in pipeline.batch_shapes(config, 1).items()}
+                 for k, (s, d) in batches.batch_shapes(config, 1).items()}
       state, _ = train_state.create_sharded_state(
           RetroMAE(model_config_from(config, 30522)), tx, example, mesh, rules, 0)
       p = state.params

@@ -75,7 +75,7 @@ def test_pretraining_scores_zero_shot_retrieval_as_the_exported_encoder_does(tmp
   """eval.data during pretraining: eval/<measure> rows at the start and the last step, and the
   last one equals what tools.evaluate computes from the exported HF encoder (a second path:
   safetensors written, read back, embedded by the CLI)."""
-  from retromae_jax.data import beir, pydoc_set
+  from retromae_jax.data.evalsets import beir, pydoc_set
   data = beir.load(pydoc_set.cached_dir(), "test")
   qrels = dict(list(data.qrels.items())[:20])
   relevant = {d for docs in qrels.values() for d in docs}

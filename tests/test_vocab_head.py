@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from retromae_jax.models import losses
+from retromae_jax.objectives import losses
 from retromae_jax.models.bert import vocab_logits
-from retromae_jax.objectives.config import ObjectiveConfig
+from retromae_jax.objectives.settings import ObjectiveConfig
 from retromae_jax.objectives.registry import make_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,10 +3,10 @@
 Sources (config.data.train):
   jsonl:GLOB   FlagEmbedding's format, one object per line: {"query": str, "pos": [str],
                "neg": [str]}; `neg` may be empty or missing; a string is read as a 1-list
-  beir:DIR     a BEIR folder (data/beir.py): the queries judged in qrels/{data.split}.tsv,
+  beir:DIR     a BEIR folder (data/evalsets/beir.py): the queries judged in qrels/{data.split}.tsv,
                positives = documents with relevance > 0, negatives = documents judged 0, plus
                the mined ones of config.data.hard_negatives (below), if given
-  pydoc        the offline pydoc retrieval set (data/pydoc_set.py) as `beir:`
+  pydoc        the offline pydoc retrieval set (data/evalsets/pydoc_set.py) as `beir:`
 Hard negatives for a BEIR source (config.data.hard_negatives): the jsonl file that
 `python -m retromae_jax.tools.mine --data=DIR` writes, FlagEmbedding lines matched to the BEIR queries by
 their text (queries missing from it keep their judged negatives only). The same file also
@@ -45,8 +45,8 @@ from absl import logging
 
 from retromae_jax.data import jsonl
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data import pipeline
-from retromae_jax.data import beir
+from retromae_jax.data import numpy_batches
+from retromae_jax.data.evalsets import beir
 
 SOURCES = "jsonl:GLOB, beir:DIR or pydoc"
 
@@ -136,7 +136,7 @@ def load_examples(source: str, split: str = "train", hard_negatives: str = "",
   elif scheme == "beir" and arg:
     examples = read_beir(arg, split, hard_negatives, process_index, process_count)
   elif source == "pydoc":
-    from retromae_jax.data import pydoc_set  # builds the set on first use
+    from retromae_jax.data.evalsets import pydoc_set  # builds the set on first use
     examples = read_beir(pydoc_set.cached_dir(), split, hard_negatives, process_index,
                          process_count)
   else:
@@ -247,13 +247,7 @@ def group_batches(batches: GroupBatches, start_step: int = 0, prefetch: int = 2)
     batch = batches(int(step))
     return tuple(batch[n] for n in names)
 
-  def as_tensors(step):
-    outs = tf.numpy_function(make, [step], [tf.as_dtype(batches.shapes[n][1]) for n in names],
-                             stateful=False)
-    for out, name in zip(outs, names):
-      out.set_shape(batches.shapes[name][0])
-    return dict(zip(names, outs))
-
   ds = tf.data.Dataset.counter(start_step).map(
-      as_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return pipeline.Batches(ds.prefetch(prefetch))
+      lambda step: numpy_batches.host_tensors(make, batches.shapes, step),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return numpy_batches.Batches(ds.prefetch(prefetch))

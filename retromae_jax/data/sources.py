@@ -93,7 +93,7 @@ def documents(source: str, data_dir: str = "", process_index: int = 0, process_c
   if scheme == "tfds" and arg:
     texts = _tfds_texts(source, arg, data_dir, process_index, process_count)
     return _parse(texts, plain_texts, skips)
-  if scheme == "prepared":  # chunks, not documents: read by data/prepared.py
+  if scheme == "prepared":  # chunks, not documents: read by data/pretrain/prepared.py
     raise ValueError(f"data.source {source!r}: a prepared corpus holds chunks, not documents; "
                      f"here {_EXPECTED}")
   raise ValueError(f"data.source {source!r}: unknown or incomplete source; {_EXPECTED}")

@@ -2,7 +2,7 @@
 licence), so demos, tests and a retrieval benchmark need no download.
 
 Read with `ast` (nothing is imported or executed), files in sorted order: deterministic for one
-Python version. Used by data/sources.py (pretraining text) and data/pydoc_set.py (a
+Python version. Used by data/sources.py (pretraining text) and data/evalsets/pydoc_set.py (a
 retrieval benchmark built from docstrings).
 """
 

@@ -12,7 +12,7 @@ stand alone. A tokenizer without either kind of marker (e.g. WordLevel) makes ev
 own word: plain token-level masking.
 
 The result is one bool per id, so masking stays a table lookup over the whole batch; the first
-token of a chunk opens a word whatever the table says (data/masking.py).
+token of a chunk opens a word whatever the table says (data/pretrain/masking.py).
 """
 
 import json

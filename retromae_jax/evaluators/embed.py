@@ -40,7 +40,7 @@ from retromae_jax.interop import hf as hf_interop
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.models.bert import ModelConfig
 from retromae_jax.models import pooling as pooling_lib
-from retromae_jax.models.retromae import RetroMAE
+from retromae_jax.objectives.enhanced.model import RetroMAE
 
 POOLINGS = pooling_lib.POOLINGS
 POOLING_CHOICES = ("auto",) + POOLINGS  # auto: what the model was trained with (pooling.resolve)
@@ -79,11 +79,6 @@ def resolve_model_dir(path: str) -> str:
                    "directory) nor export/encoder (a workdir)")
 
 
-def pool(hidden, mask, pooling: str, normalize: bool):
-  pooled = pooling_lib.sentence_vector(hidden, mask, pooling)
-  return pooling_lib.l2_normalize(pooled) if normalize else pooled
-
-
 def load_encoder(model_dir: str):
   """(model_dir, ModelConfig, params {'bert': ...}, tokenizer) for a HF BERT directory or workdir."""
   model_dir = resolve_model_dir(model_dir)
@@ -117,7 +112,7 @@ def _forward(cfg: ModelConfig, pooling: str, normalize: bool, mesh: Mesh | None 
 
   def forward(params, input_ids, attention_mask):
     hidden = model.apply({"params": params}, input_ids, attention_mask, method="encode")
-    return pool(hidden, attention_mask, pooling, normalize)
+    return pooling_lib.pool(hidden, attention_mask, pooling, normalize)
   return jax.jit(forward, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
 
 

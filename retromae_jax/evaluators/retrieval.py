@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from retromae_jax.evaluators import embed as encode
-from retromae_jax.data import beir
+from retromae_jax.data.evalsets import beir
 from retromae_jax.evaluators import metrics
 from retromae_jax.evaluators import search
 

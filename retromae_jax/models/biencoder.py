@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from retromae_jax.evaluators import embed as encode
+from retromae_jax.models import pooling
 from retromae_jax.models.bert import BertModel, ModelConfig
 
 SIMILARITIES = ("cosine", "dot")
@@ -42,15 +42,15 @@ class BiEncoder(nn.Module):
 class Spec:
   """Static choices of the contrastive model (hashable: a jit-static argument)."""
   cfg: ModelConfig
-  pooling: str = "cls"  # encode.POOLINGS
+  pooling: str = "cls"  # pooling.POOLINGS
   similarity: str = "cosine"  # SIMILARITIES
   temperature: float = 0.02
   # The logical axis rules of the mesh the step runs on; None: no sharding constraints.
   rules: Any = None
 
   def __post_init__(self):
-    if self.pooling not in encode.POOLINGS:
-      raise ValueError(f"pooling: expected one of {encode.POOLINGS}, got {self.pooling!r}")
+    if self.pooling not in pooling.POOLINGS:
+      raise ValueError(f"pooling: expected one of {pooling.POOLINGS}, got {self.pooling!r}")
     if self.similarity not in SIMILARITIES:
       raise ValueError(f"similarity: expected one of {SIMILARITIES}, got {self.similarity!r}")
     if not self.temperature > 0:
@@ -94,7 +94,7 @@ def represent(spec: Spec, params: dict, input_ids, attention_mask, keys=None):
     rngs = {} if key is None else {"dropout": key}
     hidden = model.apply({"params": params}, {"input_ids": ids[None], "attention_mask": mask[None]},
                          deterministic=key is None, rngs=rngs)
-    return encode.pool(hidden.astype(jnp.float32), mask[None], spec.pooling, normalize)[0]
+    return pooling.pool(hidden.astype(jnp.float32), mask[None], spec.pooling, normalize)[0]
 
   def rows(ids, mask, row_keys):
     if row_keys is None:

@@ -1,6 +1,6 @@
 """The decoder's position-specific attention mask, rebuilt on the device from an O(L) payload.
 
-The host (retromae_jax/data/masking.py) draws, per example, a pool of P whole-word masks
+The host (retromae_jax/data/pretrain/masking.py) draws, per example, a pool of P whole-word masks
 (P = min(n, decoder_pool_size), a constant cap) and, per query row i, which pool mask row i uses.
 It sends the pool bit-packed ([B, P, ceil(L/8)] uint8, bit = 1: masked) and the per-row choice
 ([B, L] int32): 128 * L bits + L ints per example instead of a dense L x L matrix. Here the dense

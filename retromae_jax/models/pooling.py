@@ -32,6 +32,12 @@ def l2_normalize(vectors):
   return vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
+def pool(hidden, mask, pooling: str, normalize: bool):
+  """The sentence vector, L2-normalised when `normalize` (cosine similarity)."""
+  pooled = sentence_vector(hidden, mask, pooling)
+  return l2_normalize(pooled) if normalize else pooled
+
+
 # Where the pooling a model was trained with is written down: a sentence-transformers folder's
 # 1_Pooling/config.json (e.g. all-MiniLM-L6-v2: mean), found in the model directory itself, beside
 # our exported encoder/ (export/sentence-transformers), or in a workdir's export/.

@@ -1,6 +1,6 @@
 """What a part of an objective declares (Part), and the sizes the batch contract is made of (Dims).
 
-The batch contract (data/pipeline.py) is the shared fields below plus each selected part's,
+The batch contract (data/pretrain/pipeline.py) is the shared fields below plus each selected part's,
 in the registry's order: encoder part, decoder part (or mlm), options. Every field has a fixed
 shape, so the jitted step compiles once.
 """
@@ -26,7 +26,7 @@ class Dims:
   seq_len: int
   capacity: int
   pool_size: int
-  pack: bool = False  # data.pack: several documents per row (data/packing.py)
+  pack: bool = False  # data.pack: several documents per row (data/pretrain/packing.py)
 
 
 def shared_fields(dims: Dims) -> Shapes:
@@ -40,7 +40,7 @@ def shared_fields(dims: Dims) -> Shapes:
 
 
 # How a field of a document masked alone is put back at its place in a packed row
-# (data/packing.py): token-aligned [B, L] fields filled past the documents with the pad id, with
+# (data/pretrain/packing.py): token-aligned [B, L] fields filled past the documents with the pad id, with
 # IGNORE or with 0; the encoder's masked slots (positions and targets together); the bit-packed
 # decoder pool.
 PACK_IDS, PACK_LABELS, PACK_ZEROS, PACK_SLOTS, PACK_POOL = "ids", "labels", "zeros", "slots", "pool"

@@ -7,9 +7,16 @@ host's fields (data/masking.make_batch calls parts()' builders), the FLOP count
 
 import importlib
 
-from retromae_jax.objectives import (autoregressive, bag_of_words, basic, contract, corrupt,
-                                     cross_attention, drop, enhanced, mlm)
-from retromae_jax.objectives.config import (MAX_DECODER_LAYERS, ObjectiveConfig,
+from retromae_jax.objectives import contract
+from retromae_jax.objectives.autoregressive import host as autoregressive
+from retromae_jax.objectives.bag_of_words import host as bag_of_words
+from retromae_jax.objectives.basic import host as basic
+from retromae_jax.objectives.corrupt import host as corrupt
+from retromae_jax.objectives.cross_attention import host as cross_attention
+from retromae_jax.objectives.drop import host as drop
+from retromae_jax.objectives.enhanced import host as enhanced
+from retromae_jax.objectives.mlm import host as mlm
+from retromae_jax.objectives.settings import (MAX_DECODER_LAYERS, ObjectiveConfig,
                                             objective_config_from)
 
 
@@ -117,6 +124,6 @@ def model_class(objective: ObjectiveConfig) -> type:
 
 
 def make_model(cfg, objective: ObjectiveConfig = ObjectiveConfig()):
-  """The model of `objective` (config objective.kind / decoder.kind): a models/objectives/mlm.
-  MaskedLM or a subclass, with `cfg` (models/bert.ModelConfig)."""
+  """The model of `objective` (config objective.kind / decoder.kind): a
+  pretraining_model.PretrainingModel subclass, with `cfg` (models/bert.ModelConfig)."""
   return model_class(objective)(cfg, objective)

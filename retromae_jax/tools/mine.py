@@ -30,7 +30,7 @@ from absl import app, flags, logging
 
 from retromae_jax.data import jsonl
 from retromae_jax.evaluators import embed as encode
-from retromae_jax.data import beir
+from retromae_jax.data.evalsets import beir
 from retromae_jax.evaluators import search
 
 

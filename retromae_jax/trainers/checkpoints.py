@@ -6,7 +6,7 @@ directory and renames it when complete, so a crash mid-save leaves the previous 
 latest). `meta` is JSON: the resolved model shape and the tokenizer, so a checkpoint can be
 exported or used to initialise another run without the command line that made it.
 
-The dropout key and the input pipeline are functions of (seed, step) (train.py, data/pipeline.py),
+The dropout key and the input pipeline are functions of (seed, step) (train.py, data/pretrain/pipeline.py),
 so the step in `state` is all the RNG and data position a bit-exact resume needs.
 
 Faults stop loudly and lose nothing (docs/reliability.md):

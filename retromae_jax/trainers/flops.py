@@ -2,7 +2,7 @@
 
 Counts the matrix-multiply FLOPs the model really has to do per training step (2 per
 multiply-add; backward = 2x forward, so a step is 3x forward), with the encoder's MLM head only at
-the C encoder-masked slots and the decoder's head at all L positions, as models/retromae.py
+the C encoder-masked slots and the decoder's head at all L positions, as objectives/enhanced/model.py
 computes them; every objective's parts state their own count (retromae_jax/objectives/).
 Padding positions are counted (the device computes them); element-wise work is not.
 Packed rows (data.pack) are counted as the device computes them, per slot: every row's
@@ -34,7 +34,7 @@ PEAK_FLOPS = {
 
 def train_flops_per_example(cfg, objective, seq_len: int, encoder_len: int | None = None,
                             encoder_positions: int = 0) -> float:
-  """A training step's matmul FLOPs per example for `objective` (objectives/config.py).
+  """A training step's matmul FLOPs per example for `objective` (objectives/settings.py).
 
   encoder_len: the encoder's width (L, or the narrower width under encoder.masking=drop);
   encoder_positions: C, where the MLM head runs for L_enc (every part says where it needs the

@@ -15,7 +15,7 @@ import struct
 
 from absl import logging
 
-from retromae_jax.data import beir
+from retromae_jax.data.evalsets import beir
 from retromae_jax.data import sources
 from retromae_jax.interop import decoder as decoder_interop
 from retromae_jax.interop import hf as hf_interop

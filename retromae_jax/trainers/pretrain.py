@@ -13,14 +13,14 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
-from retromae_jax.data import pipeline
+from retromae_jax.data.pretrain import batches, pipeline
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.evaluators import periodic
 from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
-from retromae_jax.models import losses
-from retromae_jax.objectives.config import objective_config_from
+from retromae_jax.objectives import losses
+from retromae_jax.objectives.settings import objective_config_from
 from retromae_jax.objectives.registry import make_model
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import flops
@@ -57,7 +57,7 @@ def train_and_evaluate(config, workdir: str):
   model = make_model(model_cfg, objective)
   logging.info("Objective: %s", objective)
   example = {name: jax.ShapeDtypeStruct(shape, dtype)
-             for name, (shape, dtype) in pipeline.batch_shapes(config, 1).items()}
+             for name, (shape, dtype) in batches.batch_shapes(config, 1).items()}
   # An initial model without an MLM head or decoder leaves them at their random init: named here,
   # and (optim.freeze_encoder_steps) trained alone first, so they do not disturb the encoder.
   new_parts = init_parts.new_parts(config, init_parts.model_parts(model, example))
