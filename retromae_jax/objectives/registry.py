@@ -18,6 +18,7 @@ from retromae_jax.objectives.cross_attention import host as cross_attention
 from retromae_jax.objectives.drop import host as drop
 from retromae_jax.objectives.enhanced import host as enhanced
 from retromae_jax.objectives.mlm import host as mlm
+from retromae_jax.objectives.tsdae import host as tsdae
 from retromae_jax.objectives.settings import (MAX_DECODER_LAYERS, ObjectiveConfig,
                                             objective_config_from)
 
@@ -28,7 +29,7 @@ def _table(*parts: contract.Part) -> dict[str, contract.Part]:
 
 ENCODERS = _table(corrupt.PART, drop.PART)  # encoder.masking
 DECODERS = _table(enhanced.PART, basic.PART, cross_attention.PART,  # decoder.kind
-                  autoregressive.PART)
+                  autoregressive.PART, tsdae.PART)
 # objective.kind: 'retromae' = an encoder part and DECODERS[decoder.kind]; 'mlm' = no decoder.
 KINDS = ("retromae", mlm.PART.name)
 OPTIONS = (bag_of_words.PART,)  # added to any objective when part.enabled(objective)
