@@ -3,6 +3,8 @@ layout: for every registered part, the fields it declares are exactly the fields
 on real text and exactly the fields the training step (model, loss and its denominators) reads;
 an unknown part fails at start-up with one line naming the key."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -140,3 +142,15 @@ def _validation_error(config) -> str:
   with pytest.raises(ValueError) as error:
     validation.validate(config)
   return str(error.value)
+
+
+def test_random_streams_are_declared_by_the_parts_and_keep_their_numbers(monkeypatch):
+  # The numbers the masks were drawn with before the parts declared them: a document's masks
+  # (and every test pinning them) stay bit-identical.
+  assert masking.STREAMS == {"encoder_mask": 1, "corrupt": 2, "decoder_pool": 3,
+                             "decoder_choice": 4, "decoder_mask": 5}
+  clashing = dataclasses.replace(registry.DECODERS["tsdae"], streams={"tsdae_order": 3})
+  monkeypatch.setitem(registry.DECODERS, "tsdae", clashing)
+  with pytest.raises(ValueError, match=r"'tsdae': random stream 'tsdae_order'=3 clashes with "
+                                       r"\['decoder_pool'\]"):
+    registry.random_streams()
