@@ -26,6 +26,11 @@ def optional_field(batch, name):
   return batch[name] if name in batch else None
 
 
+def row_layout(batch):
+  """(segment_ids, positions) [B, L] of packed rows; (None, None) with one document per row."""
+  return optional_field(batch, "segment_ids"), optional_field(batch, "positions")
+
+
 def sentence_vectors(hidden, positions):
   """[B, L, D]: at each token of a packed row, its own document's [CLS] state (h)."""
   return jnp.take_along_axis(hidden, segment_starts(positions)[..., None], axis=1)

@@ -162,7 +162,7 @@ def train_and_evaluate(config, workdir: str):
   local_batches = pipeline.pretrain_batches(
       config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
       start_step=start_step, stats=data_stats)
-  batches = loop.global_batches(local_batches, batch_sharding)
+  device_batches = loop.global_batches(local_batches, batch_sharding)
 
   # ---------------------------------------------------------------- Evaluation
   # A resumed run rewrites the metrics logged after its checkpoint (a killed run may have logged
@@ -180,7 +180,7 @@ def train_and_evaluate(config, workdir: str):
       else 0)
   peak = flops.device_peak_flops(config) * jax.device_count()
   rates = lambda s: {"mfu": flops_per_step * s["steps_per_s"] / peak} if peak else {}
-  state, preempted = loop.train(config, state, train_step, batches, start_step=start_step,
+  state, preempted = loop.train(config, state, train_step, device_batches, start_step=start_step,
                                 mngr=mngr, meta=meta, writer=writer, rates=rates,
                                 evaluator=evaluator, skips=data_stats.skips)
   writer.close()

@@ -13,7 +13,7 @@ inside each document (its own h, its positions), never across.
 import jax.numpy as jnp
 
 from retromae_jax.models.decoder_layers import SelfAttentionBody, Stack
-from retromae_jax.objectives.pretraining_model import (PretrainingModel, optional_field,
+from retromae_jax.objectives.pretraining_model import (PretrainingModel, row_layout,
                                                        with_sentence_vectors)
 
 
@@ -42,7 +42,7 @@ class AutoregressiveDecoding(PretrainingModel):
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
     del key_mask
-    segment_ids, positions = optional_field(batch, "segment_ids"), optional_field(batch, "positions")
+    segment_ids, positions = row_layout(batch)
     x = self.bert.embeddings(batch["input_ids"], deterministic, positions)
     x = with_sentence_vectors(x, hidden, batch)
     mask = causal_attention(batch["attention_mask"], self.objective.attention_span, segment_ids,

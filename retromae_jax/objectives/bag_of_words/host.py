@@ -55,7 +55,8 @@ PART = contract.Part(
     losses=(contract.LossTerm("bow", logits="bow_logits", targets="bow_weights",
                               per=contract.PER_DOCUMENT,
                               weight=lambda objective: objective.bow_weight,
-                              loss="retromae_jax.objectives.bag_of_words.model:bag_of_words_loss"),),
+                              loss="retromae_jax.objectives.bag_of_words.model:"
+                                   "bag_of_words_loss"),),
     encoder_pool="retromae_jax.objectives.bag_of_words.model:max_pool",
     # Every position's logits are max-pooled: the head runs over the encoder's whole width.
     head_positions=lambda encoder_len, encoder_positions: encoder_len,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from retromae_jax.models.bert import segment_starts
 from retromae_jax.models.decoder_layers import CrossAttentionBody, Stack
 from retromae_jax.objectives import registry
-from retromae_jax.objectives.pretraining_model import (PretrainingModel, optional_field,
+from retromae_jax.objectives.pretraining_model import (PretrainingModel, row_layout,
                                                        self_attention_mask)
 
 
@@ -25,7 +25,7 @@ class CrossAttentionDecoding(PretrainingModel):
     return Stack(CrossAttentionBody, self.cfg, self.objective.decoder_layers)
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
-    segment_ids, positions = optional_field(batch, "segment_ids"), optional_field(batch, "positions")
+    segment_ids, positions = row_layout(batch)
     x = self.bert.embeddings(batch["decoder_input_ids"], deterministic, positions)
     self_mask = self_attention_mask(batch)
     if segment_ids is not None:

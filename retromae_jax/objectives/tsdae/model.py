@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from retromae_jax.objectives.autoregressive.model import causal_attention
 from retromae_jax.objectives.cross_attention.model import CrossAttentionDecoding
-from retromae_jax.objectives.pretraining_model import optional_field
+from retromae_jax.objectives.pretraining_model import row_layout
 
 
 class TSDAEDecoding(CrossAttentionDecoding):
@@ -20,7 +20,7 @@ class TSDAEDecoding(CrossAttentionDecoding):
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
     del key_mask
-    segment_ids, positions = optional_field(batch, "segment_ids"), optional_field(batch, "positions")
+    segment_ids, positions = row_layout(batch)
     x = self.bert.embeddings(batch["input_ids"], deterministic, positions)
     self_mask = causal_attention(batch["attention_mask"], 0, segment_ids, positions)
     if segment_ids is None:
