@@ -26,6 +26,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
         f"configs/base.py: unknown preset {preset!r}; expected one of {sorted(MODEL_SHAPES)}")
   c = ml_collections.ConfigDict()
   c.preset = preset
+  c.task = "pretrain"  # retromae_jax/main.py dispatches on this key (configs/finetune.py: finetune)
   c.seed = 0
   # Dropout's random bits: 'threefry' (JAX's default: the same bits on every mesh) or 'rbg'
   # (XLA's RngBitGenerator: cheaper bits, but they depend on the mesh, and other numbers than
@@ -58,7 +59,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   # jsonl:GLOB | text:GLOB | tfds:NAME[:SPLIT] | pydoc (the Python standard library's
   # docstrings, real English text found on every machine: the embedded default) |
-  # prepared:DIR[@W],prepared:DIR2[@W2] (corpora from python -m retromae_jax.data.pretrain.prepare,
+  # prepared:DIR[@W],prepared:DIR2[@W2] (corpora from python -m retromae_jax.tools.prepare,
   # read by index; weights W mix several: docs/prepared_data.md).
   c.data.source = "pydoc"
   c.data.data_dir = ""  # TFDS data_dir (gs:// works)

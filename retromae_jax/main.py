@@ -85,7 +85,7 @@ def _main(argv):
   if not _THIRD_PARTY_LOGS.value:
     logging.get_absl_handler().addFilter(_OwnLinesAndWarnings())
   config = _CONFIG.value
-  task = config.get("task", "pretrain")
+  task = config.task
   if task not in TASKS:
     raise ValueError(f"config.task: expected one of {sorted(TASKS)}, got {task!r}")
   distributed.initialize()

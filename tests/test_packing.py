@@ -15,7 +15,8 @@ import pytest
 
 from configs.base import get_config
 from retromae_jax.tools import inspect as inspect_lib
-from retromae_jax.data.pretrain import batches, masking, packing, pipeline
+from retromae_jax.trainers import settings
+from retromae_jax.data.pretrain import batch_contract, masking, packing, pipeline
 from retromae_jax.data import sources
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.objectives.example_random import ExampleRandom
@@ -47,7 +48,7 @@ def _spec(tok, pack=True, seq_len=L):
   config = get_config("smoke")
   config.data.max_seq_length = seq_len
   config.data.pack = pack
-  return batches.masking_spec(config, tok)
+  return batch_contract.masking_spec(settings.pretrain_input(config), tok)
 
 
 def _chunks(tok, count, seq_len=L):
@@ -265,13 +266,13 @@ def test_pipeline_rows_are_full_on_short_documents(tok, tmp_path):
   config.data.max_seq_length = 128
   config.data.shuffle_buffer = 200
   config.batch_size = 16
-  batches = pipeline.pretrain_batches(config, tok)
+  batches = pipeline.pretrain_batches(settings.pretrain_input(config), tok)
   taken = [next(batches) for _ in range(8)]
   batches.close()
   real = np.mean([b["attention_mask"].mean() for b in taken])
   assert real >= 0.95, real
   config.data.pack = False  # the same text one document per row: mostly padding
-  batches = pipeline.pretrain_batches(config, tok)
+  batches = pipeline.pretrain_batches(settings.pretrain_input(config), tok)
   unpacked = np.mean([next(batches)["attention_mask"].mean() for _ in range(8)])
   batches.close()
   assert unpacked < 0.6, unpacked

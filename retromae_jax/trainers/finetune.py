@@ -96,7 +96,7 @@ def train_and_evaluate(config, workdir: str):
       loss_and_grads, tx, {"lr": schedule},
       lambda b: b["query_attention_mask"].sum() + b["passage_attention_mask"].sum(), config.seed,
       skip_nonfinite=config.divergence.skip_steps > 0,
-      dropout_prng=config.get("dropout_prng", "threefry"))
+      dropout_prng=config.dropout_prng)
 
   def compile_for(chunk_size: int):
     return train_state.compile_ahead(

@@ -50,7 +50,7 @@ def new_parts(config, model_parts) -> list[str]:
   set but there is nothing to freeze (no init checkpoint)."""
   provided = provided_parts(config.init)
   missing = sorted(set(model_parts) - provided)
-  if config.optim.get("freeze_encoder_steps", 0) and not provided & set(model_parts):
+  if config.optim.freeze_encoder_steps and not provided & set(model_parts):
     raise ValueError("config.optim.freeze_encoder_steps: nothing to freeze, the model starts from "
                      "scratch; set config.init.hf_dir or config.init.checkpoint, or set it to 0")
   return missing

@@ -33,7 +33,7 @@ def check(config, workdir: str) -> None:
   allow_missing_ids = bool(evaluation and evaluation.get("allow_missing_ids", False))
   if evaluation and evaluation.data and evaluation.data != "pydoc":
     check_beir(evaluation.data.removeprefix("beir:"), evaluation.split, allow_missing_ids)
-  if config.get("task", "pretrain") == "finetune":
+  if config.task == "finetune":
     if config.init.model:
       from retromae_jax.evaluators import embed  # resolves a workdir to its export/encoder
       check_hf_dir(embed.resolve_model_dir(config.init.model), tokenizer=not config.tokenizer)

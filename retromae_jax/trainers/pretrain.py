@@ -13,15 +13,15 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
-from retromae_jax.data.pretrain import batches, pipeline
+from retromae_jax.data.pretrain import batch_contract, pipeline
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.evaluators import periodic
 from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.objectives import losses
-from retromae_jax.objectives.settings import objective_config_from
 from retromae_jax.objectives.registry import make_model
+from retromae_jax.trainers import settings
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import flops
 from retromae_jax.trainers import loop
@@ -53,11 +53,12 @@ def train_and_evaluate(config, workdir: str):
   logging.info("Model: %s", model_cfg)
 
   # ---------------------------------------------------------------- Model and sharded state
-  objective = objective_config_from(config)
+  input_settings = settings.pretrain_input(config)
+  objective = input_settings.objective
   model = make_model(model_cfg, objective)
   logging.info("Objective: %s", objective)
   example = {name: jax.ShapeDtypeStruct(shape, dtype)
-             for name, (shape, dtype) in batches.batch_shapes(config, 1).items()}
+             for name, (shape, dtype) in batch_contract.batch_shapes(input_settings, 1).items()}
   # An initial model without an MLM head or decoder leaves them at their random init: named here,
   # and (optim.freeze_encoder_steps) trained alone first, so they do not disturb the encoder.
   new_parts = init_parts.new_parts(config, init_parts.model_parts(model, example))
@@ -113,7 +114,7 @@ def train_and_evaluate(config, workdir: str):
   update_step = loop.make_update_step(loss_and_grads, tx, schedules,
                                       lambda batch: batch["attention_mask"].sum(), config.seed,
                                       skip_nonfinite=config.divergence.skip_steps > 0,
-                                      dropout_prng=config.get("dropout_prng", "threefry"))
+                                      dropout_prng=config.dropout_prng)
   batch_sharding = {k: sharding.batch_sharding(mesh, rules) for k in example}
   global_example = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
                     for k, v in example.items()}
@@ -160,7 +161,7 @@ def train_and_evaluate(config, workdir: str):
   # pretrain_batches closes its tf.data iterator at exit (a live one can hang TF's shutdown).
   data_stats = pipeline.PipelineStats()  # skipped lines, counted as they happen
   local_batches = pipeline.pretrain_batches(
-      config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
+      input_settings, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
       start_step=start_step, stats=data_stats)
   batches = loop.global_batches(local_batches, batch_sharding)
 

@@ -1,6 +1,6 @@
 """Prepare a corpus once: tokenise and chunk it, write the chunks for reading by index.
 
-  python -m retromae_jax.data.pretrain.prepare --source=SOURCE --out=DIR \
+  python -m retromae_jax.tools.prepare --source=SOURCE --out=DIR \
       [--config=configs/base.py --config.data.max_seq_length=512 ...] [--num_workers=N]
 
 SOURCE is any raw data.source (jsonl:GLOB, text:GLOB, tfds:NAME[:SPLIT], pydoc, pydoc:modules).
@@ -33,11 +33,11 @@ import os
 import shutil
 import time
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import logging
 import numpy as np
 
 from retromae_jax.data import tokenizer as tokenizer_lib
+from retromae_jax.data.pretrain.settings import PretrainInput
 from retromae_jax.data.pretrain import chunking, masking, packing, pipeline, prepared
 from retromae_jax.data import sources
 
@@ -106,7 +106,7 @@ def pack_plan(lengths: np.ndarray, seq_len: int, encoder_mask_ratio: float) -> n
   return packing.plan_rows(lengths, budgets, seq_len, capacity, pipeline.PACK_WINDOW)
 
 
-def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "local",
+def prepare(source: str, out: str, settings: PretrainInput, num_workers: int = 0, engine: str = "local",
             beam_args: tuple[str, ...] = ()) -> dict:
   """Writes the prepared corpus of `source` to `out` (module docstring); returns prepared.json.
 
@@ -121,16 +121,16 @@ def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "
     raise ValueError(f"--out {out}: already holds a prepared corpus ({prepared.META}); remove it "
                      "or choose another directory")
   start = time.perf_counter()
-  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
+  tokenizer = tokenizer_lib.load_tokenizer(settings.tokenizer)
   vocab_size = tokenizer_lib.special_ids(tokenizer).vocab_size
   num_workers = num_workers or os.cpu_count() or 1
   os.makedirs(out, exist_ok=True)
-  tasks = [ShardTask(source, config.data.data_dir, config.tokenizer, config.data.max_seq_length,
-                     config.data.min_chunk_tokens, index, num_workers, out,
+  tasks = [ShardTask(source, settings.data_dir, settings.tokenizer, settings.max_seq_length,
+                     settings.min_chunk_tokens, index, num_workers, out,
                      "uint16" if vocab_size <= 1 << 16 else "int32",
-                     config.data.encoder_mask_ratio)
+                     settings.encoder_mask_ratio)
            for index in range(num_workers)]
-  sources.documents(source, config.data.data_dir, skips=sources.SkipCounter())  # fails early
+  sources.documents(source, settings.data_dir, skips=sources.SkipCounter())  # fails early
   if engine == "beam":
     from retromae_jax.data.pretrain import prepare_beam  # optional dependency, imported on demand
     shards = prepare_beam.run_shards(tasks, list(beam_args))
@@ -145,7 +145,7 @@ def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "
       shards = list(pool.map(prepare_shard, tasks))
 
   if not sum(s["num_chunks"] for s in shards):
-    raise ValueError(f"--source {source!r}: no chunk of at least {config.data.min_chunk_tokens} "
+    raise ValueError(f"--source {source!r}: no chunk of at least {settings.min_chunk_tokens} "
                      f"tokens in {sum(s['num_documents'] for s in shards)} documents")
   # Documents are numbered shard after shard.
   offset = 0
@@ -155,7 +155,7 @@ def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "
     offset += shard["num_documents"]
 
   os.makedirs(os.path.join(out, prepared.TOKENIZER_DIR), exist_ok=True)
-  for path in tokenizer_lib.file_paths(config.tokenizer):
+  for path in tokenizer_lib.file_paths(settings.tokenizer):
     shutil.copy(path, os.path.join(out, prepared.TOKENIZER_DIR, os.path.basename(path)))
 
   totals = {key: sum(s[key] for s in shards) for key in (
@@ -163,12 +163,12 @@ def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "
   meta = {
       "format": prepared.FORMAT,
       "source": source,
-      "data_dir": config.data.data_dir,
-      "tokenizer": config.tokenizer,
+      "data_dir": settings.data_dir,
+      "tokenizer": settings.tokenizer,
       "tokenizer_fingerprint": prepared.tokenizer_fingerprint(tokenizer),
       "token_dtype": tasks[0].token_dtype,
-      "max_seq_length": config.data.max_seq_length,
-      "min_chunk_tokens": config.data.min_chunk_tokens,
+      "max_seq_length": settings.max_seq_length,
+      "min_chunk_tokens": settings.min_chunk_tokens,
       "stats": {
           "documents": totals["num_documents"], "chunks": totals["num_chunks"],
           "tokens": totals["tokens"], "dropped_chunks": totals["dropped_chunks"],
@@ -176,7 +176,7 @@ def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "
           "skipped_lines": {reason: sum(s["skipped_lines"][reason] for s in shards)
                             for reason in sources.SkipCounter.REASONS},
       },
-      "pack": {"encoder_mask_ratio": config.data.encoder_mask_ratio,
+      "pack": {"encoder_mask_ratio": settings.encoder_mask_ratio,
                "window": pipeline.PACK_WINDOW, "rows": sum(s["num_rows"] for s in shards)},
       "shards": shards,
       "seconds": round(time.perf_counter() - start, 1),
@@ -186,31 +186,3 @@ def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "
     json.dump(meta, f, indent=1)
   os.replace(tmp, os.path.join(out, prepared.META))
   return meta
-
-
-def _define_flags():
-  """Flags exist only when this module runs as a program: tests and other programs import
-  prepare() without claiming --config, --source or --out."""
-  config_flags.DEFINE_config_file("config", "configs/base.py", "configs/base.py[:PRESET]")
-  flags.DEFINE_string("source", None, "a raw data.source: jsonl:GLOB, text:GLOB, ...")
-  flags.DEFINE_string("out", None, "output directory (must not hold a prepared corpus)")
-  flags.DEFINE_integer("num_workers", 0, "output shards (= worker processes for the local "
-                       "engine); 0 = one per CPU core")
-  flags.DEFINE_enum("engine", "local", ["local", "beam"], "local: processes of this machine; "
-                    "beam: Apache Beam, pipeline options after `--` (data/pretrain/prepare_beam.py)")
-  flags.mark_flags_as_required(["source", "out"])
-
-
-def main(argv):
-  f = flags.FLAGS
-  if len(argv) > 1 and f.engine != "beam":
-    raise app.UsageError(f"unexpected arguments {argv[1:]} (only --engine=beam takes pipeline "
-                         "options, after `--`)")
-  meta = prepare(f.source, f.out, f.config, f.num_workers, f.engine, tuple(argv[1:]))
-  logging.info("prepare: wrote %s in %.1f s", f.out, meta["seconds"])
-  print(json.dumps({"out": f.out, **meta["stats"], "seconds": meta["seconds"]}))
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)

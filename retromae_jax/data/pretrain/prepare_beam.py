@@ -1,6 +1,6 @@
 """Runs the shard tasks of data/pretrain/prepare.py on Apache Beam: a corpus that outgrows one machine.
 
-  python -m retromae_jax.data.pretrain.prepare --source=SOURCE --out=DIR --engine=beam --num_workers=N \
+  python -m retromae_jax.tools.prepare --source=SOURCE --out=DIR --engine=beam --num_workers=N \
       -- --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
   (at scale: -- --runner=DataflowRunner --project=P --region=R --temp_location=gs://...
    or Spark / Flink runners; everything after `--` is Beam's pipeline options)

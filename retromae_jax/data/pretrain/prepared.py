@@ -1,5 +1,5 @@
-"""Training on prepared corpora (written once by `python -m retromae_jax.data.pretrain.prepare`), read by
-index: the batch of step s is a pure function of (config, s), so a resume seeks straight to it.
+"""Training on prepared corpora (written once by `python -m retromae_jax.tools.prepare`), read by
+index: the batch of step s is a pure function of (settings, s), so a resume seeks straight to it.
 
   data.source = prepared:DIR                          one corpus
   data.source = prepared:DIR1@0.7,prepared:DIR2@0.3   a weighted mixture (weights are normalised)
@@ -39,12 +39,12 @@ import hashlib
 import json
 import os
 
-import ml_collections
 import numpy as np
 import tensorflow as tf
 import tokenizers
 
-from retromae_jax.data.pretrain import batches, masking, packing
+from retromae_jax.data.pretrain.settings import PretrainInput
+from retromae_jax.data.pretrain import batch_contract, masking, packing
 from retromae_jax.objectives import example_random
 from retromae_jax.data import numpy_batches
 from retromae_jax.data import tokenizer as tokenizer_lib
@@ -106,7 +106,7 @@ class PreparedCorpus:
         self.meta = json.load(f)
     except (tf.errors.NotFoundError, OSError):
       raise ValueError(f"data.source prepared:{directory}: no {META} there; expected a directory "
-                       "written by `python -m retromae_jax.data.pretrain.prepare`") from None
+                       "written by `python -m retromae_jax.tools.prepare`") from None
     except json.JSONDecodeError as e:
       raise ValueError(f"{meta_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
     if self.meta.get("format") != FORMAT:
@@ -154,32 +154,32 @@ class PreparedCorpus:
     return np.concatenate([
         np.load(os.path.join(self.directory, s["documents"])) for s in self.meta["shards"]])
 
-  def check_compatible(self, config: ml_collections.ConfigDict,
+  def check_compatible(self, settings: PretrainInput,
                        tokenizer: tokenizers.Tokenizer) -> None:
     """Chunks were cut for one tokenizer and one length: training must use the same."""
     where = f"data.source prepared:{self.directory}"
     for key in ("max_seq_length", "min_chunk_tokens"):
-      if self.meta[key] != config.data[key]:
+      if self.meta[key] != getattr(settings, key):
         raise ValueError(f"{where}: prepared with data.{key}={self.meta[key]}, the config has "
-                         f"{config.data[key]}; set --config.data.{key}={self.meta[key]} or "
+                         f"{getattr(settings, key)}; set --config.data.{key}={self.meta[key]} or "
                          "prepare again")
-    if config.data.get("pack", False):
-      self._check_pack_plan(config, where)
+    if settings.pack:
+      self._check_pack_plan(settings, where)
     if self.meta["tokenizer_fingerprint"] != tokenizer_fingerprint(tokenizer):
-      raise ValueError(f"{where}: prepared with another tokenizer than {config.tokenizer!r}; set "
+      raise ValueError(f"{where}: prepared with another tokenizer than {settings.tokenizer!r}; set "
                        f"--config.tokenizer={os.path.join(self.directory, TOKENIZER_DIR)}")
 
-  def _check_pack_plan(self, config: ml_collections.ConfigDict, where: str) -> None:
+  def _check_pack_plan(self, settings: PretrainInput, where: str) -> None:
     """Packed rows are planned at prepare time for one encoder mask ratio (a row's chunks share
     the encoder's masked slots)."""
     plan = self.meta.get("pack")
     if plan is None:
       raise ValueError(f"{where}: prepared without a packing plan (an older prepare); prepare "
                        "again, or set --config.data.pack=False")
-    if plan["encoder_mask_ratio"] != config.data.encoder_mask_ratio:
+    if plan["encoder_mask_ratio"] != settings.encoder_mask_ratio:
       raise ValueError(f"{where}: rows packed for data.encoder_mask_ratio="
                        f"{plan['encoder_mask_ratio']}, the config has "
-                       f"{config.data.encoder_mask_ratio}; set --config.data.encoder_mask_ratio="
+                       f"{settings.encoder_mask_ratio}; set --config.data.encoder_mask_ratio="
                        f"{plan['encoder_mask_ratio']}, prepare again, or set "
                        "--config.data.pack=False")
 
@@ -253,17 +253,17 @@ class PreparedData:
 
   The stream's units are chunks, or with data.pack the packed rows of the corpora's plans."""
 
-  def __init__(self, config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer):
-    parts = parse_source(config.data.source)
+  def __init__(self, settings: PretrainInput, tokenizer: tokenizers.Tokenizer):
+    parts = parse_source(settings.source)
     self.corpora = [PreparedCorpus(path) for path, _ in parts]
     for corpus in self.corpora:
-      corpus.check_compatible(config, tokenizer)
-    self.pack = config.data.get("pack", False)
+      corpus.check_compatible(settings, tokenizer)
+    self.pack = settings.pack
     units = [c.num_rows if self.pack else len(c) for c in self.corpora]
-    self.stream = IndexStream(units, [w for _, w in parts], config.seed & (2**63 - 1),
-                              config.data.shuffle_buffer > 1)
+    self.stream = IndexStream(units, [w for _, w in parts], settings.seed & (2**63 - 1),
+                              settings.shuffle_buffer > 1)
     self.ids = tokenizer_lib.special_ids(tokenizer)
-    self.seq_len = config.data.max_seq_length
+    self.seq_len = settings.max_seq_length
 
   def _chunks(self, corpus: np.ndarray, keys: np.ndarray) -> list[np.ndarray]:
     """The token ids of the chunks at (corpus, record key) pairs, in their order."""
@@ -314,19 +314,19 @@ class PreparedData:
     return (*packing.place_chunks(input_ids, lengths, chunk_row, self.ids.pad), ids)
 
 
-def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
+def pretrain_dataset(settings: PretrainInput, tokenizer: tokenizers.Tokenizer, *,
                      process_index: int = 0, process_count: int = 1,
                      start_step: int = 0) -> tf.data.Dataset:
   """Infinite per-host batches of the batch contract (data/pretrain/pipeline.py) from prepared corpora,
   starting at batch `start_step` with no read of the batches before it."""
-  batches.host_batch_size(config, process_count)  # validates the split
-  num_shards = batches.data_shards(config, process_count)
+  batch_contract.host_batch_size(settings, process_count)  # validates the split
+  num_shards = batch_contract.data_shards(settings, process_count)
   per_process = num_shards // process_count
-  rows = config.batch_size // num_shards
-  data = PreparedData(config, tokenizer)
-  spec = batches.masking_spec(config, tokenizer)
-  seed = config.seed & (2**63 - 1)
-  shapes = batches.batch_shapes(config, rows * per_process)
+  rows = settings.batch_size // num_shards
+  data = PreparedData(settings, tokenizer)
+  spec = batch_contract.masking_spec(settings, tokenizer)
+  seed = settings.seed & (2**63 - 1)
+  shapes = batch_contract.batch_shapes(settings, rows * per_process)
   names = tuple(shapes)
   first = process_index * per_process
 
@@ -334,7 +334,7 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
     step = int(step)
     parts = []
     for shard in range(first, first + per_process):
-      positions = step * config.batch_size + shard * rows + np.arange(rows)
+      positions = step * settings.batch_size + shard * rows + np.arange(rows)
       segment_ids = None
       if spec.pack:
         input_ids, lengths, segment_ids, ids = data.packed_rows(positions)
@@ -351,4 +351,4 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
   # deterministic=True keeps the order.
   ds = tf.data.Dataset.counter(start_step).map(
       as_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.prefetch(config.data.prefetch)
+  return ds.prefetch(settings.prefetch)
