@@ -24,6 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from retromae_jax.data import source_spec
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data.pretrain import batch_contract, masking, pipeline, prepared
 from retromae_jax.trainers import settings
@@ -54,7 +55,7 @@ def main(argv):
   # Masking alone, on the same kind of batches (packed rows with data.pack), tokenised and
   # packed beforehand.
   spec = batch_contract.masking_spec(input_settings, tokenizer)
-  if prepared.is_prepared(config.data.source):  # read by index: packed rows with data.pack
+  if source_spec.is_prepared(config.data.source):  # read by index: packed rows with data.pack
     data = prepared.PreparedData(input_settings, tokenizer)
     read = ((lambda positions: data.packed_rows(positions)[:3]) if spec.pack
             else lambda positions: (*data.rows(positions)[:2], None))

@@ -16,6 +16,7 @@ import tokenizers
 from absl import app, flags, logging
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from retromae_jax.data import source_spec as source_strings
 from retromae_jax.data import sources
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in this order
@@ -23,8 +24,10 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in t
 
 def source_spec(spec: str) -> str:
   """A bare GLOB becomes jsonl:GLOB (.jsonl / .jsonl.gz) or text:GLOB (anything else)."""
-  if spec == "pydoc" or spec.split(":", 1)[0] in ("jsonl", "text", "tfds"):
-    return spec
+  try:
+    return str(source_strings.parse(spec, "--input", "", schemes=("jsonl", "text", "tfds", "pydoc")))
+  except ValueError:
+    pass
   return f"jsonl:{spec}" if spec.removesuffix(".gz").endswith(".jsonl") else f"text:{spec}"
 
 

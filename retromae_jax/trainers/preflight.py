@@ -16,7 +16,7 @@ import struct
 from absl import logging
 
 from retromae_jax.data.evalsets import beir
-from retromae_jax.data import sources
+from retromae_jax.data import source_spec, sources
 from retromae_jax.interop import decoder as decoder_interop
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.trainers import checkpoints
@@ -31,14 +31,14 @@ def check(config, workdir: str) -> None:
   check_writable(os.path.join(workdir, "checkpoints"))
   evaluation = config.get("eval")
   allow_missing_ids = bool(evaluation and evaluation.get("allow_missing_ids", False))
-  if evaluation and evaluation.data and evaluation.data != "pydoc":
-    check_beir(evaluation.data.removeprefix("beir:"), evaluation.split, allow_missing_ids)
+  if evaluation and evaluation.data and source_spec.beir_folder(evaluation.data):
+    check_beir(source_spec.beir_folder(evaluation.data), evaluation.split, allow_missing_ids)
   if config.task == "finetune":
     if config.init.model:
       from retromae_jax.evaluators import embed  # resolves a workdir to its export/encoder
       check_hf_dir(embed.resolve_model_dir(config.init.model), tokenizer=not config.tokenizer)
     if config.data.train.startswith("beir:"):
-      check_beir(config.data.train.removeprefix("beir:"), config.data.split, allow_missing_ids)
+      check_beir(source_spec.beir_folder(config.data.train), config.data.split, allow_missing_ids)
     return
   check_data_source(config.data.source)
   if config.init.hf_dir:
@@ -71,9 +71,11 @@ def check_writable(directory: str) -> None:
 
 def check_data_source(source: str) -> None:
   """jsonl:/text: sources: files match, are non-empty, and hold at least one usable document."""
-  scheme, _, pattern = source.partition(":")
-  if scheme not in ("jsonl", "text") or not pattern:
-    return  # pydoc is built in; tfds and unknown schemes are checked by data/sources.py
+  try:
+    parsed = source_spec.parse(source, "data.source", "", schemes=("jsonl", "text"), bare=())
+  except ValueError:
+    return  # pydoc is built in; tfds, prepared and unknown schemes are checked where read
+  scheme, pattern = parsed.scheme, parsed.arg
   import tensorflow as tf  # gfile: local paths and gs:// alike (already imported by the pipeline)
 
   files = sorted(tf.io.gfile.glob(pattern))

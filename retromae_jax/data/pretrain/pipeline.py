@@ -46,6 +46,7 @@ from absl import logging
 
 from retromae_jax.data import sources
 from retromae_jax.data import numpy_batches
+from retromae_jax.data import source_spec
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data.pretrain.settings import PretrainInput
 from retromae_jax.data.pretrain import batch_contract, chunking, masking, packing, prepared
@@ -158,7 +159,7 @@ def pretrain_dataset(settings: PretrainInput, tokenizer: tokenizers.Tokenizer, *
   Iterate it with pretrain_batches (or close your own iterator before the program exits).
   A `prepared:` data.source is read by index instead (data/pretrain/prepared.py).
   """
-  if prepared.is_prepared(settings.source):
+  if source_spec.is_prepared(settings.source):
     return prepared.pretrain_dataset(settings, tokenizer, process_index=process_index,
                                      process_count=process_count, start_step=start_step)
   batch_contract.host_batch_size(settings, process_count)  # validates the split

@@ -36,6 +36,7 @@ import time
 from absl import logging
 import numpy as np
 
+from retromae_jax.data import source_spec
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data.pretrain.settings import PretrainInput
 from retromae_jax.data.pretrain import chunking, masking, packing, pipeline, prepared
@@ -115,7 +116,7 @@ def prepare(source: str, out: str, settings: PretrainInput, num_workers: int = 0
   """
   if engine not in ("local", "beam"):
     raise ValueError(f"--engine {engine!r}: expected local or beam")
-  if prepared.is_prepared(source):
+  if source_spec.is_prepared(source):
     raise ValueError(f"--source {source!r}: already prepared; expected a raw data.source")
   if os.path.exists(os.path.join(out, prepared.META)):
     raise ValueError(f"--out {out}: already holds a prepared corpus ({prepared.META}); remove it "

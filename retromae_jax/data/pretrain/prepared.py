@@ -46,20 +46,15 @@ import tokenizers
 from retromae_jax.data.pretrain.settings import PretrainInput
 from retromae_jax.data.pretrain import batch_contract, masking, packing
 from retromae_jax.objectives import example_random
-from retromae_jax.data import numpy_batches
+from retromae_jax.data import numpy_batches, source_spec
 from retromae_jax.data import tokenizer as tokenizer_lib
 
-SCHEME = "prepared:"
 FORMAT = "retromae_jax.prepared/1"
 META = "prepared.json"
 TOKENIZER_DIR = "tokenizer"
 MIX_BLOCK = 1 << 16  # stream positions per mixture block: weights are exact to 1 / MIX_BLOCK
 _PERMUTATION, _MIXTURE = 1, 2  # tags that keep the seed streams apart
 _EXPECTED = "expected prepared:DIR or prepared:DIR1@W1,prepared:DIR2@W2 (weights > 0)"
-
-
-def is_prepared(source: str) -> bool:
-  return source.startswith(SCHEME)
 
 
 def shard_names(index: int, count: int) -> tuple[str, str, str]:
@@ -76,21 +71,9 @@ def tokenizer_fingerprint(tokenizer: tokenizers.Tokenizer) -> str:
 
 def parse_source(source: str) -> list[tuple[str, float]]:
   """'prepared:A@0.7,prepared:B@0.3' -> [(A, 0.7), (B, 0.3)], weights normalised to sum 1."""
-  parts = []
-  for part in source.split(","):
-    if not is_prepared(part):
-      raise ValueError(f"data.source {source!r}: {part!r} is not a prepared corpus; {_EXPECTED}")
-    path, at, weight = part[len(SCHEME):].rpartition("@") if "@" in part else (
-        part[len(SCHEME):], "", "1")
-    try:
-      value = float(weight)
-    except ValueError:
-      value = -1.0
-    if not path or not value > 0 or not np.isfinite(value):
-      raise ValueError(f"data.source {source!r}: bad part {part!r}; {_EXPECTED}")
-    parts.append((path, value))
-  total = sum(w for _, w in parts)
-  return [(path, w / total) for path, w in parts]
+  return [(s.arg, s.weight) for s in source_spec.parse_mixture(
+      source, "data.source", _EXPECTED, schemes=(source_spec.PREPARED,),
+      what="prepared corpus")]
 
 
 class PreparedCorpus:
