@@ -105,6 +105,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.eval.allow_missing_ids = False
 
   # ---- Mesh ----
+  c.resume = pretrain.resume  # keys that may change on resume on purpose (configs/base.py)
   c.mesh = pretrain.mesh
   c.sharding_rules = pretrain.sharding_rules
 

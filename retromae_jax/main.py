@@ -22,12 +22,13 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from retromae_jax.trainers import checkpoints  # noqa: E402
+from retromae_jax.interop import checkpoint_store  # noqa: E402
 from retromae_jax.trainers import distributed  # noqa: E402
 from retromae_jax.trainers import divergence  # noqa: E402
 from retromae_jax.trainers import finetune  # noqa: E402
 from retromae_jax.trainers import preflight  # noqa: E402
 from retromae_jax.trainers import pretrain  # noqa: E402
+from retromae_jax.trainers import workdir_lock  # noqa: E402
 
 TASKS = {"pretrain": pretrain.train_and_evaluate, "finetune": finetune.train_and_evaluate}
 
@@ -49,7 +50,7 @@ class _OwnLinesAndWarnings(std_logging.Filter):
 
 
 # Our errors: the message is the whole story (what, where, what was expected), one line.
-_OURS = (ValueError, checkpoints.SaveFailed, divergence.Diverged)
+_OURS = (ValueError, checkpoint_store.SaveFailed, divergence.Diverged)
 
 
 def _our_message(error: BaseException) -> str | None:
@@ -74,6 +75,7 @@ def main(argv):
     logging.flush()
     sys.stdout.flush()
     print(message, file=sys.stderr, flush=True)
+    workdir_lock.release_all()  # (already released on the way out of the run; never left held)
     # Not sys.exit: Orbax's and tf.data's threads can wait forever on a broken disk, or print
     # tracebacks while the interpreter shuts down; the last line of stderr must stay ours.
     os._exit(1)
@@ -91,8 +93,9 @@ def _main(argv):
   distributed.initialize()
   workdir = _WORKDIR.value or f"workdirs/{config.preset}"
   logging.info("Workdir: %s (task %s)", workdir, task)
-  preflight.check(config, workdir)  # files and directories, in seconds, before compiling
-  TASKS[task](config, workdir)
+  with workdir_lock.hold(workdir):  # one run per workdir, for the run's life
+    preflight.check(config, workdir)  # files, directories and a resume's identity, before compiling
+    TASKS[task](config, workdir)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from absl import logging
 from retromae_jax.data import beir
 from retromae_jax.data import sources
 from retromae_jax.interop import decoder as decoder_interop
+from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import hf as hf_interop
-from retromae_jax.trainers import checkpoints
+from retromae_jax.trainers import run_identity
 
 # A corpus is not read whole at start-up: past this many lines without one usable document, the
 # check gives up with a warning (the pipeline still fails, later, if there is none at all).
@@ -28,6 +29,7 @@ _SCAN_LINES = 100_000
 
 def check(config, workdir: str) -> None:
   """Runs the checks of config.task ('pretrain' when absent) for `config` and `workdir`."""
+  check_resume(config, workdir)
   check_writable(os.path.join(workdir, "checkpoints"))
   evaluation = config.get("eval")
   allow_missing_ids = bool(evaluation and evaluation.get("allow_missing_ids", False))
@@ -46,11 +48,25 @@ def check(config, workdir: str) -> None:
   if config.init.decoder_dir:
     check_safetensors(os.path.join(config.init.decoder_dir, decoder_interop.DECODER_WEIGHTS))
   if config.init.checkpoint:
-    _, step_dir = checkpoints.read_meta(config.init.checkpoint)
-    checkpoints.stored_shapes(step_dir)  # the array index reads back (the data: at restore)
+    _, step_dir = checkpoint_store.read_meta(config.init.checkpoint)
+    checkpoint_store.stored_shapes(step_dir)  # the array index reads back (the data: at restore)
 
 
 # ------------------------------------------------------------------------------ Workdir
+
+
+def check_resume(config, workdir: str) -> None:
+  """A workdir with checkpoints is resumed only by the same run (trainers/run_identity.py)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return
+  try:
+    meta, step_dir = checkpoint_store.read_meta(directory)
+  except ValueError as e:  # no complete step, or an unreadable meta: restore_latest decides
+    logging.info("Resume check skipped: %s", e)
+    return
+  run_identity.check_resume(config, meta.get("run"), step_dir)
+
 
 
 def check_writable(directory: str) -> None:
