@@ -21,11 +21,12 @@ import json
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import masking, pipeline, prepared
+from retromae_jax.tools import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 50, "batches to time")
@@ -90,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

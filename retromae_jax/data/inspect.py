@@ -24,6 +24,7 @@ from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import pipeline
 from retromae_jax.objectives.config import ObjectiveConfig, objective_config_from
 from retromae_jax.objectives.contract import IGNORE
+from retromae_jax.tools import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _OUT = flags.DEFINE_string("out", None, "the .npz file to write")
@@ -76,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -39,6 +39,7 @@ import numpy as np
 
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import chunking, masking, packing, pipeline, prepared, sources
+from retromae_jax.tools import cli
 
 _WRITER_OPTIONS = "group_size:1"  # one record per group: a random read decodes one chunk only
 
@@ -87,13 +88,15 @@ def prepare_shard(task: ShardTask) -> dict:
   np.save(os.path.join(task.out, documents_name), np.asarray(doc_of_chunk, np.int64))
   row_of = pack_plan(np.asarray(lengths, np.int64), task.max_seq_length, task.encoder_mask_ratio)
   np.save(os.path.join(task.out, rows_name), row_of)
+  files = {name: prepared.file_record(os.path.join(task.out, name))
+           for name in (chunks_name, rows_name)}
   logging.info("prepare: shard %d/%d: %s; skipped lines %s", task.index, task.count, counts,
                skips.as_dict())
   return {"chunks": chunks_name, "documents": documents_name, "rows": rows_name,
           "num_rows": int(row_of.max(initial=-1)) + 1, "num_chunks": counts.chunks,
           "num_documents": counts.documents, "tokens": counts.tokens,
           "dropped_chunks": counts.dropped_chunks, "dropped_tokens": counts.dropped_tokens,
-          "skipped_lines": skips.as_dict()}
+          "skipped_lines": skips.as_dict(), "files": files}
 
 
 def pack_plan(lengths: np.ndarray, seq_len: int, encoder_mask_ratio: float) -> np.ndarray:
@@ -103,6 +106,47 @@ def pack_plan(lengths: np.ndarray, seq_len: int, encoder_mask_ratio: float) -> n
   budgets = masking.mask_budget(lengths, encoder_mask_ratio)
   capacity = masking.encoder_capacity(seq_len, encoder_mask_ratio)
   return packing.plan_rows(lengths, budgets, seq_len, capacity, pipeline.PACK_WINDOW)
+
+
+def _check_out(out: str, source: str) -> None:
+  """--out must be new or empty: a prepared corpus is never written beside other files, nor over
+  another corpus (a finished one of the same source is named as such)."""
+  if not os.path.isdir(out):
+    if os.path.exists(out):
+      raise ValueError(f"--out {out}: not a directory")
+    return
+  present = sorted(os.listdir(out))
+  if not present:
+    return
+  meta_path = os.path.join(out, prepared.META)
+  if os.path.isfile(meta_path):
+    try:
+      with open(meta_path, encoding="utf-8") as f:
+        done = json.load(f).get("source")
+    except (OSError, ValueError):
+      done = None
+    what = ("already holds a prepared corpus of this --source, finished" if done == source else
+            f"already holds a prepared corpus of another source ({done!r})")
+    raise ValueError(f"--out {out}: {what} ({prepared.META}); train on it with "
+                     f"--config.data.source=prepared:{out}, or remove it / choose another "
+                     "directory")
+  shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
+  raise ValueError(f"--out {out}: not empty ({shown}) and no finished corpus ({prepared.META} "
+                   "is written last); remove what is there or choose a new directory")
+
+
+def _die_with_parent() -> None:
+  """Worker initializer: the kernel kills the worker when the prepare process dies, even by
+  SIGKILL (Linux's PR_SET_PDEATHSIG; elsewhere the pool's own shutdown is all there is)."""
+  import ctypes
+  import signal
+
+  try:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    return
+  if os.getppid() == 1:  # the parent died before prctl took effect
+    os._exit(1)
 
 
 def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "local",
@@ -116,9 +160,7 @@ def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "
     raise ValueError(f"--engine {engine!r}: expected local or beam")
   if prepared.is_prepared(source):
     raise ValueError(f"--source {source!r}: already prepared; expected a raw data.source")
-  if os.path.exists(os.path.join(out, prepared.META)):
-    raise ValueError(f"--out {out}: already holds a prepared corpus ({prepared.META}); remove it "
-                     "or choose another directory")
+  _check_out(out, source)
   start = time.perf_counter()
   tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
   vocab_size = tokenizer_lib.special_ids(tokenizer).vocab_size
@@ -140,7 +182,8 @@ def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "
     # forked: TensorFlow's threads do not survive a fork.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     with concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        num_workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent) as pool:
       shards = list(pool.map(prepare_shard, tasks))
 
   if not sum(s["num_chunks"] for s in shards):
@@ -152,6 +195,8 @@ def prepare(source: str, out: str, config, num_workers: int = 0, engine: str = "
     path = os.path.join(out, shard["documents"])
     np.save(path, np.load(path) + offset)
     offset += shard["num_documents"]
+    # Sizes and checksums of the final files: opening the corpus checks them (prepared.verify).
+    shard["files"][shard["documents"]] = prepared.file_record(path)
 
   os.makedirs(os.path.join(out, prepared.TOKENIZER_DIR), exist_ok=True)
   for path in tokenizer_lib.file_paths(config.tokenizer):
@@ -192,7 +237,7 @@ def _define_flags():
   prepare() without claiming --config, --source or --out."""
   config_flags.DEFINE_config_file("config", "configs/base.py", "configs/base.py[:PRESET]")
   flags.DEFINE_string("source", None, "a raw data.source: jsonl:GLOB, text:GLOB, ...")
-  flags.DEFINE_string("out", None, "output directory (must not hold a prepared corpus)")
+  flags.DEFINE_string("out", None, "output directory: new or empty")
   flags.DEFINE_integer("num_workers", 0, "output shards (= worker processes for the local "
                        "engine); 0 = one per CPU core")
   flags.DEFINE_enum("engine", "local", ["local", "beam"], "local: processes of this machine; "
@@ -212,4 +257,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)
