@@ -19,7 +19,11 @@ of N would read (data/sources.py) and writes output shard w. Train on DIR with
   tokenizer/                   the tokenizer's files
   prepared.json                settings, tokenizer fingerprint, per-shard and total counts
                                (documents, chunks, tokens, dropped short chunks, skipped lines
-                               by reason); written last, so a DIR with it is complete
+                               by reason), each shard file's size and SHA-256 (checked when
+                               the corpus is opened: prepared.PreparedCorpus.verify); written
+                               last, so a DIR with it is complete
+DIR must be new or empty (a non-empty one is refused, never written into); the worker processes
+die with the program, even when it is killed.
 The workers are processes (every core by default), or, with --engine=beam, shard tasks of an
 Apache Beam pipeline (DirectRunner here; Dataflow, Spark or Flink for a corpus that outgrows one
 machine: data/prepare_beam.py); the output is the same either way.
