@@ -287,6 +287,59 @@ def test_prepare_refuses_a_non_empty_out_and_an_existing_corpus_in_one_line(prep
   assert _snapshot(prepared_dir) == before
 
 
+class _SerialPool:
+  """The worker pool run in this process, one shard after the other; `interrupt_after` shards
+  done, it raises as a killed prepare would stop (the shards it finished stay finished)."""
+
+  def __init__(self, *args, interrupt_after=None, **kwargs):
+    del args, kwargs
+    self.interrupt_after = interrupt_after
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def map(self, fn, tasks):
+    results = []
+    for task in tasks:
+      if len(results) == self.interrupt_after:
+        raise KeyboardInterrupt("killed")
+      results.append(fn(task))
+    return results
+
+
+def test_an_interrupted_prepare_resumes_shard_by_shard(corpus, tmp_path, monkeypatch, caplog):
+  caplog.set_level("INFO")
+  config = _pretrain_config("")
+  source = f"jsonl:{corpus}"
+  monkeypatch.setattr(prepare.concurrent.futures, "ProcessPoolExecutor", _SerialPool)
+  reference = prepare.prepare(source, str(tmp_path / "ref"), config, num_workers=2)
+
+  out = str(tmp_path / "out")
+  monkeypatch.setattr(prepare.concurrent.futures, "ProcessPoolExecutor",
+                      lambda *a, **k: _SerialPool(interrupt_after=1))
+  with pytest.raises(KeyboardInterrupt):
+    prepare.prepare(source, out, config, num_workers=2)
+  first_shard = os.path.join(out, "chunks-00000-of-00002.array_record")
+  written = os.stat(first_shard).st_mtime_ns
+  other = _pretrain_config("")
+  other.data.max_seq_length = 128
+  with pytest.raises(ValueError, match=r"--out .*out: holds an interrupted prepare of other "
+                                       r"settings \(max_seq_length: 64 -> 128\)"):
+    prepare.prepare(source, out, other, num_workers=2)
+
+  meta = prepare.prepare(source, out, config, num_workers=2)  # one shard left: in-process
+  assert "shards [0] finished, 1 to do" in caplog.text
+  assert os.stat(first_shard).st_mtime_ns == written  # kept, not redone
+  strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}
+  assert strip(meta) == strip(reference)
+  assert _snapshot(out) == {**_snapshot(str(tmp_path / "ref")),
+                            prepared.META: _snapshot(out)[prepared.META]}
+  assert not any(n.startswith(("done-", "preparing")) for n in os.listdir(out))
+
+
 def _children(pid):
   try:
     with open(f"/proc/{pid}/task/{pid}/children", encoding="utf-8") as f:
