@@ -497,7 +497,8 @@ def tool_inputs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("tools")
   (tmp / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
   (tmp / "empty.jsonl").write_text("")
-  beir.write(str(tmp / "beir"), {"d1": "a document"}, {"q1": "a query"}, {"test": {"q1": {"d1": 1}}})
+  beir.write(str(tmp / "beir"), {"d1": "a document"}, {"q1": "a query"},
+             {"test": {"q1": {"d1": 1}}})
   os.remove(tmp / "beir" / "queries.jsonl")
   return tmp
 

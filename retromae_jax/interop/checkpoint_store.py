@@ -113,6 +113,11 @@ def steps_on_disk(mngr: ocp.CheckpointManager) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
+def complete_steps(directory: str) -> list[int]:
+  """The steps of the checkpoints/ `directory` whose save completed, newest first."""
+  return sorted(_read_only(directory).all_steps(), reverse=True)
+
+
 def resolve(path: str) -> tuple[str, int]:
   """(checkpoints directory, step) named by a workdir, its checkpoints/ directory, or one step
   directory (<workdir>/checkpoints/<step>). A workdir or checkpoints/ means its latest step."""

@@ -97,7 +97,8 @@ def export_checkpoint(path: str, out_dir: str, max_seq_length: int | None = None
   out_dir from the checkpoint named by `path`; returns {name: directory}."""
   directory, step = checkpoint_store.resolve(path)
   step_dir = os.path.join(directory, str(step))
-  params, meta, _ = checkpoint_store.restore_params(step_dir, checkpoint_store.abstract_params(step_dir))
+  params, meta, _ = checkpoint_store.restore_params(step_dir,
+                                                    checkpoint_store.abstract_params(step_dir))
   cfg = model_config_from_meta(meta, step_dir)
   written = {}
   written["encoder"] = export_encoder(params, cfg, meta, os.path.join(out_dir, "encoder"))

@@ -207,7 +207,8 @@ def train(config, state, train_step, batches: Iterator[dict], *, start_step: int
   Logs every config.log_every steps, the first and the last (the first line gives the ETA of a
   slow run at once), with rates(scalars) added (MFU, queries/s) and the running counts of
   `skips` (a data.sources.SkipCounter: skipped input lines, also logged when they change);
-  saves by checkpointer.save_if_due (trainers/checkpointer.py); runs evaluator(step, params) where evaluator.due(step).
+  saves by checkpointer.save_if_due (trainers/checkpointer.py); runs evaluator(step, params)
+  where evaluator.due(step).
 
   Faults stop the run (docs/reliability.md): a non-finite step raises divergence.Diverged
   (never saved), a failed save checkpoint_store.SaveFailed, both at the next step boundary.

@@ -69,12 +69,14 @@ def check_resume(config, workdir: str) -> None:
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     return
-  try:
-    meta, step_dir = checkpoint_store.read_meta(directory)
-  except ValueError as e:  # no complete step, or an unreadable meta: restore_latest decides
-    logging.info("Resume check skipped: %s", e)
+  for step in checkpoint_store.complete_steps(directory):  # newest first
+    try:
+      meta, step_dir = checkpoint_store.read_meta(os.path.join(directory, str(step)))
+    except ValueError as e:  # a damaged meta: restore_latest moves that step aside
+      logging.warning("Resume check: %s; comparing with the step before", e)
+      continue
+    run_identity.check_resume(config, meta.get("run"), step_dir)
     return
-  run_identity.check_resume(config, meta.get("run"), step_dir)
 
 
 
