@@ -26,10 +26,10 @@ import shutil
 import jax.numpy as jnp
 from absl import logging
 
+from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import pooling as pooling_lib
-from retromae_jax.interop import checkpoint_store
 from retromae_jax.models.bert import ModelConfig
 
 def model_config_from_meta(meta: dict, where: str) -> ModelConfig:
