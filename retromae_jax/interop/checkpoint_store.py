@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
@@ -114,8 +115,19 @@ def steps_on_disk(mngr: ocp.CheckpointManager) -> list[int]:
 
 
 def complete_steps(directory: str) -> list[int]:
-  """The steps of the checkpoints/ `directory` whose save completed, newest first."""
-  return sorted(_read_only(directory).all_steps(), reverse=True)
+  """The steps of the checkpoints/ `directory` whose save completed, newest first. Local to the
+  calling process (no manager: a CheckpointManager's constructor is a collective of every
+  process, which a check that only some processes make would leave waiting)."""
+  return sorted(ocp.step.checkpoint_steps(directory), reverse=True)
+
+
+def read_step_meta(step_dir: str) -> dict:
+  """The `meta` item of one step directory, read by this process alone (see complete_steps)."""
+  meta_dir = os.path.join(step_dir, "meta")
+  try:
+    return ocp.JsonCheckpointHandler().restore(epath.Path(meta_dir))
+  except Exception as e:  # a missing or damaged item: say where, keep the cause
+    raise ValueError(f"{meta_dir}: cannot read ({first_line(e)})") from e
 
 
 def resolve(path: str) -> tuple[str, int]:

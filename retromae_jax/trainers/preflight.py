@@ -70,8 +70,9 @@ def check_resume(config, workdir: str) -> None:
   if not os.path.isdir(directory):
     return
   for step in checkpoint_store.complete_steps(directory):  # newest first
+    step_dir = os.path.join(directory, str(step))
     try:
-      meta, step_dir = checkpoint_store.read_meta(os.path.join(directory, str(step)))
+      meta = checkpoint_store.read_step_meta(step_dir)
     except ValueError as e:  # a damaged meta: restore_latest moves that step aside
       logging.warning("Resume check: %s; comparing with the step before", e)
       continue
