@@ -26,7 +26,6 @@ from ml_collections import config_flags
 
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import masking, pipeline, prepared
-from retromae_jax.tools import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 50, "batches to time")
@@ -91,4 +90,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from retromae_jax.tools import cli  # the programs' one-line errors (a program, not a layer)
   cli.run(main)

@@ -24,7 +24,6 @@ from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import pipeline
 from retromae_jax.objectives.config import ObjectiveConfig, objective_config_from
 from retromae_jax.objectives.contract import IGNORE
-from retromae_jax.tools import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _OUT = flags.DEFINE_string("out", None, "the .npz file to write")
@@ -77,4 +76,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from retromae_jax.tools import cli  # the programs' one-line errors (a program, not a layer)
   cli.run(main)

@@ -47,7 +47,6 @@ import numpy as np
 
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import chunking, masking, packing, pipeline, prepared, sources
-from retromae_jax.tools import cli
 
 _WRITER_OPTIONS = "group_size:1"  # one record per group: a random read decodes one chunk only
 
@@ -350,5 +349,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from retromae_jax.tools import cli  # the programs' one-line errors (a program, not a layer)
   _define_flags()
   cli.run(main)
