@@ -92,26 +92,40 @@ def _repo_cwd(monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
-  """(workdir, stderr of a second run started while the first held the workdir, its seconds)."""
+  """A run stopped by SIGTERM once a second run started on its workdir has ended: (workdir, the
+  first run's pid and stderr, the second run's (returncode, stderr, seconds))."""
   workdir = str(tmp_path_factory.mktemp("guards") / "run")
-  first = _main(workdir, *PRETRAIN, f"--config.data.source=jsonl:{corpus}", wait=False)
+  source = f"--config.data.source=jsonl:{corpus}"
+  first = _main(workdir, *PRETRAIN, source, "--config.total_steps=100000",
+                "--config.checkpoint_every=100000", wait=False)
   lock = os.path.join(workdir, workdir_lock.LOCK_FILE)
+  metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.monotonic() + 300
   while not (os.path.isfile(lock) and os.path.getsize(lock)) and time.monotonic() < deadline:
     time.sleep(0.05)
-  second = _main(workdir, *PRETRAIN, f"--config.data.source=jsonl:{corpus}")
+  second = _main(workdir, *PRETRAIN, source)
+  # SIGTERM once the first run trains (its handler is installed): it saves and exits 0.
+  while not (os.path.isfile(metrics) and os.path.getsize(metrics)) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  first.send_signal(signal.SIGTERM)
   _, stderr = first.communicate(timeout=600)
   assert first.returncode == 0, stderr[-3000:]
   return workdir, first.pid, second
+
+
+def _latest_step(workdir):
+  return max(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
 
 
 def test_a_second_run_on_a_busy_workdir_refuses_in_seconds_naming_host_and_pid(trained):
   workdir, pid, (rc, stderr, seconds) = trained
   _assert_one_line_error(rc, stderr, seconds, starts=f"{workdir}: in use by another run (host "
                          f"{socket.gethostname()}, pid {pid}, started ")
-  # The first run was not disturbed: it trained both steps once, and released its lock.
+  # The first run was not disturbed: every step logged once, in order, up to the one SIGTERM
+  # saved; and its lock was released on the way out.
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    assert [json.loads(line)["step"] for line in f] == [1, 2]
+    steps = [json.loads(line)["step"] for line in f]
+  assert steps == list(range(1, len(steps) + 1)) and steps[-1] == _latest_step(workdir)
   assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
 
 
@@ -123,8 +137,8 @@ def test_a_resume_of_another_run_is_refused_before_compiling_naming_each_key(tra
   other.write_text(open(corpus, encoding="utf-8").read())
   rc, stderr, seconds = _main(workdir, *PRETRAIN, f"--config.data.source=jsonl:{other}",
                               "--config.batch_size=8", "--config.model.num_layers=3")
-  last = _assert_one_line_error(rc, stderr, seconds, starts=f"{workdir}/checkpoints/2: this "
-                                "workdir holds another run (")
+  last = _assert_one_line_error(rc, stderr, seconds, starts=f"{workdir}/checkpoints/"
+                                f"{_latest_step(workdir)}: this workdir holds another run (")
   for expected in ("batch_size: 4 -> 8", f"data.source: 'jsonl:{corpus}' -> 'jsonl:{other}'",
                    "model.num_layers: 2 -> 3",
                    "--config.resume.allow_changes=batch_size,data.source,model.num_layers"):
