@@ -194,6 +194,12 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # counted and logged; those documents count as misses).
   c.eval.allow_missing_ids = False
 
+  # ---- Resume (retromae_jax/trainers/run_identity.py, docs/reliability.md) ----
+  # A workdir holding checkpoints resumes only the same run: batch size, data, objective, model
+  # shape, seed and tokenizer must match its checkpoint's. Keys named here may change on purpose.
+  c.resume = ml_collections.ConfigDict()
+  c.resume.allow_changes = ""  # comma-separated keys or sections, e.g. "data.source,batch_size"
+
   # ---- Mesh (axes data x fsdp x tensor; -1 = the remaining devices) ----
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1

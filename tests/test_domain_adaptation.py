@@ -21,7 +21,7 @@ from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import pooling
 from retromae_jax.models.bert import ModelConfig
 from retromae_jax.objectives.enhanced.model import RetroMAE
-from retromae_jax.trainers import checkpoints
+from retromae_jax.interop import checkpoint_store as checkpoints
 from retromae_jax.trainers import init_parts
 from retromae_jax.trainers import optim
 from test_retromae_model import B, D, F, H, L, V, _random_batch

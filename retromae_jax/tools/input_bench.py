@@ -21,13 +21,14 @@ import json
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from retromae_jax.data import source_spec
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data.pretrain import batch_contract, masking, pipeline, prepared
 from retromae_jax.trainers import settings
+from retromae_jax.tools import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 50, "batches to time")
@@ -93,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -25,6 +25,7 @@ from retromae_jax.data.pretrain import pipeline
 from retromae_jax.objectives.settings import ObjectiveConfig
 from retromae_jax.trainers import settings
 from retromae_jax.objectives.contract import IGNORE
+from retromae_jax.tools import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _OUT = flags.DEFINE_string("out", None, "the .npz file to write")
@@ -78,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,11 +11,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from retromae_jax.data.pretrain import prepare
+from retromae_jax.tools import cli
 from retromae_jax.trainers import settings
 
 config_flags.DEFINE_config_file("config", "configs/base.py", "configs/base.py[:PRESET]")
 flags.DEFINE_string("source", None, "a raw data.source: jsonl:GLOB, text:GLOB, ...")
-flags.DEFINE_string("out", None, "output directory (must not hold a prepared corpus)")
+flags.DEFINE_string("out", None, "output directory: new, empty, or an interrupted prepare of "
+                    "the same settings (resumed shard by shard)")
 flags.DEFINE_integer("num_workers", 0, "output shards (= worker processes for the local "
                      "engine); 0 = one per CPU core")
 flags.DEFINE_enum("engine", "local", ["local", "beam"], "local: processes of this machine; "
@@ -35,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import tokenizers
-from absl import app, flags, logging
+from absl import flags, logging
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from retromae_jax.data import source_spec as source_strings
 from retromae_jax.data import sources
+from retromae_jax.tools import cli
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in this order
 
@@ -90,4 +91,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from safetensors import safe_open
 
-from retromae_jax.trainers import checkpoints
+from retromae_jax.interop import checkpoint_store
 
 _HF_MLM_HEAD = "cls.predictions.bias"
 
@@ -33,8 +33,8 @@ def provided_parts(init_config) -> set[str]:
   """The top-level parameter keys config.init's sources fill in."""
   provided = set()
   if init_config.checkpoint:
-    _, step_dir = checkpoints.read_meta(init_config.checkpoint)
-    provided |= set(checkpoints.abstract_params(step_dir))
+    _, step_dir = checkpoint_store.read_meta(init_config.checkpoint)
+    provided |= set(checkpoint_store.abstract_params(step_dir))
   if init_config.hf_dir:
     provided.add("bert")
     if _HF_MLM_HEAD in hf_tensor_names(init_config.hf_dir):

@@ -52,8 +52,8 @@ def run_shards(tasks: list, pipeline_args: list[str]) -> list[dict]:
   for path in glob.glob(prefix + "*.jsonl"):
     with open(path, encoding="utf-8") as f:
       results.update((index, shard) for index, shard in map(json.loads, f))
-  missing = sorted(set(range(len(tasks))) - set(results))
+  missing = sorted({task.index for task in tasks} - set(results))
   if missing:
     raise RuntimeError(f"{results_dir}: Beam finished without the results of shards {missing}")
   shutil.rmtree(results_dir)  # the output directory holds the same files whichever engine ran
-  return [results[index] for index in range(len(tasks))]
+  return [results[task.index] for task in tasks]

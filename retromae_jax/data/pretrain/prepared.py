@@ -64,6 +64,15 @@ def shard_names(index: int, count: int) -> tuple[str, str, str]:
   return f"chunks-{suffix}.array_record", f"documents-{suffix}.npy", f"rows-{suffix}.npy"
 
 
+def file_record(path: str) -> dict:
+  """{'bytes', 'sha256'} of a file as prepare wrote it (prepared.json keeps one per shard file)."""
+  digest = hashlib.sha256()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    while block := f.read(1 << 22):
+      digest.update(block)
+  return {"bytes": tf.io.gfile.stat(path).length, "sha256": digest.hexdigest()}
+
+
 def tokenizer_fingerprint(tokenizer: tokenizers.Tokenizer) -> str:
   """A hash of the tokenizer's full definition: chunks are only valid for the one that made them."""
   return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
@@ -98,7 +107,8 @@ class PreparedCorpus:
     self.num_chunks = int(self.meta["stats"]["chunks"])
     if self.num_chunks < 1:
       raise ValueError(f"{meta_path}: the corpus has no chunk")
-    # 'FILE[0:n]' gives each file's record count, so that opening a corpus reads no file.
+    self.verify(checksums=False)
+    # 'FILE[0:n]' gives each file's record count (verified above against the file's own index).
     paths = [f"{os.path.join(directory, s['chunks'])}[0:{s['num_chunks']}]"
              for s in self.meta["shards"] if s["num_chunks"]]
     self._source = array_record_data_source.ArrayRecordDataSource(paths)
@@ -108,6 +118,64 @@ class PreparedCorpus:
 
   def __len__(self):
     return self.num_chunks
+
+  def verify(self, checksums: bool) -> None:
+    """Raises ValueError naming the first file that is missing, of another size than prepare
+    wrote, holding another number of records or rows than prepared.json says, or (`checksums`:
+    the per-chunk index files, rows and documents, read whole) of another SHA-256; and a
+    prepared.json whose totals disagree with its own shards (an edited pack.rows). Without
+    `checksums` it reads only the files' sizes and the chunk files' ArrayRecord footers."""
+    from array_record.python import array_record_module
+
+    meta_path = os.path.join(self.directory, META)
+    shards = self.meta["shards"]
+    again = "prepare the corpus again"
+    for key, total in (("num_chunks", self.meta["stats"]["chunks"]),
+                       ("num_rows", self.meta.get("pack", {}).get("rows"))):
+      if total is not None and sum(int(s[key]) for s in shards) != int(total):
+        field = "stats.chunks" if key == "num_chunks" else "pack.rows"
+        raise ValueError(f"{meta_path}: {field} is {total}, its shards' {key} add up to "
+                         f"{sum(int(s[key]) for s in shards)}; the file was edited or damaged: "
+                         f"{again}")
+    for shard in shards:
+      for name, record in shard.get("files", {}).items():
+        path = os.path.join(self.directory, name)
+        if not tf.io.gfile.exists(path):
+          raise ValueError(f"{path}: missing ({META} lists it); {again}")
+        size = tf.io.gfile.stat(path).length
+        if size != record["bytes"]:
+          raise ValueError(f"{path}: {size} bytes, {META} says {record['bytes']} (cut short or "
+                           f"overwritten); {again}")
+        if checksums and not name.startswith("chunks-") and (
+            file_record(path)["sha256"] != record["sha256"]):
+          raise ValueError(f"{path}: its SHA-256 differs from {META}'s (overwritten); {again}")
+      chunks = os.path.join(self.directory, shard["chunks"])
+      if not tf.io.gfile.exists(chunks):
+        raise ValueError(f"{chunks}: missing ({META} lists it); {again}")
+      try:
+        reader = array_record_module.ArrayRecordReader(chunks)
+        records = reader.num_records()
+        reader.close()
+      except Exception as e:  # pylint: disable=broad-except  (the library's own errors)
+        raise ValueError(f"{chunks}: not a readable ArrayRecord file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); {again}") from None
+      if records != int(shard["num_chunks"]):
+        raise ValueError(f"{chunks}: {records} records, {META} says {shard['num_chunks']}; "
+                         f"{again}")
+      if checksums:
+        for key, count, what in (("rows", shard["num_chunks"], "chunks"),
+                                 ("documents", shard["num_chunks"], "chunks")):
+          path = os.path.join(self.directory, shard[key])
+          try:
+            values = np.load(path, mmap_mode="r")
+          except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable .npy file ({e}); {again}") from None
+          if values.shape != (int(count),):
+            raise ValueError(f"{path}: {values.shape[0] if values.ndim else 0} entries, {META} "
+                             f"says {count} {what}; {again}")
+          if key == "rows" and int(values.max(initial=-1)) + 1 != int(shard["num_rows"]):
+            raise ValueError(f"{path}: plans {int(values.max(initial=-1)) + 1} rows, {META} "
+                             f"says num_rows {shard['num_rows']}; {again}")
 
   def chunks(self, keys: np.ndarray) -> list[np.ndarray]:
     """The token ids (no [CLS]/[SEP]) of the chunks at these record keys."""
