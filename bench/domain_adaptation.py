@@ -200,7 +200,7 @@ def main(argv=None):
 
   # The domain's set, built once into the workdir (a rerun reuses it).
   from retromae_jax.data.evalsets import beir
-  from retromae_jax.data import manpage_set
+  import manpage_set  # beside this file (bench/)
   set_dir = os.path.join(workdir, "manpage_set")
   if not os.path.isfile(os.path.join(set_dir, "manpage_set.json")):
     manpage_set.build(set_dir, args.man_dir)

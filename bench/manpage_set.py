@@ -1,7 +1,7 @@
 """A retrieval benchmark in a domain of its own, built offline from the system's manual pages
 (/usr/share/man: commands, system calls, C library, file formats, administration).
 
-  python -m retromae_jax.data.manpage_set --out=DIR [--man_dir=/usr/share/man]
+  python bench/manpage_set.py --out=DIR [--man_dir=/usr/share/man]
 
 Query: a page's one-line NAME description ("list directory contents", "open and possibly create a
 file"). Relevant document (exactly one): that page's DESCRIPTION (else its first section after

@@ -101,7 +101,7 @@ def main(argv):
   big = os.path.join(_WORK.value, f"repeated_packed_{_NUM_CHUNKS.value}")
   if not os.path.exists(os.path.join(seed_dir, prepared.META)):
     shutil.rmtree(seed_dir, ignore_errors=True)
-    _run("-m", "retromae_jax.data.pretrain.prepare", "--source=pydoc:modules", f"--out={seed_dir}",
+    _run("-m", "retromae_jax.tools.prepare", "--source=pydoc:modules", f"--out={seed_dir}",
          _CONFIG)
   if not os.path.exists(os.path.join(big, prepared.META)):
     shutil.rmtree(big, ignore_errors=True)

@@ -62,10 +62,10 @@ def _compiled_step(args, config):
   import jax
 
   from retromae_jax.data.pretrain import pipeline
+  from retromae_jax.trainers import settings
   from retromae_jax.data import tokenizer as tokenizer_lib
   from retromae_jax.objectives import losses
   from retromae_jax.models.bert import model_config_from
-  from retromae_jax.objectives.settings import objective_config_from
   from retromae_jax.objectives.registry import make_model
   from retromae_jax.trainers import loop, optim, train_state, validation
 
@@ -73,11 +73,11 @@ def _compiled_step(args, config):
   tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
   multiple = config.model.vocab_multiple
   cfg = model_config_from(config, -(-tokenizer.get_vocab_size() // multiple) * multiple)
-  objective = objective_config_from(config)
+  objective = settings.objective(config)
   model = make_model(cfg, objective)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
 
-  batches = pipeline.pretrain_batches(config, tokenizer)
+  batches = pipeline.pretrain_batches(settings.pretrain_input(config), tokenizer)
   host = [next(batches) for _ in range(args.batches)]
   batches.close()
   params = nn.unbox(model.init(jax.random.key(config.seed), host[0], deterministic=True))["params"]

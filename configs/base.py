@@ -26,6 +26,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
         f"configs/base.py: unknown preset {preset!r}; expected one of {sorted(MODEL_SHAPES)}")
   c = ml_collections.ConfigDict()
   c.preset = preset
+  c.task = "pretrain"  # retromae_jax/main.py dispatches on this key (configs/finetune.py: finetune)
   c.seed = 0
   # Dropout's random bits: 'threefry' (JAX's default: the same bits on every mesh) or 'rbg'
   # (XLA's RngBitGenerator: cheaper bits, but they depend on the mesh, and other numbers than
@@ -58,7 +59,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   # jsonl:GLOB | text:GLOB | tfds:NAME[:SPLIT] | pydoc (the Python standard library's
   # docstrings, real English text found on every machine: the embedded default) |
-  # prepared:DIR[@W],prepared:DIR2[@W2] (corpora from python -m retromae_jax.data.pretrain.prepare,
+  # prepared:DIR[@W],prepared:DIR2[@W2] (corpora from python -m retromae_jax.tools.prepare,
   # read by index; weights W mix several: docs/prepared_data.md).
   c.data.source = "pydoc"
   c.data.data_dir = ""  # TFDS data_dir (gs:// works)
@@ -192,6 +193,12 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # Qrels naming queries or documents missing from the folder: an error, unless allowed (then
   # counted and logged; those documents count as misses).
   c.eval.allow_missing_ids = False
+
+  # ---- Resume (retromae_jax/trainers/run_identity.py, docs/reliability.md) ----
+  # A workdir holding checkpoints resumes only the same run: batch size, data, objective, model
+  # shape, seed and tokenizer must match its checkpoint's. Keys named here may change on purpose.
+  c.resume = ml_collections.ConfigDict()
+  c.resume.allow_changes = ""  # comma-separated keys or sections, e.g. "data.source,batch_size"
 
   # ---- Mesh (axes data x fsdp x tensor; -1 = the remaining devices) ----
   c.mesh = ml_collections.ConfigDict()

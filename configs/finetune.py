@@ -65,6 +65,10 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.query_instruction = ""
   c.data.passage_instruction = ""
   c.data.prefetch = 2
+  # Start-up checks of the data (retromae_jax/data/pairs_checks.py): past these the run stops.
+  c.data.max_unusable_fraction = 0.01  # lines with an empty query or no positive
+  c.data.max_short_groups_fraction = 0.5  # lines with fewer than group_size - 1 negatives
+  c.data.min_hard_negatives_coverage = 0.5  # split's queries found in data.hard_negatives
 
   # ---- Model: the encoder's shape and dtype (configs/base.py), pooling and similarity ----
   c.model = pretrain.model
@@ -105,6 +109,7 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.eval.allow_missing_ids = False
 
   # ---- Mesh ----
+  c.resume = pretrain.resume  # keys that may change on resume on purpose (configs/base.py)
   c.mesh = pretrain.mesh
   c.sharding_rules = pretrain.sharding_rules
 

@@ -11,8 +11,6 @@ warning; --third_party_logs brings back the INFO lines of the libraries (Orbax, 
 
 import logging as std_logging
 import os
-import re
-import sys
 
 # TensorFlow's C++ start-up notes (CPU instruction sets, oneDNN) are no news to a user.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -22,12 +20,14 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from retromae_jax.trainers import checkpoints  # noqa: E402
+from retromae_jax.interop import checkpoint_store  # noqa: E402
+from retromae_jax.tools import cli  # noqa: E402
 from retromae_jax.trainers import distributed  # noqa: E402
 from retromae_jax.trainers import divergence  # noqa: E402
 from retromae_jax.trainers import finetune  # noqa: E402
 from retromae_jax.trainers import preflight  # noqa: E402
 from retromae_jax.trainers import pretrain  # noqa: E402
+from retromae_jax.trainers import workdir_lock  # noqa: E402
 
 TASKS = {"pretrain": pretrain.train_and_evaluate, "finetune": finetune.train_and_evaluate}
 
@@ -48,35 +48,11 @@ class _OwnLinesAndWarnings(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
 
 
-# Our errors: the message is the whole story (what, where, what was expected), one line.
-_OURS = (ValueError, checkpoints.SaveFailed, divergence.Diverged)
-
-
-def _our_message(error: BaseException) -> str | None:
-  """The one-line message of one of our errors, also when tf.data ran the code that raised it
-  (a ValueError in a pipeline function reaches us wrapped in a TF error, inside its traceback)."""
-  if isinstance(error, _OURS):
-    return str(error)
-  if type(error).__module__.startswith("tensorflow"):
-    found = re.findall(r"^ValueError: (.+)$", str(error), flags=re.MULTILINE)
-    if found:
-      return found[-1]
-  return None
-
-
 def main(argv):
-  try:
-    _main(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    message = _our_message(e)
-    if message is None:
-      raise  # a bug: its traceback is the useful part
-    logging.flush()
-    sys.stdout.flush()
-    print(message, file=sys.stderr, flush=True)
-    # Not sys.exit: Orbax's and tf.data's threads can wait forever on a broken disk, or print
-    # tracebacks while the interpreter shuts down; the last line of stderr must stay ours.
-    os._exit(1)
+  # Our errors (bad config, input, a failed save, divergence) end in one line, bugs with their
+  # traceback (tools/cli.py); a lock still held is released first.
+  cli.one_line_errors(_main, ours=(checkpoint_store.SaveFailed, divergence.Diverged),
+                      before_exit=workdir_lock.release_all)(argv)
 
 
 def _main(argv):
@@ -85,14 +61,15 @@ def _main(argv):
   if not _THIRD_PARTY_LOGS.value:
     logging.get_absl_handler().addFilter(_OwnLinesAndWarnings())
   config = _CONFIG.value
-  task = config.get("task", "pretrain")
+  task = config.task
   if task not in TASKS:
     raise ValueError(f"config.task: expected one of {sorted(TASKS)}, got {task!r}")
   distributed.initialize()
   workdir = _WORKDIR.value or f"workdirs/{config.preset}"
   logging.info("Workdir: %s (task %s)", workdir, task)
-  preflight.check(config, workdir)  # files and directories, in seconds, before compiling
-  TASKS[task](config, workdir)
+  with workdir_lock.hold(workdir):  # one run per workdir, for the run's life
+    preflight.check(config, workdir)  # files, directories and a resume's identity, before compiling
+    TASKS[task](config, workdir)
 
 
 if __name__ == "__main__":

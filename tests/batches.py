@@ -4,10 +4,11 @@ import contextlib
 import itertools
 
 from retromae_jax.data.pretrain import pipeline
+from retromae_jax.trainers import settings
 
 
 def take(config, tokenizer, n: int, **kwargs) -> list[dict]:
   """The first `n` batches of pipeline.pretrain_batches; the generator (and its tf.data
   iterator) is closed after."""
-  with contextlib.closing(pipeline.pretrain_batches(config, tokenizer, **kwargs)) as batches:
+  with contextlib.closing(pipeline.pretrain_batches(settings.pretrain_input(config), tokenizer, **kwargs)) as batches:
     return list(itertools.islice(batches, n))

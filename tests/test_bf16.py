@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.base import get_config
-from retromae_jax.data.pretrain import batches, masking, packing
+from retromae_jax.data.pretrain import batch_contract, masking, packing
+from retromae_jax.trainers import settings
 from retromae_jax.data import sources
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.objectives import losses
@@ -22,7 +23,7 @@ def test_bf16_losses_and_gradients_are_close_to_float32():
   tok = tokenizer_lib.load_tokenizer("default")
   config = get_config("smoke")
   config.data.max_seq_length = L
-  spec = batches.masking_spec(config, tok)
+  spec = batch_contract.masking_spec(settings.pretrain_input(config), tok)
   ids = tokenizer_lib.special_ids(tok)
   texts = [t.ids[:L - 2] for t in tok.encode_batch(sources.pydoc_texts()[:24],
                                                    add_special_tokens=False)]

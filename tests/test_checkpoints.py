@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from retromae_jax.trainers import checkpoints
+from retromae_jax.interop import checkpoint_store as checkpoints
 from retromae_jax.evaluators import embed as encode
 import resume_check  # tests/resume_check.py (pytest puts tests/ on sys.path)
 from retromae_jax.interop import export as export_lib

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from configs.base import get_config
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data.pretrain import batches, chunking, pipeline
+from retromae_jax.trainers import settings
+from retromae_jax.data.pretrain import batch_contract, chunking, pipeline
 from retromae_jax.data import sources
 from retromae_jax.objectives.contract import IGNORE
 from batches import take  # noqa: E402  (tests/ is on sys.path)
@@ -117,7 +118,7 @@ def _config(corpus, **overrides):
 def test_batch_contract(corpus, tok):
   config = _config(corpus, data__pack=False)  # one chunk per row (packed rows: test_packing)
   ids = tokenizer_lib.special_ids(tok)
-  shapes = batches.batch_shapes(config, 8)
+  shapes = batch_contract.batch_shapes(settings.pretrain_input(config), 8)
   for batch in take(config, tok, 3):
     assert set(batch) == set(shapes)
     for name, (shape, dtype) in shapes.items():
@@ -162,13 +163,13 @@ def test_start_step_resumes_the_stream(corpus, tok):
 def test_per_host_batch_and_disjoint_process_shards(corpus, tok):
   config = _config(corpus)
   with pytest.raises(ValueError, match="batch_size 8 is not divisible by the 3 processes"):
-    pipeline.pretrain_dataset(config, tok, process_index=0, process_count=3)
+    pipeline.pretrain_dataset(settings.pretrain_input(config), tok, process_index=0, process_count=3)
   assert take(config, tok, 1, process_index=1, process_count=2)[0]["input_ids"].shape == (4, 64)
   shards = []
   for index in range(2):
-    ds = pipeline.chunk_dataset(config, tok, process_index=index, process_count=2)
+    ds = pipeline.chunk_dataset(settings.pretrain_input(config), tok, process_index=index, process_count=2)
     shards.append({tuple(ids[:n]) for ids, n in ds.as_numpy_iterator()})
-  everything = {tuple(ids[:n]) for ids, n in pipeline.chunk_dataset(config, tok).as_numpy_iterator()}
+  everything = {tuple(ids[:n]) for ids, n in pipeline.chunk_dataset(settings.pretrain_input(config), tok).as_numpy_iterator()}
   assert shards[0] and shards[1] and not shards[0] & shards[1]
   assert shards[0] | shards[1] == everything
 
@@ -187,7 +188,7 @@ def test_fixed_shards_make_the_global_batch_independent_of_the_process_count(cor
             value, np.concatenate([two[0][step][name], two[1][step][name]]), err_msg=name)
   with pytest.raises(ValueError, match="config.data.num_shards: 2 shards must be a multiple of "
                                        "the 4 processes"):
-    pipeline.pretrain_dataset(config, tok, process_index=0, process_count=4)
+    pipeline.pretrain_dataset(settings.pretrain_input(config), tok, process_index=0, process_count=4)
 
 
 def test_epoch_log_counts_skipped_lines(corpus, tok, caplog):
@@ -203,7 +204,7 @@ def test_epoch_log_counts_skipped_lines(corpus, tok, caplog):
 
 def test_a_source_without_usable_chunks_fails_clearly(corpus, tok):
   config = _config(corpus, data__min_chunk_tokens=1000)
-  batches = pipeline.pretrain_batches(config, tok)
+  batches = pipeline.pretrain_batches(settings.pretrain_input(config), tok)
   with pytest.raises(tf.errors.OpError, match="no chunk of at least 1000 tokens"):
     next(batches)
   batches.close()

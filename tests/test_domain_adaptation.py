@@ -21,7 +21,7 @@ from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import pooling
 from retromae_jax.models.bert import ModelConfig
 from retromae_jax.objectives.enhanced.model import RetroMAE
-from retromae_jax.trainers import checkpoints
+from retromae_jax.interop import checkpoint_store as checkpoints
 from retromae_jax.trainers import init_parts
 from retromae_jax.trainers import optim
 from test_retromae_model import B, D, F, H, L, V, _random_batch
@@ -249,7 +249,13 @@ show what would change
 
 
 def test_roff_parses_to_the_text_man_shows():
-  from retromae_jax.data import manpage_set
+  # The man-page set lives beside the benchmark that uses it (bench/manpage_set.py).
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
+                      "manpage_set.py")
+  spec = importlib.util.spec_from_file_location("manpage_set", path)
+  manpage_set = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(manpage_set)
   sections = manpage_set.parse(_ROFF)
   assert list(sections) == ["NAME", "SYNOPSIS", "DESCRIPTION", "SEE ALSO"]
   assert manpage_set._name_line(sections["NAME"]) == ("frob, frobnicate",

@@ -91,3 +91,37 @@ def test_sigterm_to_two_processes_saves_one_agreed_step_and_exits_0(tmp_path, sm
   saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
   assert len(saved) == 1 and saved[0] == _losses(workdir)[-1][0]
   assert output.count(f"Preempted: saved step {saved[0]}") == 2  # [p0] and [p1]
+
+
+def test_a_busy_workdir_stops_every_process_together_before_compiling(tmp_path):
+  """Process 0 takes the workdir's lock for the run; when another run holds it, process 0 names
+  the holder and the other process stops with it, both before compiling."""
+  workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+  os.makedirs(workdir)
+  holder = subprocess.Popen([sys.executable, "-c", (
+      "import time; from retromae_jax.trainers import workdir_lock\n"
+      f"with workdir_lock.hold({workdir!r}):\n  print('held', flush=True); time.sleep(600)")],
+      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="8")
+    start = time.monotonic()
+    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", f"--log_dir={logs}", "2", "--",
+                           sys.executable, "-m", "retromae_jax.main",
+                           "--config=configs/base.py:smoke", f"--workdir={workdir}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    seconds = time.monotonic() - start
+  finally:
+    holder.kill()
+    holder.wait()
+  assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+  last = {}
+  for i in range(2):
+    with open(os.path.join(logs, f"process_{i}.log"), encoding="utf-8") as f:
+      text = f.read()
+    assert "Compiled step" not in text and "Traceback" not in text, text[-3000:]
+    last[i] = text.rstrip("\n").splitlines()[-1]
+  assert last[0].startswith(f"{workdir}: in use by another run (host "), last[0]
+  assert f"pid {holder.pid}," in last[0]
+  assert last[1] == f"{workdir}: process 0 could not take the workdir's lock (its log says why)"
+  assert seconds < 120

@@ -6,7 +6,8 @@ import pytest
 
 from configs import base
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data.pretrain import batches, chunking, masking, pipeline
+from retromae_jax.trainers import settings
+from retromae_jax.data.pretrain import batch_contract, chunking, masking, pipeline
 from retromae_jax.data import sources
 from retromae_jax.objectives.bag_of_words.host import bag_of_words_weights
 from retromae_jax.objectives.drop.host import dropped_encoder_input
@@ -36,7 +37,7 @@ def _spec(tok, **objective):
   for key, value in objective.items():
     section, name = key.split("__")
     config[section][name] = value
-  return config, batches.masking_spec(config, tok)
+  return config, batch_contract.masking_spec(settings.pretrain_input(config), tok)
 
 
 VARIANTS = [
@@ -55,7 +56,7 @@ def test_each_variant_emits_exactly_its_contract(text, objective):
   tok, input_ids, lengths = text
   config, spec = _spec(tok, **objective)
   batch = masking.make_batch(input_ids[:16], lengths[:16], spec, np.random.default_rng(0))
-  shapes = batches.batch_shapes(config, 16)
+  shapes = batch_contract.batch_shapes(settings.pretrain_input(config), 16)
   assert list(batch) == list(shapes)  # same order: the pipeline maps outputs by position
   for name, (shape, dtype) in shapes.items():
     assert batch[name].shape == shape and batch[name].dtype == dtype, name

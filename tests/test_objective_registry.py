@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from configs import base
-from retromae_jax.data.pretrain import batches, chunking, masking
+from retromae_jax.data.pretrain import batch_contract, chunking, masking
+from retromae_jax.trainers import settings
 from retromae_jax.data import sources
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.objectives import losses
 from retromae_jax.models.bert import ModelConfig
 from retromae_jax.objectives import registry
-from retromae_jax.objectives.settings import objective_config_from
 from retromae_jax.trainers import validation
 
 L, B = 32, 8
@@ -48,7 +48,7 @@ def _config(overrides):
 def _packs(config) -> bool:
   try:
     return all(part.packs is not None
-               for part in registry.parts(objective_config_from(config)))
+               for part in registry.parts(settings.objective(config)))
   except ValueError:  # an unknown part: its own check reports it
     return True
 
@@ -85,10 +85,10 @@ def test_declared_fields_are_what_the_host_builds_and_the_step_reads(text, overr
   tok, input_ids, lengths = text
   config = _config(overrides)
   validation.validate(config)
-  objective = objective_config_from(config)
-  declared = batches.batch_shapes(config, B)
+  objective = settings.objective(config)
+  declared = batch_contract.batch_shapes(settings.pretrain_input(config), B)
 
-  built = masking.make_batch(input_ids, lengths, batches.masking_spec(config, tok),
+  built = masking.make_batch(input_ids, lengths, batch_contract.masking_spec(settings.pretrain_input(config), tok),
                              np.random.default_rng(0))
   assert list(built) == list(declared)  # same order: the pipeline maps outputs by position
   for name, (shape, dtype) in declared.items():
@@ -122,9 +122,9 @@ def test_an_unknown_part_fails_at_start_up_naming_the_key(key, value):
   with pytest.raises(ValueError, match=message):
     validation.validate(config)
   # The registry itself refuses it too, with the same line, wherever it is asked first.
-  objective = objective_config_from(config)
+  objective = settings.objective(config)
   with pytest.raises(ValueError, match=message):
-    batches.batch_shapes(config, B)
+    batch_contract.batch_shapes(settings.pretrain_input(config), B)
   with pytest.raises(ValueError, match=message):
     registry.make_model(ModelConfig(), objective)
 

@@ -22,7 +22,7 @@ def test_no_weight_decay_on_biases_and_layernorm():
             "word_embeddings": {"embedding": np.ones((3, 2))}}
   cfg = ml_collections.ConfigDict(dict(
       learning_rate=0.1, warmup_ratio=0.0, weight_decay=0.5, b1=0.9, b2=0.999, eps=1e-8,
-      grad_clip_norm=1.0))
+      grad_clip_norm=1.0, freeze_encoder_steps=0, encoder_learning_rate=0.0))
   tx, _ = optim.make_optimizer(cfg, total_steps=10)
   zero_grads = {k: {n: np.zeros_like(v) for n, v in d.items()} for k, d in params.items()}
   updates, _ = tx.update(zero_grads, tx.init(params), params)

@@ -16,7 +16,8 @@ import pytest
 
 from configs.base import get_config
 from retromae_jax.tools import inspect as inspect_lib
-from retromae_jax.data.pretrain import batches, masking, packing, pipeline
+from retromae_jax.trainers import settings
+from retromae_jax.data.pretrain import batch_contract, masking, packing, pipeline
 from retromae_jax.data import sources
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.objectives.example_random import ExampleRandom
@@ -48,7 +49,7 @@ def _spec(tok, pack=True, seq_len=L):
   config = get_config("smoke")
   config.data.max_seq_length = seq_len
   config.data.pack = pack
-  return batches.masking_spec(config, tok)
+  return batch_contract.masking_spec(settings.pretrain_input(config), tok)
 
 
 def _chunks(tok, count, seq_len=L):
@@ -266,13 +267,13 @@ def test_pipeline_rows_are_full_on_short_documents(tok, tmp_path):
   config.data.max_seq_length = 128
   config.data.shuffle_buffer = 200
   config.batch_size = 16
-  batches = pipeline.pretrain_batches(config, tok)
+  batches = pipeline.pretrain_batches(settings.pretrain_input(config), tok)
   taken = [next(batches) for _ in range(8)]
   batches.close()
   real = np.mean([b["attention_mask"].mean() for b in taken])
   assert real >= 0.95, real
   config.data.pack = False  # the same text one document per row: mostly padding
-  batches = pipeline.pretrain_batches(config, tok)
+  batches = pipeline.pretrain_batches(settings.pretrain_input(config), tok)
   unpacked = np.mean([next(batches)["attention_mask"].mean() for _ in range(8)])
   batches.close()
   assert unpacked < 0.6, unpacked
@@ -349,8 +350,9 @@ def _per_document_losses(out, batch, documents):
 def test_every_part_gives_each_document_the_losses_it_has_alone(tok, chunks40, overrides):
   """The packed batch (packing code, packed model) against the same documents masked and run
   one per row (the unpacked code paths), with the same identities: equal per-document losses."""
-  packed_spec = batches.masking_spec(_variant_config(overrides, True), tok)
-  alone_spec = batches.masking_spec(_variant_config(overrides, False), tok)
+  packed_spec, alone_spec = (
+      batch_contract.masking_spec(settings.pretrain_input(_variant_config(overrides, pack)), tok)
+      for pack in (True, False))
   input_ids, lengths = chunks40
   budgets = masking.mask_budget(lengths, packed_spec.encoder_mask_ratio)
   row_of = packing.assign_rows(lengths, L, budgets, packed_spec.encoder_capacity)

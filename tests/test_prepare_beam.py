@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _prepare(corpus, out, *engine):
   proc = subprocess.run(
-      [sys.executable, "-m", "retromae_jax.data.pretrain.prepare", f"--source=jsonl:{corpus}",
+      [sys.executable, "-m", "retromae_jax.tools.prepare", f"--source=jsonl:{corpus}",
        f"--out={out}", "--config=configs/base.py:smoke", "--config.data.max_seq_length=64",
        "--num_workers=3", *engine],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -53,7 +53,7 @@ def test_beam_engine_writes_what_the_local_engine_writes(corpus, tmp_path):
 
 def test_pipeline_options_without_the_beam_engine_are_refused(corpus, tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "retromae_jax.data.pretrain.prepare", f"--source=jsonl:{corpus}",
+      [sys.executable, "-m", "retromae_jax.tools.prepare", f"--source=jsonl:{corpus}",
        f"--out={tmp_path / 'out'}", "--", "--runner=DirectRunner"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode != 0

@@ -11,7 +11,8 @@ import pytest
 
 from configs.base import get_config
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data.pretrain import batches, masking, pipeline, prepare, prepared
+from retromae_jax.trainers import settings
+from retromae_jax.data.pretrain import batch_contract, masking, pipeline, prepare, prepared
 from retromae_jax.data import sources
 from retromae_jax.objectives.example_random import ExampleRandom
 from batches import take  # noqa: E402  (tests/ is on sys.path)
@@ -43,7 +44,7 @@ def two_shards(corpus, tmp_path_factory):
   """The corpus prepared by the command line with two worker processes."""
   out = str(tmp_path_factory.mktemp("prepared") / "two")
   proc = subprocess.run(
-      [sys.executable, "-m", "retromae_jax.data.pretrain.prepare", f"--source=jsonl:{corpus}",
+      [sys.executable, "-m", "retromae_jax.tools.prepare", f"--source=jsonl:{corpus}",
        f"--out={out}", "--config=configs/base.py:smoke",
        f"--config.data.max_seq_length={SEQ_LEN}", "--num_workers=2"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -56,13 +57,13 @@ def two_shards(corpus, tmp_path_factory):
 def one_shard(corpus, tmp_path_factory):
   """The corpus prepared in-process by one worker: its order is the raw pipeline's."""
   out = str(tmp_path_factory.mktemp("prepared") / "one")
-  prepare.prepare(f"jsonl:{corpus}", out, _config(""), num_workers=1)
+  prepare.prepare(f"jsonl:{corpus}", out, settings.pretrain_input(_config("")), num_workers=1)
   return out
 
 
 def _raw_chunks(config, tok, index, count):
   return [ids[1:n - 1] for ids, n in
-          pipeline.chunk_dataset(config, tok, process_index=index, process_count=count)
+          pipeline.chunk_dataset(settings.pretrain_input(config), tok, process_index=index, process_count=count)
           .as_numpy_iterator()]
 
 
@@ -102,7 +103,7 @@ def test_prepared_chunks_are_the_raw_pipelines(corpus, two_shards, tok):
   assert stats["tokens"] == sum(map(len, got))
   raw_stats = pipeline.PipelineStats()
   for w in range(2):
-    list(pipeline.chunk_dataset(raw_config, tok, process_index=w, process_count=2,
+    list(pipeline.chunk_dataset(settings.pretrain_input(raw_config), tok, process_index=w, process_count=2,
                                 stats=raw_stats).as_numpy_iterator())
   assert stats["dropped_chunks"] == raw_stats.chunks.dropped_chunks > 0
   assert stats["dropped_tokens"] == raw_stats.chunks.dropped_tokens
@@ -113,7 +114,7 @@ def test_prepared_chunks_are_the_raw_pipelines(corpus, two_shards, tok):
 
 def _remasked(config, tok, batch, random):
   """`batch`'s tokens masked again by masking.make_batch with the documents' identities."""
-  spec = batches.masking_spec(config, tok)
+  spec = batch_contract.masking_spec(settings.pretrain_input(config), tok)
   return masking.make_batch(batch["input_ids"], batch["attention_mask"].sum(1), spec, random,
                             batch["segment_ids"] if spec.pack else None)
 
@@ -247,7 +248,7 @@ def test_resume_is_bit_exact_and_epochs_reshuffle(two_shards, tok):
 def test_weighted_mixture_of_two_prepared_corpora(one_shard, two_shards, tok):
   config = _config(f"prepared:{one_shard}@3,prepared:{two_shards}@1")
   batches = take(config, tok, 2)
-  data = prepared.PreparedData(config, tok)
+  data = prepared.PreparedData(settings.pretrain_input(config), tok)
   np.testing.assert_allclose(data.stream.counts / prepared.MIX_BLOCK, [0.75, 0.25], atol=1e-4)
   corpus, keys, _ = data.stream.lookup(np.arange(16))
   assert set(corpus) == {0, 1}
@@ -272,21 +273,21 @@ def test_bad_source_strings(source, message):
 
 def test_mismatched_settings_fail_with_the_fix(two_shards, tmp_path, tok):
   with pytest.raises(ValueError, match="data.max_seq_length=64.*set --config.data.max_seq_length"):
-    prepared.PreparedData(_config(f"prepared:{two_shards}", max_seq_length=128), tok)
+    prepared.PreparedData(settings.pretrain_input(_config(f"prepared:{two_shards}", max_seq_length=128)), tok)
   other = tokenizer_lib.load_tokenizer("default")
   other.add_tokens(["retromaeword"])
   with pytest.raises(ValueError, match="another tokenizer.*--config.tokenizer=.*tokenizer"):
-    prepared.PreparedData(_config(f"prepared:{two_shards}"), other)
+    prepared.PreparedData(settings.pretrain_input(_config(f"prepared:{two_shards}")), other)
   with pytest.raises(ValueError, match="no prepared.json there"):
     prepared.PreparedCorpus(str(tmp_path))
   with pytest.raises(ValueError, match="already holds a prepared corpus"):
-    prepare.prepare("pydoc", two_shards, _config(""))
+    prepare.prepare("pydoc", two_shards, settings.pretrain_input(_config("")))
   with pytest.raises(ValueError, match="holds chunks, not documents"):
     sources.documents(f"prepared:{two_shards}")
   tiny = tmp_path / "tiny.jsonl"
   tiny.write_text(json.dumps({"text": "Too short."}) + "\n")
   with pytest.raises(ValueError, match="no chunk of at least 8 tokens in 1 documents"):
-    prepare.prepare(f"jsonl:{tiny}", str(tmp_path / "out"), _config(""), num_workers=1)
+    prepare.prepare(f"jsonl:{tiny}", str(tmp_path / "out"), settings.pretrain_input(_config("")), num_workers=1)
 
 
 # ---------------------------------------------------------------- packed rows (data.pack)
@@ -354,9 +355,9 @@ def test_packed_resume_equals_the_uninterrupted_run(two_shards, tok):
 def test_packed_rows_need_the_plans_mask_ratio(two_shards, tok):
   with pytest.raises(ValueError, match="rows packed for data.encoder_mask_ratio=0.3.*prepare "
                                        "again, or set --config.data.pack=False"):
-    prepared.PreparedData(_config(f"prepared:{two_shards}", pack=True, encoder_mask_ratio=0.15),
+    prepared.PreparedData(settings.pretrain_input(_config(f"prepared:{two_shards}", pack=True, encoder_mask_ratio=0.15)),
                           tok)
-  prepared.PreparedData(_config(f"prepared:{two_shards}", encoder_mask_ratio=0.15), tok)
+  prepared.PreparedData(settings.pretrain_input(_config(f"prepared:{two_shards}", encoder_mask_ratio=0.15)), tok)
 
 
 # ---------------------------------------------------------------- training

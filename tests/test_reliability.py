@@ -22,7 +22,7 @@ from ml_collections import ConfigDict
 
 from retromae_jax.data.evalsets import beir
 from retromae_jax.data import sources
-from retromae_jax.trainers import checkpoints
+from retromae_jax.interop import checkpoint_store as checkpoints
 from retromae_jax.trainers import divergence
 from retromae_jax.trainers import preflight
 from retromae_jax.trainers.train_state import TrainState

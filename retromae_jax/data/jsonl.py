@@ -6,16 +6,25 @@ from collections.abc import Iterator
 
 
 def _open(path: str):
+  """Bytes, decoded line by line (a bad byte is then named by its line)."""
   if "://" in path:
     import tensorflow as tf  # slow to import: only for remote files
-    return tf.io.gfile.GFile(path, "r")
-  return open(path, encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
+    return tf.io.gfile.GFile(path, "rb")
+  try:
+    return open(path, "rb")
+  except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+    raise ValueError(f"{path}: cannot be read ({e.strerror}); expected a jsonl file") from None
 
 
 def records(path: str) -> Iterator[tuple[int, dict]]:
   """(line number, object) for every non-blank line of `path`."""
   with _open(path) as f:
-    for line_no, line in enumerate(f, 1):
+    for line_no, raw in enumerate(f, 1):
+      try:  # -sig: tolerate a byte-order mark
+        line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{line_no}: not UTF-8 (byte {raw[e.start:e.start + 1]!r} at "
+                         f"column {e.start + 1}); expected UTF-8 text") from None
       if not line.strip():
         continue
       try:

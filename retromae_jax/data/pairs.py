@@ -43,7 +43,7 @@ import tensorflow as tf
 import tokenizers
 from absl import logging
 
-from retromae_jax.data import jsonl
+from retromae_jax.data import jsonl, source_spec
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import numpy_batches
 from retromae_jax.data.evalsets import beir
@@ -127,21 +127,20 @@ def load_examples(source: str, split: str = "train", hard_negatives: str = "",
                   process_index: int = 0, process_count: int = 1) -> list[Example]:
   """This process's share of `source` (module docstring); examples without a positive are
   dropped (and counted in the log): nothing can be learned from them."""
-  scheme, _, arg = source.partition(":")
-  if scheme == "jsonl" and arg:
+  parsed = source_spec.parse(source, "config.data.train", f"expected {SOURCES}",
+                             schemes=("jsonl", "beir"))
+  scheme, arg = parsed.scheme, parsed.arg
+  if scheme == "jsonl":
     if hard_negatives:
       raise ValueError("config.data.hard_negatives: only for BEIR sources; jsonl lines carry "
                        "their negatives in 'neg'")
     examples = read_jsonl(arg, process_index, process_count)
-  elif scheme == "beir" and arg:
+  elif scheme == "beir":
     examples = read_beir(arg, split, hard_negatives, process_index, process_count)
-  elif source == "pydoc":
+  else:  # pydoc
     from retromae_jax.data.evalsets import pydoc_set  # builds the set on first use
     examples = read_beir(pydoc_set.cached_dir(), split, hard_negatives, process_index,
                          process_count)
-  else:
-    raise ValueError(f"config.data.train {source!r}: unknown or incomplete source; expected "
-                     f"{SOURCES}")
   usable = [e for e in examples if e.pos]
   without_neg = sum(not e.neg for e in usable)
   logging.info("data: %s: %d examples in process %d's share (%d without a positive, dropped; "

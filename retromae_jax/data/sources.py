@@ -28,7 +28,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from retromae_jax.data import stdlib_docs
+from retromae_jax.data import source_spec, stdlib_docs
 
 _EXPECTED = "expected jsonl:GLOB, text:GLOB, tfds:NAME[:SPLIT], pydoc or pydoc:modules"
 _PARSE_BATCH = 256  # lines per parser call: amortises the Python call, keeps memory bounded
@@ -83,19 +83,21 @@ def documents(source: str, data_dir: str = "", process_index: int = 0, process_c
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, process_count={process_count})")
   skips = skips if skips is not None else SkipCounter()
-  scheme, _, arg = source.partition(":")
+  if source_spec.is_prepared(source):  # chunks, not documents: read by data/pretrain/prepared.py
+    raise ValueError(f"data.source {source!r}: a prepared corpus holds chunks, not documents; "
+                     f"here {_EXPECTED}")
+  parsed = source_spec.parse(source, "data.source", _EXPECTED,
+                             schemes=("jsonl", "text", "tfds", "pydoc"))
+  scheme, arg = parsed.scheme, parsed.arg
   if scheme == "pydoc" and arg in ("", "modules"):
     ds = tf.data.Dataset.from_tensor_slices(list(pydoc_texts(per_module=arg == "modules")))
     return ds.shard(process_count, process_index)
-  if scheme in ("jsonl", "text") and arg:
+  if scheme in ("jsonl", "text"):
     lines = _text_lines(source, arg, process_index, process_count)
     return _parse(lines, jsonl_texts if scheme == "jsonl" else plain_texts, skips)
-  if scheme == "tfds" and arg:
+  if scheme == "tfds":
     texts = _tfds_texts(source, arg, data_dir, process_index, process_count)
     return _parse(texts, plain_texts, skips)
-  if scheme == "prepared":  # chunks, not documents: read by data/pretrain/prepared.py
-    raise ValueError(f"data.source {source!r}: a prepared corpus holds chunks, not documents; "
-                     f"here {_EXPECTED}")
   raise ValueError(f"data.source {source!r}: unknown or incomplete source; {_EXPECTED}")
 
 

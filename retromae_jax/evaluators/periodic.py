@@ -10,6 +10,7 @@ import time
 
 from absl import logging
 
+from retromae_jax.data import source_spec
 from retromae_jax.data.evalsets import beir
 from retromae_jax.evaluators import metrics as retrieval_metrics
 from retromae_jax.evaluators import retrieval
@@ -17,10 +18,11 @@ from retromae_jax.evaluators import retrieval
 
 def beir_dir(spec: str) -> str:
   """A BEIR folder from eval.data / data.train: 'pydoc' (built on first use), DIR or beir:DIR."""
-  if spec == "pydoc":
+  folder = source_spec.beir_folder(spec)
+  if folder is None:
     from retromae_jax.data.evalsets import pydoc_set  # builds the set on first use
     return pydoc_set.cached_dir()
-  return spec.removeprefix("beir:")
+  return folder
 
 
 class RetrievalEvaluator:

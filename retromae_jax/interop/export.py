@@ -26,10 +26,10 @@ import shutil
 import jax.numpy as jnp
 from absl import logging
 
+from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import pooling as pooling_lib
-from retromae_jax.trainers import checkpoints
 from retromae_jax.models.bert import ModelConfig
 
 def model_config_from_meta(meta: dict, where: str) -> ModelConfig:
@@ -95,9 +95,10 @@ def export_sentence_transformers(encoder_dir: str, out_dir: str, hidden_size: in
 def export_checkpoint(path: str, out_dir: str, max_seq_length: int | None = None) -> dict:
   """Writes encoder/, sentence-transformers/ and (when the model has one) decoder/ under
   out_dir from the checkpoint named by `path`; returns {name: directory}."""
-  directory, step = checkpoints.resolve(path)
+  directory, step = checkpoint_store.resolve(path)
   step_dir = os.path.join(directory, str(step))
-  params, meta, _ = checkpoints.restore_params(step_dir, checkpoints.abstract_params(step_dir))
+  params, meta, _ = checkpoint_store.restore_params(step_dir,
+                                                    checkpoint_store.abstract_params(step_dir))
   cfg = model_config_from_meta(meta, step_dir)
   written = {}
   written["encoder"] = export_encoder(params, cfg, meta, os.path.join(out_dir, "encoder"))

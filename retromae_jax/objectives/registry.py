@@ -19,8 +19,7 @@ from retromae_jax.objectives.drop import host as drop
 from retromae_jax.objectives.enhanced import host as enhanced
 from retromae_jax.objectives.mlm import host as mlm
 from retromae_jax.objectives.tsdae import host as tsdae
-from retromae_jax.objectives.settings import (MAX_DECODER_LAYERS, ObjectiveConfig,
-                                            objective_config_from)
+from retromae_jax.objectives.settings import MAX_DECODER_LAYERS, ObjectiveConfig
 
 
 def _table(*parts: contract.Part) -> dict[str, contract.Part]:
@@ -110,9 +109,10 @@ def parts_forward_flops(cfg, objective: ObjectiveConfig, seq_len: int,
              for part in parts(objective))
 
 
-def config_checks(config) -> list[contract.Check]:
+def config_checks(config, objective: ObjectiveConfig) -> list[contract.Check]:
   """(key, ok, expected) for the objective, decoder and encoder sections: the keys every
-  objective shares, then each registered part's own keys (selected or not)."""
+  objective shares, then each registered part's own keys (selected or not). `objective`: the
+  same sections as resolved (trainers/settings.objective)."""
   o, dec, enc = config.objective, config.decoder, config.encoder
   checks = [
       ("objective.kind", o.kind in KINDS, contract.one_of(KINDS)),
@@ -124,18 +124,17 @@ def config_checks(config) -> list[contract.Check]:
   ]
   for part in (*ENCODERS.values(), *DECODERS.values(), mlm.PART, *OPTIONS):
     checks += part.checks(config)
-  return checks + pack_checks(config)
+  return checks + pack_checks(config.data.pack, objective)
 
 
-def pack_checks(config) -> list[contract.Check]:
+def pack_checks(pack, objective: ObjectiveConfig) -> list[contract.Check]:
   """data.pack=True needs every selected part to pack its fields (contract.Part.packs)."""
-  pack = config.data.get("pack", False)
   if not isinstance(pack, bool):
     return [("data.pack", False, "expected True or False")]
   if not pack:
     return []
   try:
-    selected = parts(objective_config_from(config))
+    selected = parts(objective)
   except ValueError:
     return []  # an unknown part is reported by its own key's check
   unpacked = [part.name for part in selected if part.packs is None]

@@ -1,4 +1,5 @@
-"""The objective's static settings (hashable: a Flax module attribute), read from the config."""
+"""The objective's static settings (hashable: a Flax module attribute), resolved from the config's
+`objective`, `decoder` and `encoder` sections at start-up (trainers/settings.objective)."""
 
 import dataclasses
 
@@ -22,12 +23,3 @@ class ObjectiveConfig:
   @property
   def bag_of_words(self) -> bool:
     return self.bow_weight > 0
-
-
-def objective_config_from(config) -> ObjectiveConfig:
-  """From the config's top-level `objective`, `decoder` and `encoder` sections."""
-  return ObjectiveConfig(
-      kind=config.objective.kind, decoder_kind=config.decoder.kind,
-      decoder_layers=config.decoder.num_layers, cross_attend_to=config.decoder.cross_attend_to,
-      attention_span=config.decoder.attention_span, encoder_masking=config.encoder.masking,
-      bow_weight=float(config.objective.bow_weight))

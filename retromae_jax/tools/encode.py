@@ -9,9 +9,10 @@ The library behind it: retromae_jax/evaluators/embed.py.
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from retromae_jax.evaluators import embed
+from retromae_jax.tools import cli
 
 
 def _define_flags():
@@ -32,6 +33,8 @@ def main(argv):
   del argv
   f = flags.FLAGS
   texts = embed.read_texts(f.input)
+  if not texts:
+    raise cli.UserError(f"{f.input}: no line to embed; expected jsonl lines {{\"text\": ...}}")
   embeddings = embed.embed_texts(f.model, texts, f.pooling, f.normalize, f.max_len, f.batch_size)
   os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
   np.save(f.output, embeddings)
@@ -40,4 +43,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

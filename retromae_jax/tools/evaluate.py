@@ -9,11 +9,12 @@ The library behind it: retromae_jax/evaluators/retrieval.py.
 
 import json
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from retromae_jax.evaluators import retrieval
 from retromae_jax.evaluators import embed
 from retromae_jax.models import pooling as pooling_lib
+from retromae_jax.tools import cli
 
 
 def _define_flags():
@@ -51,4 +52,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

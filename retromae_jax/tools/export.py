@@ -9,6 +9,7 @@ The library behind it: retromae_jax/interop/export.py.
 from absl import app, flags
 
 from retromae_jax.interop import export
+from retromae_jax.tools import cli
 
 
 def _define_flags():
@@ -31,4 +32,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -21,11 +21,14 @@ import json
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from retromae_jax.data import source_spec
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data.pretrain import batches, masking, pipeline, prepared
+from retromae_jax.data.pretrain import batch_contract, masking, pipeline, prepared
+from retromae_jax.trainers import settings
+from retromae_jax.tools import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 50, "batches to time")
@@ -38,10 +41,11 @@ def main(argv):
   config = _CONFIG.value
   num_batches = _NUM_BATCHES.value
   tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
-  batch_size = batches.host_batch_size(config, 1)
+  input_settings = settings.pretrain_input(config)
+  batch_size = batch_contract.host_batch_size(input_settings, 1)
 
   start = time.perf_counter()
-  batches = pipeline.pretrain_batches(config, tokenizer, start_step=_START_STEP.value)
+  batches = pipeline.pretrain_batches(input_settings, tokenizer, start_step=_START_STEP.value)
   next(batches)  # also the warm-up: reading the source, filling the shuffle buffer
   to_first_batch = time.perf_counter() - start
   start = time.perf_counter()
@@ -51,14 +55,14 @@ def main(argv):
 
   # Masking alone, on the same kind of batches (packed rows with data.pack), tokenised and
   # packed beforehand.
-  spec = batches.masking_spec(config, tokenizer)
-  if prepared.is_prepared(config.data.source):  # read by index: packed rows with data.pack
-    data = prepared.PreparedData(config, tokenizer)
+  spec = batch_contract.masking_spec(input_settings, tokenizer)
+  if source_spec.is_prepared(config.data.source):  # read by index: packed rows with data.pack
+    data = prepared.PreparedData(input_settings, tokenizer)
     read = ((lambda positions: data.packed_rows(positions)[:3]) if spec.pack
             else lambda positions: (*data.rows(positions)[:2], None))
     raw = [read(np.arange(i * batch_size, (i + 1) * batch_size)) for i in range(num_batches)]
   else:
-    chunks = pipeline.chunk_dataset(config, tokenizer)
+    chunks = pipeline.chunk_dataset(input_settings, tokenizer)
     if spec.pack:
       chunks = pipeline.packed_rows(chunks, spec)
     else:
@@ -90,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -22,8 +22,10 @@ from ml_collections import config_flags
 
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data.pretrain import pipeline
-from retromae_jax.objectives.settings import ObjectiveConfig, objective_config_from
+from retromae_jax.objectives.settings import ObjectiveConfig
+from retromae_jax.trainers import settings
 from retromae_jax.objectives.contract import IGNORE
+from retromae_jax.tools import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py:PRESET")
 _OUT = flags.DEFINE_string("out", None, "the .npz file to write")
@@ -64,11 +66,12 @@ def dense_view(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def main(argv):
   del argv
   config = _CONFIG.value
-  objective = objective_config_from(config)
+  input_settings = settings.pretrain_input(config)
+  objective = input_settings.objective
   if objective != ObjectiveConfig(decoder_layers=objective.decoder_layers):
     raise app.UsageError("the dense view is the default objective's (enhanced decoder, corrupt "
                          f"encoder, no bag of words); got {objective}")
-  batches = pipeline.pretrain_batches(config, tokenizer_lib.load_tokenizer(config.tokenizer))
+  batches = pipeline.pretrain_batches(input_settings, tokenizer_lib.load_tokenizer(config.tokenizer))
   views = [dense_view(next(batches)) for _ in range(_NUM_BATCHES.value)]
   arrays = {name: np.concatenate([v[name] for v in views]) for name in views[0]}
   np.savez_compressed(_OUT.value, **arrays)
@@ -76,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

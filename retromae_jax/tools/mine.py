@@ -26,12 +26,13 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from retromae_jax.data import jsonl
 from retromae_jax.evaluators import embed as encode
 from retromae_jax.data.evalsets import beir
 from retromae_jax.evaluators import search
+from retromae_jax.tools import cli
 
 
 def mine(query_emb: np.ndarray, corpus_emb: np.ndarray, positives, top_k: int, start: int = 0,
@@ -155,4 +156,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

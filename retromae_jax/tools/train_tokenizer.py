@@ -13,18 +13,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import tokenizers
-from absl import app, flags, logging
+from absl import flags, logging
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from retromae_jax.data import source_spec as source_strings
 from retromae_jax.data import sources
+from retromae_jax.tools import cli
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in this order
 
 
 def source_spec(spec: str) -> str:
   """A bare GLOB becomes jsonl:GLOB (.jsonl / .jsonl.gz) or text:GLOB (anything else)."""
-  if spec == "pydoc" or spec.split(":", 1)[0] in ("jsonl", "text", "tfds"):
-    return spec
+  try:
+    return str(source_strings.parse(spec, "--input", "", schemes=("jsonl", "text", "tfds", "pydoc")))
+  except ValueError:
+    pass
   return f"jsonl:{spec}" if spec.removesuffix(".gz").endswith(".jsonl") else f"text:{spec}"
 
 
@@ -87,4 +91,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -25,15 +25,17 @@ from retromae_jax.data import pairs
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.evaluators import embed
 from retromae_jax.evaluators import periodic
+from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import biencoder
 from retromae_jax.models import pooling as pooling_lib
-from retromae_jax.trainers import checkpoints
+from retromae_jax.trainers import checkpointer as checkpointer_lib
 from retromae_jax.trainers import gradient_cache
 from retromae_jax.trainers import loop
 from retromae_jax.trainers import metrics as metrics_lib
 from retromae_jax.trainers import optim
+from retromae_jax.trainers import run_identity
 from retromae_jax.trainers import sharding
 from retromae_jax.trainers import train_state
 from retromae_jax.trainers import validation
@@ -44,6 +46,7 @@ BEST_EVAL = "best_eval.json"
 def train_and_evaluate(config, workdir: str):
   # ---------------------------------------------------------------- Workdir, init, tokenizer, shape
   is_main = jax.process_index() == 0
+  run = run_identity.of(config)  # as given: before an initial model fixes the shape
   os.makedirs(workdir, exist_ok=True)
   # A pretraining workdir stands for its export/encoder; its shape and tokenizer come along.
   init_dir = embed.resolve_model_dir(config.init.model) if config.init.model else ""
@@ -62,7 +65,7 @@ def train_and_evaluate(config, workdir: str):
   mesh, rules = loop.make_mesh(config)
   num_data_parallel = sharding.data_parallel_size(mesh, rules)
   validation.validate(config, num_data_parallel, jax.process_count(), shape_known=True)
-  model_cfg = loop.resolve_model_config(config, tokenizer.get_vocab_size(), workdir)
+  model_cfg = loop.resolve_model_config(config, tokenizer.get_vocab_size())
   logging.info("Model: %s; %s pooling, %s similarity, temperature %g; init %s", model_cfg,
                config.model.pooling, config.model.similarity, config.model.temperature,
                init_dir or "random")
@@ -96,7 +99,7 @@ def train_and_evaluate(config, workdir: str):
       loss_and_grads, tx, {"lr": schedule},
       lambda b: b["query_attention_mask"].sum() + b["passage_attention_mask"].sum(), config.seed,
       skip_nonfinite=config.divergence.skip_steps > 0,
-      dropout_prng=config.get("dropout_prng", "threefry"))
+      dropout_prng=config.dropout_prng)
 
   def compile_for(chunk_size: int):
     return train_state.compile_ahead(
@@ -117,8 +120,9 @@ def train_and_evaluate(config, workdir: str):
       hint="shorten data.passage_max_len, set model.remat, or add devices")
 
   # ---------------------------------------------------------------- Checkpoint restore / init
-  mngr = checkpoints.manager(workdir, config)
-  meta = checkpoints.make_meta(model_cfg, tokenizer_spec, task="finetune")
+  mngr = checkpoint_store.manager(workdir, config.checkpoint_keep,
+                                  config.checkpoint_keep_period)
+  meta = checkpoint_store.make_meta(model_cfg, tokenizer_spec, task="finetune", run=run)
 
   def init_params(params):
     if init_dir:
@@ -126,7 +130,11 @@ def train_and_evaluate(config, workdir: str):
       logging.info("Encoder initialised from %s", init_dir)
     return params
 
+  checkpointer = checkpointer_lib.Checkpointer(
+      mngr, meta, every=config.checkpoint_every, last_step=config.total_steps,
+      log_every=config.log_every)
   state, start_step = loop.restore_or_init(mngr, state, init_params)
+  loop.write_config(config, workdir)
 
   # ---------------------------------------------------------------- Input
   examples = pairs.load_examples(d.train, d.split, d.hard_negatives, jax.process_index(),
@@ -185,7 +193,7 @@ def train_and_evaluate(config, workdir: str):
   # ---------------------------------------------------------------- Loop
   rates = lambda s: {"queries_per_s": config.batch_size * s["steps_per_s"]}
   state, preempted = loop.train(config, state, train_step, batches, start_step=start_step,
-                                mngr=mngr, meta=meta, writer=writer, rates=rates,
+                                checkpointer=checkpointer, writer=writer, rates=rates,
                                 evaluator=evaluator)
   if preempted:
     writer.close()

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from safetensors import safe_open
 
-from retromae_jax.trainers import checkpoints
+from retromae_jax.interop import checkpoint_store
 
 _HF_MLM_HEAD = "cls.predictions.bias"
 
@@ -33,8 +33,8 @@ def provided_parts(init_config) -> set[str]:
   """The top-level parameter keys config.init's sources fill in."""
   provided = set()
   if init_config.checkpoint:
-    _, step_dir = checkpoints.read_meta(init_config.checkpoint)
-    provided |= set(checkpoints.abstract_params(step_dir))
+    _, step_dir = checkpoint_store.read_meta(init_config.checkpoint)
+    provided |= set(checkpoint_store.abstract_params(step_dir))
   if init_config.hf_dir:
     provided.add("bert")
     if _HF_MLM_HEAD in hf_tensor_names(init_config.hf_dir):
@@ -50,7 +50,7 @@ def new_parts(config, model_parts) -> list[str]:
   set but there is nothing to freeze (no init checkpoint)."""
   provided = provided_parts(config.init)
   missing = sorted(set(model_parts) - provided)
-  if config.optim.get("freeze_encoder_steps", 0) and not provided & set(model_parts):
+  if config.optim.freeze_encoder_steps and not provided & set(model_parts):
     raise ValueError("config.optim.freeze_encoder_steps: nothing to freeze, the model starts from "
                      "scratch; set config.init.hf_dir or config.init.checkpoint, or set it to 0")
   return missing

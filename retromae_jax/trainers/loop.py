@@ -17,8 +17,8 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from retromae_jax.interop import checkpoint_store
 from retromae_jax.models.bert import model_config_from
-from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import divergence
 from retromae_jax.trainers import sharding
 from retromae_jax.trainers import train_state
@@ -36,9 +36,9 @@ def apply_model_shape(config, source: dict) -> None:
     config.model.update({k: source[k] for k in SHAPE_KEYS if k in source})
 
 
-def resolve_model_config(config, vocab_size: int, workdir: str):
+def resolve_model_config(config, vocab_size: int):
   """The model's static config (models/bert.py) for a tokenizer of `vocab_size` tokens, once the
-  config is final; writes that config to <workdir>/config.json (process 0)."""
+  config is final."""
   # Tensor parallelism splits the vocabulary: model.vocab_multiple pads it (Megatron-style; the
   # extra rows are never a target nor an input, their logits just learn to stay low).
   multiple = config.model.vocab_multiple
@@ -46,10 +46,15 @@ def resolve_model_config(config, vocab_size: int, workdir: str):
   if vocab_size > model_cfg.vocab_size:
     raise ValueError(f"config.tokenizer: {vocab_size} tokens, more than the model's vocabulary "
                      f"({model_cfg.vocab_size}, config.model.vocab_size)")
+  return model_cfg
+
+
+def write_config(config, workdir: str) -> None:
+  """<workdir>/config.json (process 0): the final config, written once the run has passed its
+  checks and restored its state (a refused run rewrites nothing in the workdir)."""
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
-  return model_cfg
 
 
 # ---------------------------------------------------------------------------------- Mesh
@@ -128,13 +133,13 @@ def compile_to_fit(compile_for: Callable, setting, *, auto: bool, smaller: Calla
 
 def restore_or_init(mngr, state, init_params: Callable):
   """(state, start_step): the newest intact checkpoint of the workdir (a damaged newer one is
-  moved aside: checkpoints.restore_latest), else `state` with its params replaced by
+  moved aside: checkpoint_store.restore_latest), else `state` with its params replaced by
   init_params(params) (an initial model, or the random init as it is).
 
   Every restore reads onto the shardings of the freshly built state: a checkpoint written on
   another mesh or process count loads all the same (Orbax reads each device's slice).
   """
-  restored, start_step = checkpoints.restore_latest(mngr, state)
+  restored, start_step = checkpoint_store.restore_latest(mngr, state)
   if start_step:
     logging.info("Resuming from %s/%d", mngr.directory, start_step)
     return restored, start_step
@@ -194,7 +199,7 @@ class LoggingWindow:
 # ---------------------------------------------------------------------------------- Loop
 
 
-def train(config, state, train_step, batches: Iterator[dict], *, start_step: int, mngr, meta,
+def train(config, state, train_step, batches: Iterator[dict], *, start_step: int, checkpointer,
           writer, rates: Callable[[dict], dict] = lambda scalars: {}, evaluator=None,
           skips=None):
   """Runs steps start_step+1 .. config.total_steps; returns (state, preempted).
@@ -202,16 +207,17 @@ def train(config, state, train_step, batches: Iterator[dict], *, start_step: int
   Logs every config.log_every steps, the first and the last (the first line gives the ETA of a
   slow run at once), with rates(scalars) added (MFU, queries/s) and the running counts of
   `skips` (a data.sources.SkipCounter: skipped input lines, also logged when they change);
-  saves by checkpoints.save_if_due; runs evaluator(step, params) where evaluator.due(step).
+  saves by checkpointer.save_if_due (trainers/checkpointer.py); runs evaluator(step, params)
+  where evaluator.due(step).
 
   Faults stop the run (docs/reliability.md): a non-finite step raises divergence.Diverged
-  (never saved), a failed save checkpoints.SaveFailed, both at the next step boundary.
+  (never saved), a failed save checkpoint_store.SaveFailed, both at the next step boundary.
   """
-  preemption = checkpoints.PreemptionWatch()
-  guard = divergence.Guard(config.divergence, mngr)
+  checkpointer.watch_preemption()
+  guard = divergence.Guard(config.divergence, checkpointer.mngr)
   window = None
   step = start_step
-  with checkpoints.on_failure(mngr):
+  with checkpointer.on_failure():
     while step < config.total_steps:
       batch = next(batches)
       if window is None:
@@ -229,11 +235,11 @@ def train(config, state, train_step, batches: Iterator[dict], *, start_step: int
             logging.warning("%s", report)
         writer.write(step, scalars)
         writer.progress(step, scalars)
-      if checkpoints.save_if_due(mngr, step, state, meta, config, preemption, guard.check):
+      if checkpointer.save_if_due(step, state, guard.check):
         return state, True
       if evaluator is not None and evaluator.due(step):
         with window.paused():
           evaluator(step, state.params)
     guard.check()  # what the caller exports must be finite too
-    checkpoints.wait_until_saved(mngr)
+    checkpointer.wait_until_saved()
   return state, False

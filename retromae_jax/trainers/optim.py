@@ -47,8 +47,8 @@ def _adamw(optim_config, schedule):
 
 def has_groups(optim_config) -> bool:
   """Whether the provided and the new parts train differently (else one plain AdamW)."""
-  return bool(optim_config.get("freeze_encoder_steps", 0)
-              or optim_config.get("encoder_learning_rate", 0.0))
+  return bool(optim_config.freeze_encoder_steps
+              or optim_config.encoder_learning_rate)
 
 
 def param_labels(new_parts):
@@ -63,8 +63,8 @@ def param_labels(new_parts):
 
 def encoder_schedule(optim_config, total_steps: int) -> optax.Schedule:
   """The provided parts' learning rate as a function of the global step (0 while frozen)."""
-  freeze = optim_config.get("freeze_encoder_steps", 0)
-  peak = optim_config.get("encoder_learning_rate", 0.0) or optim_config.learning_rate
+  freeze = optim_config.freeze_encoder_steps
+  peak = optim_config.encoder_learning_rate or optim_config.learning_rate
   after = learning_rate_schedule(optim_config, total_steps - freeze, peak)
   return lambda step: jnp.where(step < freeze, 0.0, after(jnp.maximum(step - freeze, 0)))
 
@@ -80,7 +80,7 @@ def make_optimizer(optim_config, total_steps: int, new_parts=None):
   clip = optax.clip_by_global_norm(optim_config.grad_clip_norm)
   if not has_groups(optim_config):
     return optax.chain(clip, _adamw(optim_config, schedule)), schedule
-  freeze = optim_config.get("freeze_encoder_steps", 0)
+  freeze = optim_config.freeze_encoder_steps
   if new_parts is None:
     raise ValueError("optim.freeze_encoder_steps / optim.encoder_learning_rate: this program "
                      "does not tell new parts from provided ones; set both to 0")
@@ -91,7 +91,7 @@ def make_optimizer(optim_config, total_steps: int, new_parts=None):
   unfrozen = lambda count: count >= freeze
   # The provided group's own step counter (inside conditionally_mask) only advances once it is
   # unfrozen, so its schedule starts its warmup at step `freeze`.
-  peak = optim_config.get("encoder_learning_rate", 0.0) or optim_config.learning_rate
+  peak = optim_config.encoder_learning_rate or optim_config.learning_rate
   provided_schedule = learning_rate_schedule(optim_config, total_steps - freeze, peak)
   tx = optax.chain(
       optax.multi_transform({PROVIDED: transforms.conditionally_mask(optax.identity(), unfrozen),

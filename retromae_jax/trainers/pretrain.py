@@ -13,21 +13,23 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
-from retromae_jax.data.pretrain import batches, pipeline
+from retromae_jax.data.pretrain import batch_contract, pipeline
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.evaluators import periodic
 from retromae_jax.interop import decoder as decoder_lib
+from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.objectives import losses
-from retromae_jax.objectives.settings import objective_config_from
 from retromae_jax.objectives.registry import make_model
-from retromae_jax.trainers import checkpoints
+from retromae_jax.trainers import checkpointer as checkpointer_lib
+from retromae_jax.trainers import settings
 from retromae_jax.trainers import flops
 from retromae_jax.trainers import loop
 from retromae_jax.trainers import metrics as metrics_lib
 from retromae_jax.trainers import init_parts
 from retromae_jax.trainers import optim
+from retromae_jax.trainers import run_identity
 from retromae_jax.trainers import sharding
 from retromae_jax.trainers import train_state
 from retromae_jax.trainers import validation
@@ -36,6 +38,7 @@ from retromae_jax.trainers import validation
 def train_and_evaluate(config, workdir: str):
   # ---------------------------------------------------------------- Workdir, tokenizer, shape
   is_main = jax.process_index() == 0
+  run = run_identity.of(config)  # as given: before an initial model fixes the shape
   os.makedirs(workdir, exist_ok=True)
   tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
   # An HF init directory or an init checkpoint fixes the model's shape (not its dropout).
@@ -43,21 +46,22 @@ def train_and_evaluate(config, workdir: str):
     loop.apply_model_shape(config, hf_interop.model_overrides(
         hf_interop.read_hf_config(config.init.hf_dir), config.model.extend_positions_to))
   elif config.init.checkpoint:
-    loop.apply_model_shape(config, checkpoints.read_meta(config.init.checkpoint)[0]["model"])
+    loop.apply_model_shape(config, checkpoint_store.read_meta(config.init.checkpoint)[0]["model"])
 
   # ---------------------------------------------------------------- Mesh
   mesh, rules = loop.make_mesh(config)
   validation.validate(config, sharding.data_parallel_size(mesh, rules), jax.process_count(),
                       shape_known=True)
-  model_cfg = loop.resolve_model_config(config, tokenizer.get_vocab_size(), workdir)
+  model_cfg = loop.resolve_model_config(config, tokenizer.get_vocab_size())
   logging.info("Model: %s", model_cfg)
 
   # ---------------------------------------------------------------- Model and sharded state
-  objective = objective_config_from(config)
+  input_settings = settings.pretrain_input(config)
+  objective = input_settings.objective
   model = make_model(model_cfg, objective)
   logging.info("Objective: %s", objective)
   example = {name: jax.ShapeDtypeStruct(shape, dtype)
-             for name, (shape, dtype) in batches.batch_shapes(config, 1).items()}
+             for name, (shape, dtype) in batch_contract.batch_shapes(input_settings, 1).items()}
   # An initial model without an MLM head or decoder leaves them at their random init: named here,
   # and (optim.freeze_encoder_steps) trained alone first, so they do not disturb the encoder.
   new_parts = init_parts.new_parts(config, init_parts.model_parts(model, example))
@@ -113,7 +117,7 @@ def train_and_evaluate(config, workdir: str):
   update_step = loop.make_update_step(loss_and_grads, tx, schedules,
                                       lambda batch: batch["attention_mask"].sum(), config.seed,
                                       skip_nonfinite=config.divergence.skip_steps > 0,
-                                      dropout_prng=config.get("dropout_prng", "threefry"))
+                                      dropout_prng=config.dropout_prng)
   batch_sharding = {k: sharding.batch_sharding(mesh, rules) for k in example}
   global_example = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
                     for k, v in example.items()}
@@ -136,13 +140,14 @@ def train_and_evaluate(config, workdir: str):
       hint="lower the batch, set model.remat, or add devices")
 
   # ---------------------------------------------------------------- Checkpoint restore / init
-  mngr = checkpoints.manager(workdir, config)
-  meta = checkpoints.make_meta(model_cfg, config.tokenizer,
-                               objective=dataclasses.asdict(objective))
+  mngr = checkpoint_store.manager(workdir, config.checkpoint_keep,
+                                  config.checkpoint_keep_period)
+  meta = checkpoint_store.make_meta(model_cfg, config.tokenizer,
+                                   objective=dataclasses.asdict(objective), run=run)
 
   def init_params(params):
     if config.init.checkpoint:  # encoder, MLM head and decoder; a fresh optimizer at step 0
-      params, _, step_dir = checkpoints.restore_params(config.init.checkpoint, params)
+      params, _, step_dir = checkpoint_store.restore_params(config.init.checkpoint, params)
       logging.info("Parameters initialised from %s", step_dir)
     if config.init.hf_dir:
       params = hf_interop.load_hf_bert(config.init.hf_dir, params,
@@ -154,15 +159,19 @@ def train_and_evaluate(config, workdir: str):
       logging.info("Decoder initialised from %s", config.init.decoder_dir)
     return params
 
+  checkpointer = checkpointer_lib.Checkpointer(
+      mngr, meta, every=config.checkpoint_every, last_step=config.total_steps,
+      log_every=config.log_every)
   state, start_step = loop.restore_or_init(mngr, state, init_params)
+  loop.write_config(config, workdir)
 
   # ---------------------------------------------------------------- Input
   # pretrain_batches closes its tf.data iterator at exit (a live one can hang TF's shutdown).
   data_stats = pipeline.PipelineStats()  # skipped lines, counted as they happen
   local_batches = pipeline.pretrain_batches(
-      config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
+      input_settings, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
       start_step=start_step, stats=data_stats)
-  device_batches = loop.global_batches(local_batches, batch_sharding)
+  batches = loop.global_batches(local_batches, batch_sharding)
 
   # ---------------------------------------------------------------- Evaluation
   # A resumed run rewrites the metrics logged after its checkpoint (a killed run may have logged
@@ -180,8 +189,8 @@ def train_and_evaluate(config, workdir: str):
       else 0)
   peak = flops.device_peak_flops(config) * jax.device_count()
   rates = lambda s: {"mfu": flops_per_step * s["steps_per_s"] / peak} if peak else {}
-  state, preempted = loop.train(config, state, train_step, device_batches, start_step=start_step,
-                                mngr=mngr, meta=meta, writer=writer, rates=rates,
+  state, preempted = loop.train(config, state, train_step, batches, start_step=start_step,
+                                checkpointer=checkpointer, writer=writer, rates=rates,
                                 evaluator=evaluator, skips=data_stats.skips)
   writer.close()
   if preempted:

@@ -9,6 +9,7 @@ from retromae_jax.evaluators.embed import POOLING_CHOICES, POOLINGS
 from retromae_jax.models import pooling
 from retromae_jax.models.biencoder import SIMILARITIES
 from retromae_jax.models import bert
+from retromae_jax.trainers import settings
 from retromae_jax.trainers import loop, sharding
 from retromae_jax.objectives import registry
 
@@ -19,7 +20,7 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
   fine-tuning config (config.task). num_data_parallel: the mesh's data x fsdp size, once known.
   shape_known: whether config.model holds the final shape (default: when no initial model, whose
   config decides it, is set); only then are lengths checked against it."""
-  finetune = config.get("task", "pretrain") == "finetune"
+  finetune = config.task == "finetune"
   if shape_known is None:
     init = config.init
     shape_known = not (init.get("model") or init.get("hf_dir") or init.get("checkpoint"))
@@ -42,7 +43,7 @@ def _shared_checks(config, shape_known: bool):
   m, e = config.model, config.eval
   return [
       ("seed", config.seed >= 0, "expected >= 0"),
-      ("dropout_prng", config.get("dropout_prng", "threefry") in loop.DROPOUT_PRNGS,
+      ("dropout_prng", config.dropout_prng in loop.DROPOUT_PRNGS,
        f"expected one of {sorted(loop.DROPOUT_PRNGS)}"),
       ("batch_size", config.batch_size > 0, "expected a positive global batch size"),
       ("total_steps", config.total_steps > 0, "expected a positive number of steps"),
@@ -84,16 +85,16 @@ def _pretrain_checks(config, shape_known: bool):
           or config.decoder.kind == "enhanced"),
        f"expected one of {pooling.POOLINGS} ('mean' with decoder.kind=enhanced only)"),
       ("optim.freeze_encoder_steps",
-       0 <= config.optim.get("freeze_encoder_steps", 0) < config.total_steps,
+       0 <= config.optim.freeze_encoder_steps < config.total_steps,
        "expected 0 (off) or fewer steps than total_steps"),
-      ("optim.encoder_learning_rate", config.optim.get("encoder_learning_rate", 0.0) >= 0,
+      ("optim.encoder_learning_rate", config.optim.encoder_learning_rate >= 0,
        "expected >= 0 (0 = optim.learning_rate)"),
       ("grad_accum_steps", config.grad_accum_steps >= 1, "expected >= 1"),
       ("checkpoint_keep_period", config.checkpoint_keep_period >= 0, "expected >= 0 (0 = none)"),
       ("eval.pooling", config.eval.pooling in POOLINGS, f"expected one of {POOLINGS}"),
       ("eval.query_max_len", config.eval.query_max_len >= 3, "expected >= 3"),
       ("eval.passage_max_len", config.eval.passage_max_len >= 3, "expected >= 3"),
-  ] + registry.config_checks(config)
+  ] + registry.config_checks(config, settings.objective(config))
 
 
 def _finetune_checks(config, shape_known: bool):

@@ -4,13 +4,13 @@
   -> tokenise and chunk in a Python generator (chunking.py; HF tokenizers, batch-encoded)
   -> data.pack (default): chunks packed into rows, each its own [CLS] ... [SEP] segment
      (packing.py; a window of PACK_WINDOW chunks at a time)
-  -> shuffle(config.data.shuffle_buffer per shard, seed=config.seed + shard), reshuffled every
+  -> shuffle(settings.shuffle_buffer per shard, seed=settings.seed + shard), reshuffled every
      epoch -> repeat
-  -> batch(config.batch_size // num_shards, drop_remainder)
+  -> batch(settings.batch_size // num_shards, drop_remainder)
   -> masks (masking.py, vectorised NumPy on the whole batch), seeded by
-     (config.seed, shard, batch index): the same seed gives the same batches whatever tf.data's
+     (settings.seed, shard, batch index): the same seed gives the same batches whatever tf.data's
      parallelism
-  -> the process's shards side by side (data_shards: a fixed config.data.num_shards makes the
+  -> the process's shards side by side (data_shards: a fixed settings.num_shards makes the
      global batch independent of the process count) -> prefetch
 
 THE BATCH CONTRACT (fixed shapes; L = data.max_seq_length, B = per-host batch,
@@ -39,7 +39,6 @@ offset; the pool's row p holds every chunk's p-th mask on its own tokens).
 import dataclasses
 import threading
 
-import ml_collections
 import numpy as np
 import tensorflow as tf
 import tokenizers
@@ -47,8 +46,10 @@ from absl import logging
 
 from retromae_jax.data import sources
 from retromae_jax.data import numpy_batches
+from retromae_jax.data import source_spec
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.data.pretrain import batches, chunking, masking, packing, prepared
+from retromae_jax.data.pretrain.settings import PretrainInput
+from retromae_jax.data.pretrain import batch_contract, chunking, masking, packing, prepared
 from retromae_jax.objectives import example_random
 
 _DOCS_PER_CALL = 64  # documents per tokenizer call: big batches for the Rust side
@@ -72,15 +73,15 @@ class PipelineStats:
         setattr(self.chunks, name, getattr(self.chunks, name) + getattr(more, name))
 
 
-def chunk_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
+def chunk_dataset(settings: PretrainInput, tokenizer: tokenizers.Tokenizer, *,
                   process_index: int = 0, process_count: int = 1,
                   stats: PipelineStats | None = None) -> tf.data.Dataset:
   """One epoch of (input_ids int32 [L] = [CLS] chunk [SEP] pad..., length int32), in order."""
   stats = stats if stats is not None else PipelineStats()
-  seq_len = config.data.max_seq_length
+  seq_len = settings.max_seq_length
   ids = tokenizer_lib.special_ids(tokenizer)
   is_continuation = tokenizer_lib.continuation_table(tokenizer)
-  docs = sources.documents(config.data.source, config.data.data_dir, process_index,
+  docs = sources.documents(settings.source, settings.data_dir, process_index,
                            process_count, skips=stats.skips)
   chunks_at_epoch_start = [0]
 
@@ -89,7 +90,7 @@ def chunk_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Token
     counts = chunking.ChunkStats()
     chunks = list(chunking.chunk_documents(
         (t.decode("utf-8") for t in texts), tokenizer, max_seq_length=seq_len,
-        min_chunk_tokens=config.data.min_chunk_tokens, is_continuation=is_continuation,
+        min_chunk_tokens=settings.min_chunk_tokens, is_continuation=is_continuation,
         stats=counts))
     stats.add_chunks(counts)
     lengths = np.array([len(c) for c in chunks], np.int32) + 2
@@ -108,8 +109,8 @@ def chunk_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Token
     logging.info("data: shard %d/%d finished epoch %d: %d chunks; totals %s; skipped lines %s",
                  process_index, process_count, stats.epochs, produced, stats.chunks, stats.skips.as_dict())
     if not produced:
-      raise ValueError(f"data.source {config.data.source!r}: no chunk of at least "
-                       f"{config.data.min_chunk_tokens} tokens in shard {process_index} of "
+      raise ValueError(f"data.source {settings.source!r}: no chunk of at least "
+                       f"{settings.min_chunk_tokens} tokens in shard {process_index} of "
                        f"{process_count} (too few documents for data.num_shards?)")
     return np.zeros((0, seq_len), np.int32), np.zeros((0,), np.int32)
 
@@ -149,37 +150,37 @@ def packed_rows(chunks: tf.data.Dataset, spec: masking.MaskingSpec) -> tf.data.D
                                        deterministic=True).unbatch()
 
 
-def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
+def pretrain_dataset(settings: PretrainInput, tokenizer: tokenizers.Tokenizer, *,
                      process_index: int = 0, process_count: int = 1, start_step: int = 0,
                      stats: PipelineStats | None = None) -> tf.data.Dataset:
   """Infinite per-host batches following the batch contract (module docstring): the rows of
-  this process's shards, shard after shard (see batches.data_shards).
+  this process's shards, shard after shard (see batch_contract.data_shards).
 
   Iterate it with pretrain_batches (or close your own iterator before the program exits).
   A `prepared:` data.source is read by index instead (data/pretrain/prepared.py).
   """
-  if prepared.is_prepared(config.data.source):
-    return prepared.pretrain_dataset(config, tokenizer, process_index=process_index,
+  if source_spec.is_prepared(settings.source):
+    return prepared.pretrain_dataset(settings, tokenizer, process_index=process_index,
                                      process_count=process_count, start_step=start_step)
-  batches.host_batch_size(config, process_count)  # validates the split
-  num_shards = batches.data_shards(config, process_count)
+  batch_contract.host_batch_size(settings, process_count)  # validates the split
+  num_shards = batch_contract.data_shards(settings, process_count)
   per_process = num_shards // process_count
-  rows = config.batch_size // num_shards
-  spec = batches.masking_spec(config, tokenizer)
-  seed = config.seed & (2**63 - 1)
+  rows = settings.batch_size // num_shards
+  spec = batch_contract.masking_spec(settings, tokenizer)
+  seed = settings.seed & (2**63 - 1)
   shapes = spec.batch_shapes(rows)
   names = tuple(shapes)
 
   def shard_batches(shard: int) -> tf.data.Dataset:
-    ds = chunk_dataset(config, tokenizer, process_index=shard, process_count=num_shards,
+    ds = chunk_dataset(settings, tokenizer, process_index=shard, process_count=num_shards,
                        stats=stats)
     if spec.pack:
       ds = packed_rows(ds, spec)
     else:
       ds = ds.map(lambda input_ids, length: (input_ids, length, tf.zeros_like(input_ids)))
-    if config.data.shuffle_buffer > 1:
+    if settings.shuffle_buffer > 1:
       # The buffer is per shard, so that a shard's order does not depend on who reads it.
-      ds = ds.shuffle(config.data.shuffle_buffer, seed=seed + shard,
+      ds = ds.shuffle(settings.shuffle_buffer, seed=seed + shard,
                       reshuffle_each_iteration=True)
     ds = ds.repeat().batch(rows, drop_remainder=True)
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
@@ -209,13 +210,13 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
   else:
     ds = tf.data.Dataset.zip(tuple(shards)).map(
         lambda *parts: {n: tf.concat([p[n] for p in parts], axis=0) for n in names})
-  return ds.prefetch(config.data.prefetch)
+  return ds.prefetch(settings.prefetch)
 
 
-def pretrain_batches(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
+def pretrain_batches(settings: PretrainInput, tokenizer: tokenizers.Tokenizer, *,
                      process_index: int = 0, process_count: int = 1, start_step: int = 0,
                      stats: PipelineStats | None = None) -> numpy_batches.Batches:
   """pretrain_dataset as an iterator of NumPy batches, starting at batch `start_step`."""
-  return numpy_batches.Batches(pretrain_dataset(config, tokenizer, process_index=process_index,
+  return numpy_batches.Batches(pretrain_dataset(settings, tokenizer, process_index=process_index,
                                   process_count=process_count, start_step=start_step,
                                   stats=stats))

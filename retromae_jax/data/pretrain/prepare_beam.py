@@ -1,6 +1,6 @@
 """Runs the shard tasks of data/pretrain/prepare.py on Apache Beam: a corpus that outgrows one machine.
 
-  python -m retromae_jax.data.pretrain.prepare --source=SOURCE --out=DIR --engine=beam --num_workers=N \
+  python -m retromae_jax.tools.prepare --source=SOURCE --out=DIR --engine=beam --num_workers=N \
       -- --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
   (at scale: -- --runner=DataflowRunner --project=P --region=R --temp_location=gs://...
    or Spark / Flink runners; everything after `--` is Beam's pipeline options)
@@ -52,8 +52,8 @@ def run_shards(tasks: list, pipeline_args: list[str]) -> list[dict]:
   for path in glob.glob(prefix + "*.jsonl"):
     with open(path, encoding="utf-8") as f:
       results.update((index, shard) for index, shard in map(json.loads, f))
-  missing = sorted(set(range(len(tasks))) - set(results))
+  missing = sorted({task.index for task in tasks} - set(results))
   if missing:
     raise RuntimeError(f"{results_dir}: Beam finished without the results of shards {missing}")
   shutil.rmtree(results_dir)  # the output directory holds the same files whichever engine ran
-  return [results[index] for index in range(len(tasks))]
+  return [results[task.index] for task in tasks]

@@ -1,5 +1,5 @@
-"""Training on prepared corpora (written once by `python -m retromae_jax.data.pretrain.prepare`), read by
-index: the batch of step s is a pure function of (config, s), so a resume seeks straight to it.
+"""Training on prepared corpora (written once by `python -m retromae_jax.tools.prepare`), read by
+index: the batch of step s is a pure function of (settings, s), so a resume seeks straight to it.
 
   data.source = prepared:DIR                          one corpus
   data.source = prepared:DIR1@0.7,prepared:DIR2@0.3   a weighted mixture (weights are normalised)
@@ -39,27 +39,22 @@ import hashlib
 import json
 import os
 
-import ml_collections
 import numpy as np
 import tensorflow as tf
 import tokenizers
 
-from retromae_jax.data.pretrain import batches, masking, packing
+from retromae_jax.data.pretrain.settings import PretrainInput
+from retromae_jax.data.pretrain import batch_contract, masking, packing
 from retromae_jax.objectives import example_random
-from retromae_jax.data import numpy_batches
+from retromae_jax.data import numpy_batches, source_spec
 from retromae_jax.data import tokenizer as tokenizer_lib
 
-SCHEME = "prepared:"
 FORMAT = "retromae_jax.prepared/1"
 META = "prepared.json"
 TOKENIZER_DIR = "tokenizer"
 MIX_BLOCK = 1 << 16  # stream positions per mixture block: weights are exact to 1 / MIX_BLOCK
 _PERMUTATION, _MIXTURE = 1, 2  # tags that keep the seed streams apart
 _EXPECTED = "expected prepared:DIR or prepared:DIR1@W1,prepared:DIR2@W2 (weights > 0)"
-
-
-def is_prepared(source: str) -> bool:
-  return source.startswith(SCHEME)
 
 
 def shard_names(index: int, count: int) -> tuple[str, str, str]:
@@ -69,6 +64,15 @@ def shard_names(index: int, count: int) -> tuple[str, str, str]:
   return f"chunks-{suffix}.array_record", f"documents-{suffix}.npy", f"rows-{suffix}.npy"
 
 
+def file_record(path: str) -> dict:
+  """{'bytes', 'sha256'} of a file as prepare wrote it (prepared.json keeps one per shard file)."""
+  digest = hashlib.sha256()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    while block := f.read(1 << 22):
+      digest.update(block)
+  return {"bytes": tf.io.gfile.stat(path).length, "sha256": digest.hexdigest()}
+
+
 def tokenizer_fingerprint(tokenizer: tokenizers.Tokenizer) -> str:
   """A hash of the tokenizer's full definition: chunks are only valid for the one that made them."""
   return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
@@ -76,21 +80,9 @@ def tokenizer_fingerprint(tokenizer: tokenizers.Tokenizer) -> str:
 
 def parse_source(source: str) -> list[tuple[str, float]]:
   """'prepared:A@0.7,prepared:B@0.3' -> [(A, 0.7), (B, 0.3)], weights normalised to sum 1."""
-  parts = []
-  for part in source.split(","):
-    if not is_prepared(part):
-      raise ValueError(f"data.source {source!r}: {part!r} is not a prepared corpus; {_EXPECTED}")
-    path, at, weight = part[len(SCHEME):].rpartition("@") if "@" in part else (
-        part[len(SCHEME):], "", "1")
-    try:
-      value = float(weight)
-    except ValueError:
-      value = -1.0
-    if not path or not value > 0 or not np.isfinite(value):
-      raise ValueError(f"data.source {source!r}: bad part {part!r}; {_EXPECTED}")
-    parts.append((path, value))
-  total = sum(w for _, w in parts)
-  return [(path, w / total) for path, w in parts]
+  return [(s.arg, s.weight) for s in source_spec.parse_mixture(
+      source, "data.source", _EXPECTED, schemes=(source_spec.PREPARED,),
+      what="prepared corpus")]
 
 
 class PreparedCorpus:
@@ -106,7 +98,7 @@ class PreparedCorpus:
         self.meta = json.load(f)
     except (tf.errors.NotFoundError, OSError):
       raise ValueError(f"data.source prepared:{directory}: no {META} there; expected a directory "
-                       "written by `python -m retromae_jax.data.pretrain.prepare`") from None
+                       "written by `python -m retromae_jax.tools.prepare`") from None
     except json.JSONDecodeError as e:
       raise ValueError(f"{meta_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
     if self.meta.get("format") != FORMAT:
@@ -115,7 +107,8 @@ class PreparedCorpus:
     self.num_chunks = int(self.meta["stats"]["chunks"])
     if self.num_chunks < 1:
       raise ValueError(f"{meta_path}: the corpus has no chunk")
-    # 'FILE[0:n]' gives each file's record count, so that opening a corpus reads no file.
+    self.verify(checksums=False)
+    # 'FILE[0:n]' gives each file's record count (verified above against the file's own index).
     paths = [f"{os.path.join(directory, s['chunks'])}[0:{s['num_chunks']}]"
              for s in self.meta["shards"] if s["num_chunks"]]
     self._source = array_record_data_source.ArrayRecordDataSource(paths)
@@ -125,6 +118,64 @@ class PreparedCorpus:
 
   def __len__(self):
     return self.num_chunks
+
+  def verify(self, checksums: bool) -> None:
+    """Raises ValueError naming the first file that is missing, of another size than prepare
+    wrote, holding another number of records or rows than prepared.json says, or (`checksums`:
+    the per-chunk index files, rows and documents, read whole) of another SHA-256; and a
+    prepared.json whose totals disagree with its own shards (an edited pack.rows). Without
+    `checksums` it reads only the files' sizes and the chunk files' ArrayRecord footers."""
+    from array_record.python import array_record_module
+
+    meta_path = os.path.join(self.directory, META)
+    shards = self.meta["shards"]
+    again = "prepare the corpus again"
+    for key, total in (("num_chunks", self.meta["stats"]["chunks"]),
+                       ("num_rows", self.meta.get("pack", {}).get("rows"))):
+      if total is not None and sum(int(s[key]) for s in shards) != int(total):
+        field = "stats.chunks" if key == "num_chunks" else "pack.rows"
+        raise ValueError(f"{meta_path}: {field} is {total}, its shards' {key} add up to "
+                         f"{sum(int(s[key]) for s in shards)}; the file was edited or damaged: "
+                         f"{again}")
+    for shard in shards:
+      for name, record in shard.get("files", {}).items():
+        path = os.path.join(self.directory, name)
+        if not tf.io.gfile.exists(path):
+          raise ValueError(f"{path}: missing ({META} lists it); {again}")
+        size = tf.io.gfile.stat(path).length
+        if size != record["bytes"]:
+          raise ValueError(f"{path}: {size} bytes, {META} says {record['bytes']} (cut short or "
+                           f"overwritten); {again}")
+        if checksums and not name.startswith("chunks-") and (
+            file_record(path)["sha256"] != record["sha256"]):
+          raise ValueError(f"{path}: its SHA-256 differs from {META}'s (overwritten); {again}")
+      chunks = os.path.join(self.directory, shard["chunks"])
+      if not tf.io.gfile.exists(chunks):
+        raise ValueError(f"{chunks}: missing ({META} lists it); {again}")
+      try:
+        reader = array_record_module.ArrayRecordReader(chunks)
+        records = reader.num_records()
+        reader.close()
+      except Exception as e:  # pylint: disable=broad-except  (the library's own errors)
+        raise ValueError(f"{chunks}: not a readable ArrayRecord file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); {again}") from None
+      if records != int(shard["num_chunks"]):
+        raise ValueError(f"{chunks}: {records} records, {META} says {shard['num_chunks']}; "
+                         f"{again}")
+      if checksums:
+        for key, count, what in (("rows", shard["num_chunks"], "chunks"),
+                                 ("documents", shard["num_chunks"], "chunks")):
+          path = os.path.join(self.directory, shard[key])
+          try:
+            values = np.load(path, mmap_mode="r")
+          except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable .npy file ({e}); {again}") from None
+          if values.shape != (int(count),):
+            raise ValueError(f"{path}: {values.shape[0] if values.ndim else 0} entries, {META} "
+                             f"says {count} {what}; {again}")
+          if key == "rows" and int(values.max(initial=-1)) + 1 != int(shard["num_rows"]):
+            raise ValueError(f"{path}: plans {int(values.max(initial=-1)) + 1} rows, {META} "
+                             f"says num_rows {shard['num_rows']}; {again}")
 
   def chunks(self, keys: np.ndarray) -> list[np.ndarray]:
     """The token ids (no [CLS]/[SEP]) of the chunks at these record keys."""
@@ -154,32 +205,32 @@ class PreparedCorpus:
     return np.concatenate([
         np.load(os.path.join(self.directory, s["documents"])) for s in self.meta["shards"]])
 
-  def check_compatible(self, config: ml_collections.ConfigDict,
+  def check_compatible(self, settings: PretrainInput,
                        tokenizer: tokenizers.Tokenizer) -> None:
     """Chunks were cut for one tokenizer and one length: training must use the same."""
     where = f"data.source prepared:{self.directory}"
     for key in ("max_seq_length", "min_chunk_tokens"):
-      if self.meta[key] != config.data[key]:
+      if self.meta[key] != getattr(settings, key):
         raise ValueError(f"{where}: prepared with data.{key}={self.meta[key]}, the config has "
-                         f"{config.data[key]}; set --config.data.{key}={self.meta[key]} or "
+                         f"{getattr(settings, key)}; set --config.data.{key}={self.meta[key]} or "
                          "prepare again")
-    if config.data.get("pack", False):
-      self._check_pack_plan(config, where)
+    if settings.pack:
+      self._check_pack_plan(settings, where)
     if self.meta["tokenizer_fingerprint"] != tokenizer_fingerprint(tokenizer):
-      raise ValueError(f"{where}: prepared with another tokenizer than {config.tokenizer!r}; set "
+      raise ValueError(f"{where}: prepared with another tokenizer than {settings.tokenizer!r}; set "
                        f"--config.tokenizer={os.path.join(self.directory, TOKENIZER_DIR)}")
 
-  def _check_pack_plan(self, config: ml_collections.ConfigDict, where: str) -> None:
+  def _check_pack_plan(self, settings: PretrainInput, where: str) -> None:
     """Packed rows are planned at prepare time for one encoder mask ratio (a row's chunks share
     the encoder's masked slots)."""
     plan = self.meta.get("pack")
     if plan is None:
       raise ValueError(f"{where}: prepared without a packing plan (an older prepare); prepare "
                        "again, or set --config.data.pack=False")
-    if plan["encoder_mask_ratio"] != config.data.encoder_mask_ratio:
+    if plan["encoder_mask_ratio"] != settings.encoder_mask_ratio:
       raise ValueError(f"{where}: rows packed for data.encoder_mask_ratio="
                        f"{plan['encoder_mask_ratio']}, the config has "
-                       f"{config.data.encoder_mask_ratio}; set --config.data.encoder_mask_ratio="
+                       f"{settings.encoder_mask_ratio}; set --config.data.encoder_mask_ratio="
                        f"{plan['encoder_mask_ratio']}, prepare again, or set "
                        "--config.data.pack=False")
 
@@ -253,17 +304,17 @@ class PreparedData:
 
   The stream's units are chunks, or with data.pack the packed rows of the corpora's plans."""
 
-  def __init__(self, config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer):
-    parts = parse_source(config.data.source)
+  def __init__(self, settings: PretrainInput, tokenizer: tokenizers.Tokenizer):
+    parts = parse_source(settings.source)
     self.corpora = [PreparedCorpus(path) for path, _ in parts]
     for corpus in self.corpora:
-      corpus.check_compatible(config, tokenizer)
-    self.pack = config.data.get("pack", False)
+      corpus.check_compatible(settings, tokenizer)
+    self.pack = settings.pack
     units = [c.num_rows if self.pack else len(c) for c in self.corpora]
-    self.stream = IndexStream(units, [w for _, w in parts], config.seed & (2**63 - 1),
-                              config.data.shuffle_buffer > 1)
+    self.stream = IndexStream(units, [w for _, w in parts], settings.seed & (2**63 - 1),
+                              settings.shuffle_buffer > 1)
     self.ids = tokenizer_lib.special_ids(tokenizer)
-    self.seq_len = config.data.max_seq_length
+    self.seq_len = settings.max_seq_length
 
   def _chunks(self, corpus: np.ndarray, keys: np.ndarray) -> list[np.ndarray]:
     """The token ids of the chunks at (corpus, record key) pairs, in their order."""
@@ -314,19 +365,19 @@ class PreparedData:
     return (*packing.place_chunks(input_ids, lengths, chunk_row, self.ids.pad), ids)
 
 
-def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, *,
+def pretrain_dataset(settings: PretrainInput, tokenizer: tokenizers.Tokenizer, *,
                      process_index: int = 0, process_count: int = 1,
                      start_step: int = 0) -> tf.data.Dataset:
   """Infinite per-host batches of the batch contract (data/pretrain/pipeline.py) from prepared corpora,
   starting at batch `start_step` with no read of the batches before it."""
-  batches.host_batch_size(config, process_count)  # validates the split
-  num_shards = batches.data_shards(config, process_count)
+  batch_contract.host_batch_size(settings, process_count)  # validates the split
+  num_shards = batch_contract.data_shards(settings, process_count)
   per_process = num_shards // process_count
-  rows = config.batch_size // num_shards
-  data = PreparedData(config, tokenizer)
-  spec = batches.masking_spec(config, tokenizer)
-  seed = config.seed & (2**63 - 1)
-  shapes = batches.batch_shapes(config, rows * per_process)
+  rows = settings.batch_size // num_shards
+  data = PreparedData(settings, tokenizer)
+  spec = batch_contract.masking_spec(settings, tokenizer)
+  seed = settings.seed & (2**63 - 1)
+  shapes = batch_contract.batch_shapes(settings, rows * per_process)
   names = tuple(shapes)
   first = process_index * per_process
 
@@ -334,7 +385,7 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
     step = int(step)
     parts = []
     for shard in range(first, first + per_process):
-      positions = step * config.batch_size + shard * rows + np.arange(rows)
+      positions = step * settings.batch_size + shard * rows + np.arange(rows)
       segment_ids = None
       if spec.pack:
         input_ids, lengths, segment_ids, ids = data.packed_rows(positions)
@@ -351,4 +402,4 @@ def pretrain_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizers.To
   # deterministic=True keeps the order.
   ds = tf.data.Dataset.counter(start_step).map(
       as_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.prefetch(config.data.prefetch)
+  return ds.prefetch(settings.prefetch)

@@ -1,36 +1,37 @@
-"""Orbax checkpoints of the full training state (encoder, MLM head AND decoder, optimizer, step).
+"""Orbax checkpoints of the full training state: writing, finding, reading back, and telling a
+damaged checkpoint from one that does not fit (storage only; when to save is the run's
+checkpointer, retromae_jax/trainers/checkpointer.py).
 
 Layout: <workdir>/checkpoints/<step>/{state, meta}. `state` is the TrainState pytree, written
 asynchronously (training goes on while it is written) and atomically (Orbax writes to a temporary
 directory and renames it when complete, so a crash mid-save leaves the previous checkpoint as the
-latest). `meta` is JSON: the resolved model shape and the tokenizer, so a checkpoint can be
-exported or used to initialise another run without the command line that made it.
+latest). `meta` is JSON: the resolved model shape, the tokenizer and the run's identity
+(trainers/run_identity.py), so a checkpoint can be exported, used to initialise another run or
+resumed without the command line that made it.
 
 The dropout key and the input pipeline are functions of (seed, step) (train.py, data/pretrain/pipeline.py),
 so the step in `state` is all the RNG and data position a bit-exact resume needs.
 
 Faults stop loudly and lose nothing (docs/reliability.md):
-  - a save that fails (synchronously or in Orbax's background thread) raises SaveFailed at the
-    next step boundary (raise_if_save_failed), naming the directory and the cause;
+  - a save that cannot start raises SaveFailed naming the directory and the cause (one that
+    fails in Orbax's background thread is reported by the checkpointer at the next step);
   - a checkpoint that cannot be read back (cut short, overwritten, non-finite) raises Damaged
     naming the step and, where it can be told, the file; at resume (restore_latest) it is moved
     aside to <step>.damaged and the newest intact step is restored instead.
 """
 
-import contextlib
 import gc
 import logging as std_logging
 import os
 import re
-import signal
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
@@ -51,136 +52,82 @@ class SaveFailed(RuntimeError):
   training on would only lose more steps than the last complete checkpoint holds."""
 
 
-def manager(workdir: str, config) -> ocp.CheckpointManager:
-  # The training loop decides when to save (every checkpoint_every steps and at the end). Orbax
-  # keeps the last `checkpoint_keep` and, forever, every step that is a multiple of
-  # `checkpoint_keep_period` (0 = none).
+def manager(workdir: str, keep: int, keep_period: int = 0) -> ocp.CheckpointManager:
+  """The run's manager of <workdir>/checkpoints. The caller decides when to save; Orbax keeps the
+  last `keep` and, forever, every step that is a multiple of `keep_period` (0 = none)."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.checkpoint_keep, keep_period=config.checkpoint_keep_period or None,
-      enable_async_checkpointing=True)
+      max_to_keep=keep, keep_period=keep_period or None, enable_async_checkpointing=True)
   return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options,
                                item_names=ITEMS)
+
+
+def _read_only(directory: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(directory, item_names=ITEMS,
+                               options=ocp.CheckpointManagerOptions(read_only=True))
 
 
 def make_meta(model_cfg, tokenizer_spec: str, **extra) -> dict:
   """The JSON saved beside every state: the model's shape, the tokenizer's files (so that a
   checkpoint alone can be exported or continued: python -m retromae_jax.tools.export) and `extra`
-  (the objective, the task)."""
-  directory = tokenizer_lib.files_dir(tokenizer_spec)
+  (the objective, the task, the run's identity)."""
   files = {}
   for path in tokenizer_lib.file_paths(tokenizer_spec):
     with open(path, encoding="utf-8") as f:
       files[os.path.basename(path)] = f.read()
   return {"model": {k: str(v) if k in ("dtype", "param_dtype") else v
                     for k, v in vars(model_cfg).items()},
-          "tokenizer": directory, "tokenizer_files": files, **extra}
+          "tokenizer": tokenizer_lib.files_dir(tokenizer_spec), "tokenizer_files": files,
+          **extra}
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> bool:
+def start_save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> bool:
   """Starts writing `state` at `step` (Orbax finishes in the background); raises SaveFailed if the
   write cannot start, or if the previous one failed (Orbax waits for it first)."""
   try:
-    started = mngr.save(step, args=ocp.args.Composite(
+    return mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
   except Exception as e:  # OSError, tensorstore's ValueError, ...: all mean "not saved"
-    raise _save_failed(mngr, e) from e
-  # The step whose outcome _background_error checks once it has ended (kept on the manager: the
-  # save in flight is the manager's state).
-  mngr.unchecked_save = step
-  logging.info("Checkpoint step %d: saving to %s/%d (in the background)", step, mngr.directory,
-               step)
-  return started
+    raise save_failed(mngr, e) from e
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
-def _save_failed(mngr: ocp.CheckpointManager, cause: BaseException | str) -> SaveFailed:
-  cause = cause if isinstance(cause, str) else _first_line(cause)
-  complete = _steps_on_disk(mngr)
+def save_failed(mngr: ocp.CheckpointManager, cause: BaseException | str) -> SaveFailed:
+  """SaveFailed naming the directory, the cause and the newest complete checkpoint."""
+  cause = cause if isinstance(cause, str) else first_line(cause)
+  complete = steps_on_disk(mngr)
   last = f"step {max(complete)}" if complete else "none"
   return SaveFailed(f"{mngr.directory}: saving a checkpoint failed ({cause}); the newest "
                     f"complete checkpoint is {last}")
 
 
-def _steps_on_disk(mngr: ocp.CheckpointManager) -> list[int]:
+def steps_on_disk(mngr: ocp.CheckpointManager) -> list[int]:
   mngr.reload()  # the directory as it is now, not as the manager last listed it
   return list(mngr.all_steps())
-
-
-def _background_error(mngr: ocp.CheckpointManager) -> str | None:
-  """The cause of a finished background save that failed, else None. Never blocks: a save still
-  in progress is left alone."""
-  step = getattr(mngr, "unchecked_save", None)
-  if step is None or mngr.is_saving_in_progress():
-    return None
-  mngr.unchecked_save = None
-  try:
-    mngr.wait_until_finished()  # joins the finished finalize thread: re-raises what it raised
-  except Exception as e:
-    return _first_line(e)
-  if step not in _steps_on_disk(mngr):  # Orbax may log a failed finalize without raising
-    return f"step {step} was not committed (Orbax's log above says why)"
-  return None
-
-
-def raise_if_save_failed(mngr: ocp.CheckpointManager, everywhere: bool = True) -> None:
-  """Raises SaveFailed if a checkpoint save failed. Call it at every step boundary.
-
-  One process raises as soon as it sees its own error. Several processes must stop together (a
-  process that stopped alone would leave the others waiting in the next collective), so with
-  more than one they compare notes, at the steps where `everywhere` is True on all of them (the
-  same steps on every process: the loop passes logging and saving steps).
-  """
-  error = _background_error(mngr)
-  if jax.process_count() > 1:
-    if not everywhere:
-      return
-    failed = np.flatnonzero(multihost_utils.process_allgather(np.int32(error is not None)))
-    if failed.size and error is None:
-      error = f"process(es) {failed.tolist()} could not write their part"
-  if error:
-    raise _save_failed(mngr, error)
-
-
-def wait_until_saved(mngr: ocp.CheckpointManager) -> None:
-  """Waits for the save in progress; raises SaveFailed if it failed."""
-  try:
-    mngr.wait_until_finished()
-  except Exception as e:
-    raise _save_failed(mngr, e) from e
-
-
-@contextlib.contextmanager
-def on_failure(mngr: ocp.CheckpointManager, timeout_s: float = 60.0):
-  """Around a training loop: when it raises (divergence, bad input), the save of an earlier,
-  good state still in progress completes first (finish_pending); after SaveFailed there is
-  nothing left to wait for."""
-  try:
-    yield
-  except SaveFailed:
-    raise
-  except BaseException:
-    finish_pending(mngr, timeout_s)
-    raise
-
-
-def finish_pending(mngr: ocp.CheckpointManager, timeout_s: float = 60.0) -> None:
-  """On the way out of a failed run: lets a save in progress (of a good, finite state) complete,
-  for up to `timeout_s` (a save that hangs on a broken disk must not hang the exit with it)."""
-  deadline = time.monotonic() + timeout_s
-  while mngr.is_saving_in_progress() and time.monotonic() < deadline:
-    time.sleep(0.1)
-  error = _background_error(mngr)
-  if error:
-    logging.error("%s", _save_failed(mngr, error))
 
 
 # ---------------------------------------------------------------------------------------------
 # Finding and checking a checkpoint
 # ---------------------------------------------------------------------------------------------
+
+
+def complete_steps(directory: str) -> list[int]:
+  """The steps of the checkpoints/ `directory` whose save completed, newest first. Local to the
+  calling process (no manager: a CheckpointManager's constructor is a collective of every
+  process, which a check that only some processes make would leave waiting)."""
+  return sorted(ocp.step.checkpoint_steps(directory), reverse=True)
+
+
+def read_step_meta(step_dir: str) -> dict:
+  """The `meta` item of one step directory, read by this process alone (see complete_steps)."""
+  meta_dir = os.path.join(step_dir, "meta")
+  try:
+    return ocp.JsonCheckpointHandler().restore(epath.Path(meta_dir))
+  except Exception as e:  # a missing or damaged item: say where, keep the cause
+    raise ValueError(f"{meta_dir}: cannot read ({first_line(e)})") from e
 
 
 def resolve(path: str) -> tuple[str, int]:
@@ -196,8 +143,7 @@ def resolve(path: str) -> tuple[str, int]:
       os.path.join(path, "checkpoints")) else path
   if not os.path.isdir(directory):
     raise ValueError(f"{path}: no such checkpoint, checkpoints/ or workdir directory")
-  steps = ocp.CheckpointManager(
-      directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True)).all_steps()
+  steps = _read_only(directory).all_steps()
   if not steps:
     raise ValueError(f"{directory}: no complete checkpoint (only finished saves count; an "
                      "interrupted one leaves a temporary directory that is ignored)")
@@ -231,7 +177,7 @@ def stored_shapes(step_dir: str) -> dict[str, tuple[tuple[int, ...], str]]:
     item = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
   except Exception as e:  # a corrupted or foreign metadata file: say where, keep the cause
     raise Damaged(f"{state_dir}: cannot read the checkpoint's metadata ({type(e).__name__}: "
-                  f"{_first_line(e)})") from e
+                  f"{first_line(e)})") from e
   if item is None:
     raise Damaged(f"{state_dir}: cannot read the checkpoint's metadata (missing or corrupted "
                   "files)")
@@ -282,7 +228,7 @@ def _damaged(step_dir: str, error: BaseException) -> Damaged:
     chain.append(cause)
   found = _damaged_file(step_dir, "\n".join(str(e) for e in chain))
   where = f"damaged file {found}" if found else "the damaged file could not be told"
-  return Damaged(f"{step_dir}: the checkpoint cannot be read ({where}; {_first_line(chain[-1])})")
+  return Damaged(f"{step_dir}: the checkpoint cannot be read ({where}; {first_line(chain[-1])})")
 
 
 def _collect_quietly() -> None:
@@ -348,7 +294,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
   <step>.damaged (kept for inspection, never deleted); a checkpoint that does not fit the model
   raises (the config changed: the files are fine). Raises Damaged when no checkpoint is intact."""
   moved = []
-  for step in sorted(_steps_on_disk(mngr), reverse=True):
+  for step in sorted(steps_on_disk(mngr), reverse=True):
     step_dir = os.path.join(str(mngr.directory), str(step))
     try:
       state, _ = restore(mngr, step, abstract_state)
@@ -408,8 +354,7 @@ def restore_params(path: str, target_params):
   restore_args = jax.tree.map(
       lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding) if getattr(x, "sharding", None)
       else ocp.RestoreArgs(restore_type=np.ndarray), target)
-  mngr = ocp.CheckpointManager(directory, item_names=ITEMS,
-                               options=ocp.CheckpointManagerOptions(read_only=True))
+  mngr = _read_only(directory)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
@@ -430,8 +375,7 @@ def read_meta(path: str) -> tuple[dict, str]:
   meta_dir = os.path.join(step_dir, "meta")
   if not os.path.isdir(meta_dir):
     raise ValueError(f"{step_dir}: the checkpoint has no 'meta' item (model shape, tokenizer)")
-  mngr = ocp.CheckpointManager(directory, item_names=ITEMS,
-                               options=ocp.CheckpointManagerOptions(read_only=True))
+  mngr = _read_only(directory)
   try:
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
   except Exception as e:
@@ -439,44 +383,3 @@ def read_meta(path: str) -> tuple[dict, str]:
   return meta, step_dir
 
 
-def save_if_due(mngr: ocp.CheckpointManager, step: int, state, meta: dict, config,
-                preemption: "PreemptionWatch", check_state=None) -> bool:
-  """Saves every `config.checkpoint_every` steps, at the last step, and when preempted (then
-  waits until the save is complete); returns True when the run must stop now (preempted).
-
-  Call it at every step boundary: it first raises SaveFailed if an earlier save failed.
-  `check_state()`, called before a save, raises to refuse it (divergence.Guard.check: a
-  non-finite state is never written)."""
-  due = step % config.checkpoint_every == 0 or step == config.total_steps
-  raise_if_save_failed(mngr, everywhere=due or step % config.log_every == 0)
-  preempted = preemption.reached(mngr, step)
-  if due or preempted:
-    if check_state is not None:
-      check_state()
-    save(mngr, step, state, meta)
-  if preempted:
-    wait_until_saved(mngr)
-    logging.warning("Preempted: saved step %d; the same command resumes from it", step)
-  return preempted
-
-
-class PreemptionWatch:
-  """Tells the loop when to save and stop: SIGTERM (a TPU maintenance event, a scheduler's stop).
-
-  Multi-process runs use JAX's preemption service through Orbax (every process reaches the same
-  sync step); a single process has no coordination service, so a SIGTERM handler sets a flag.
-  """
-
-  def __init__(self):
-    self._requested = False
-    if jax.process_count() == 1:
-      signal.signal(signal.SIGTERM, self._on_sigterm)
-
-  def _on_sigterm(self, signum, frame):
-    del signum, frame
-    self._requested = True
-
-  def reached(self, mngr: ocp.CheckpointManager, step: int) -> bool:
-    if jax.process_count() == 1:
-      return self._requested
-    return mngr.reached_preemption(step)
