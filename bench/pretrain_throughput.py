@@ -87,7 +87,7 @@ def _compiled_step(args, config):
     def loss_fn(params):
       outputs = model.apply({"params": params}, batch, deterministic=False,
                             rngs={"dropout": dropout_key}, method="outputs")
-      return losses.objective_loss(outputs, batch, objective.bow_weight)
+      return losses.objective_loss(outputs, batch, objective)
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
   update = jax.jit(loop.make_update_step(loss_and_grads, tx, {"lr": schedule},

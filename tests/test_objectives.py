@@ -300,7 +300,7 @@ def test_bag_of_words_loss_matches_numpy_dupmae():
   batch, lengths = _batch()
   model, params = _init(objective, batch)
   outputs = model.apply({"params": params}, batch, deterministic=True, method="outputs")
-  loss, metrics = losses.objective_loss(outputs, batch, bow_weight=0.1)
+  loss, metrics = losses.objective_loss(outputs, batch, objective)
 
   p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   expected = []
@@ -330,7 +330,7 @@ def test_mlm_baseline_has_no_decoder():
   assert set(params) == {"bert", "mlm_head"}
   outputs = model.apply({"params": params}, encoder_only, deterministic=True, method="outputs")
   assert set(outputs) == {"encoder_logits"}
-  loss, metrics = losses.objective_loss(outputs, encoder_only)
+  loss, metrics = losses.objective_loss(outputs, encoder_only, objective)
   assert set(metrics) == {"enc_loss", "enc_acc", "enc_tokens"}
   assert float(loss) == float(metrics["enc_loss"])
   # Same encoder and head parameters as the RetroMAE model, minus its decoder.

@@ -25,6 +25,7 @@ VARIANTS = {
                                     "decoder.cross_attend_to": "tokens",
                                     "encoder.masking": "drop"},
     "autoregressive_span": {"decoder.kind": "autoregressive", "decoder.attention_span": 3},
+    "tsdae_drop": {"decoder.kind": "tsdae", "encoder.masking": "drop"},
     "drop": {"encoder.masking": "drop"},
     "mlm": {"objective.kind": "mlm"},
 }
@@ -45,9 +46,7 @@ _PROGRAM = """
       config.model.hidden_size, config.model.num_layers, config.model.intermediate_size = 64, 1, 128
       config.optim.learning_rate = 3e-3
       config.model.dropout_rate = config.model.attention_dropout_rate = 0.0
-      # Packed rows where the objective supports them (not drop, bag of words, basic,
-      # cross_attention, autoregressive).
-      config.data.pack = not set(overrides) - {"decoder.num_layers"} or overrides == {"objective.kind": "mlm"}
+      config.data.pack = True  # the default: every objective part packs
       for key, value in overrides.items():
         section, field = key.split(".")
         config[section][field] = value

@@ -5,6 +5,7 @@ row by hand (its tokens, its masked slots, its pool bits) and run ALONE through 
 unpacked row; its losses must be those it has inside the packed row.
 """
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -282,14 +283,119 @@ def test_pipeline_rows_are_full_on_short_documents(tok, tmp_path):
     np.testing.assert_array_equal(b["input_ids"][starts], tokenizer_lib.special_ids(tok).cls)
 
 
-@pytest.mark.parametrize("key,value,part", [("encoder.masking", "drop", "drop"),
-                                            ("objective.bow_weight", 0.1, "bag_of_words"),
-                                            ("decoder.kind", "basic", "basic")])
-def test_objectives_without_packing_are_refused_at_start_up(key, value, part):
+# Every part packs: each variant beside the default, its parts' documents run packed and alone.
+VARIANTS = [
+    {"decoder.kind": "basic"},
+    {"decoder.kind": "cross_attention"},  # memory: h alone
+    {"decoder.kind": "cross_attention", "decoder.cross_attend_to": "tokens",
+     "encoder.masking": "drop"},
+    {"decoder.kind": "autoregressive", "decoder.attention_span": 3},
+    {"encoder.masking": "drop", "objective.bow_weight": 0.1},
+    {"objective.bow_weight": 0.1, "objective.kind": "mlm"},
+]
+
+
+@pytest.fixture(scope="module")
+def chunks40(tok):
+  return _chunks(tok, 40)
+
+
+def _variant_config(overrides, pack):
   config = get_config("smoke")
-  section, name = key.split(".")
-  config[section][name] = value
-  with pytest.raises(ValueError, match=f"config.data.pack: the objective's part.s. {part} do "
+  config.data.max_seq_length = L
+  config.data.pack = pack
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  validation.validate(config)  # data.pack=True is accepted for every part
+  return config
+
+
+def _per_document_losses(out, batch, documents):
+  """{term: [D] losses} of each document (rows, offsets, lengths; the batch's segment numbers
+  at their offsets), from the model's outputs, in float64 NumPy: token terms summed over the
+  document's tokens or encoder slots, the bag of words as DupMAE's sum over its id set."""
+  rows, offsets, lengths = documents
+  segments = batch.get("segment_ids")
+  losses = {}
+
+  def token_losses(logits, targets):  # cross-entropy at the labelled entries only, else 0
+    valid = targets != IGNORE
+    out = np.zeros(targets.shape)
+    out[valid] = _token_losses(np.asarray(logits)[valid], targets[valid])
+    return out
+
+  if "decoder_logits" in out:
+    dec = token_losses(out["decoder_logits"], batch["decoder_targets"])
+    losses["dec"] = [dec[r, o:o + n].sum() for r, o, n in zip(rows, offsets, lengths)]
+  if "encoder_logits" in out:
+    enc = token_losses(out["encoder_logits"], batch["encoder_targets"])
+    slots = batch["encoder_positions"]
+    losses["enc"] = [enc[r][(slots[r] >= o) & (slots[r] < o + n)].sum()
+                     for r, o, n in zip(rows, offsets, lengths)]
+  if "bow_logits" in out:
+    pooled = np.asarray(out["bow_logits"], np.float64)
+    log_probs = pooled - pooled.max(-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    bow = []
+    for r, o, n in zip(rows, offsets, lengths):
+      doc = log_probs[r] if segments is None else log_probs[r, segments[r, o] - 1]
+      ids, weights = batch["input_ids"][r, o:o + n], batch["bow_weights"][r, o:o + n]
+      bow.append(-(weights * doc[ids]).sum())
+    losses["bow"] = bow
+  return {term: np.array(values) for term, values in losses.items()}
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(map(str, o.values())))
+def test_every_part_gives_each_document_the_losses_it_has_alone(tok, chunks40, overrides):
+  """The packed batch (packing code, packed model) against the same documents masked and run
+  one per row (the unpacked code paths), with the same identities: equal per-document losses."""
+  packed_spec, alone_spec = (
+      batch_contract.masking_spec(settings.pretrain_input(_variant_config(overrides, pack)), tok)
+      for pack in (True, False))
+  input_ids, lengths = chunks40
+  budgets = masking.mask_budget(lengths, packed_spec.encoder_mask_ratio)
+  row_of = packing.assign_rows(lengths, L, budgets, packed_spec.encoder_capacity)
+  rows, _, segments = packing.place_chunks(input_ids, lengths, row_of, packed_spec.pad_id)
+  assert segments.max() >= 3
+  ids = np.stack([np.zeros(len(lengths), int), np.full(len(lengths), 4), np.arange(len(lengths))],
+                 axis=1)
+  order = np.lexsort((np.arange(len(lengths)), row_of))  # the chunks in the rows' order
+  packed = masking.make_batch(rows, (segments > 0).sum(1), packed_spec,
+                              ExampleRandom(3, ids[order]), segments)
+  alone = masking.make_batch(input_ids[order], lengths[order], alone_spec,
+                             ExampleRandom(3, ids[order]))
+  objective = packed_spec.objective
+  # Large weights (initializer_range 0.5): logits far from uniform, so that what each token
+  # attends to shows in its loss.
+  cfg = ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=4,
+                    intermediate_size=64, max_position_embeddings=L + 2, dropout_rate=0.0,
+                    attention_dropout_rate=0.0, initializer_range=0.5)
+  model = registry.make_model(cfg, objective)
+  params = nn.unbox(model.init(jax.random.key(0), packed, deterministic=True))["params"]
+  run = jax.jit(lambda b: model.apply({"params": params}, b, deterministic=True,
+                                      method="outputs"))
+  documents = packing.documents(segments)
+  in_rows = _per_document_losses(run(packed), packed, documents)
+  count = len(lengths)
+  one_per_row = _per_document_losses(run(alone), alone,
+                                     (np.arange(count), np.zeros(count, int), lengths[order]))
+  assert set(in_rows) == {term.name for term in registry.loss_terms(objective)}
+  for term, values in in_rows.items():
+    assert np.abs(values).min() > 0, term  # every document has this loss
+    np.testing.assert_allclose(values, one_per_row[term], rtol=2e-5, err_msg=term)
+
+
+def test_a_part_without_packing_is_refused_at_start_up(monkeypatch):
+  """A part that declares no packing (contract.Part.packs = None) refuses data.pack=True with
+  one line naming it; every registered part packs today."""
+  assert all(part.packs is not None for part in (*registry.ENCODERS.values(),
+                                                 *registry.DECODERS.values(), *registry.OPTIONS))
+  unpacked = dataclasses.replace(registry.DECODERS["basic"], packs=None)
+  monkeypatch.setitem(registry.DECODERS, "basic", unpacked)
+  config = get_config("smoke")
+  config.decoder.kind = "basic"
+  with pytest.raises(ValueError, match="config.data.pack: the objective's part.s. basic do "
                                        "not support packed rows"):
     validation.validate(config)
   config.data.pack = False

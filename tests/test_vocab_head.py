@@ -162,7 +162,7 @@ def test_every_objective_gets_the_gradients_of_autodiff(objective):
 
     def loss_fn(params):
       outputs = variant.apply({"params": params}, batch, deterministic=True, method="outputs")
-      return losses.objective_loss(outputs, batch, objective.bow_weight)
+      return losses.objective_loss(outputs, batch, objective)
     return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
 
   (loss, metrics), grads = loss_and_grads("fused")

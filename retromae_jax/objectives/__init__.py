@@ -1,16 +1,18 @@
-"""The pretraining objectives, host side: one registry that the pipeline, the masking, the FLOP
-count, the start-up checks and the model factory all read (NumPy only: no JAX, no Flax).
+"""The pretraining objectives: one registry that the pipeline, the masking, the packing, the FLOP
+count, the start-up checks, the loss and the model factory all read.
 
-An objective is put together from parts, each chosen by one config key:
-  encoder.masking    corrupt.py (80/10/10 in place, as RetroMAE) | drop.py (MAE-style)
-  objective.kind     retromae (an encoder part + a decoder part) | mlm.py (no decoder)
-  decoder.kind       enhanced.py (RetroMAE's) | basic.py | cross_attention.py | autoregressive.py
-  objective.bow_weight > 0   bag_of_words.py (DupMAE)
-Each part file declares, in one place (contract.Part): the batch fields it adds and their
-shapes, the host-side function that builds them, where it runs the MLM head and its own FLOPs,
-the checks of the config keys it owns, and (decoder parts) its Flax module, by import path: the
-host pipeline never imports models/. registry.py lists the parts and puts an objective together.
+An objective is put together from parts, each chosen by one config key, each one folder
+<part>/ with host.py (NumPy only: fields, shapes, host builder, random streams, packing, checks,
+FLOPs, loss terms, declared as one contract.Part) and, for a part with a network, model.py (its
+Flax module, a pretraining_model.PretrainingModel):
+  encoder.masking    corrupt/ (80/10/10 in place, as RetroMAE) | drop/ (MAE-style)
+  objective.kind     retromae (an encoder part + a decoder part) | mlm/ (no decoder)
+  decoder.kind       enhanced/ (RetroMAE's) | basic/ | cross_attention/ | autoregressive/ | tsdae/
+  objective.bow_weight > 0   bag_of_words/ (DupMAE)
+registry.py lists the parts and puts an objective together; losses.py adds up the loss terms
+the parts declare; pretraining_model.py is the encoder pass every model shares. The host never
+imports a model.py (tests/test_layers.py checks it in a fresh interpreter).
 
-Adding an objective: one part file here (plus, for a new network, its Flax module under
-retromae_jax/models/objectives/), one line in registry.py, and its tests.
+Adding an objective (docs/objectives.md, "Adding an objective"): one folder here, one entry in
+registry.py, and its tests.
 """

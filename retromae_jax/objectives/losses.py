@@ -1,5 +1,6 @@
-"""Token-level cross-entropy and accuracy over labelled positions (label -100 = ignored), DupMAE's
-bag-of-words loss, and the objective's total.
+"""The objective's loss: the sum of the loss terms its parts declare (contract.LossTerm), each
+a token-level cross-entropy with accuracy over labelled positions (label -100 = ignored) unless
+the term names its own function (DupMAE's bag of words: bag_of_words/model.py).
 
 The mean is over the labelled tokens of the whole (global) batch, as HF's CrossEntropyLoss with
 ignore_index=-100 computes it: under jit on a sharded batch the sums are global. With gradient
@@ -7,11 +8,12 @@ accumulation each microbatch divides by the WHOLE batch's token count (`denomina
 the microbatch losses and gradients add up to exactly the full batch's.
 """
 
-import jax
 import jax.numpy as jnp
 import optax
 
+from retromae_jax.objectives import contract, registry
 from retromae_jax.objectives.contract import IGNORE
+from retromae_jax.objectives.settings import ObjectiveConfig
 
 
 def labelled_tokens(labels):
@@ -34,49 +36,47 @@ def masked_cross_entropy(logits, labels, denominator=None):
   return loss, correct.sum() / denom, count
 
 
-def bag_of_words_loss(bow_logits, input_ids, bow_weights, denominator=None):
-  """DupMAE's L_bow (DupMAE), mean over examples.
-
-  bow_logits [B, V]: the encoder's MLM logits max-pooled over positions 1..L-1
-  (objectives/mlm.bag_of_words_pool); bow_weights [B, L]: 1/len(text ids) at one position per
-  distinct non-special id of the text (objectives/bag_of_words/host.py), so that
-  -sum_j w_j log_softmax(bow_logits)[x_j] = -sum over the text's id set of log p(id) / len.
-  `denominator` (default: this batch's examples) is what the sum over examples is divided by.
-  """
-  log_probs = jax.nn.log_softmax(bow_logits.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(log_probs, input_ids, axis=1)  # [B, L]
-  per_example = -(bow_weights * picked).sum(axis=-1)
-  denom = input_ids.shape[0] if denominator is None else denominator
-  return per_example.sum() / jnp.asarray(denom, jnp.float32)
+def token_cross_entropy(logits, batch, term, denominator=None):
+  """A loss term's default (contract.LossTerm.loss == ''): masked_cross_entropy of the logits
+  against batch[term.targets]; metrics acc and tokens."""
+  loss, accuracy, count = masked_cross_entropy(logits, batch[term.targets], denominator)
+  return loss, {"acc": accuracy, "tokens": count}
 
 
-def loss_denominators(batch) -> dict:
+def documents(batch):
+  """The batch's documents: its rows, or a packed row's segments (their [CLS] tokens)."""
+  if "segment_ids" in batch:
+    return ((batch["positions"] == 0) & (batch["segment_ids"] > 0)).sum()
+  return batch["input_ids"].shape[0]
+
+
+def _loss_function(term: contract.LossTerm):
+  return registry.load(term.loss) if term.loss else token_cross_entropy
+
+
+def loss_denominators(batch, objective: ObjectiveConfig = ObjectiveConfig()) -> dict:
   """What each loss term of the WHOLE batch divides by (gradient accumulation passes these to
-  every microbatch): labelled tokens for L_enc and L_dec, examples for L_bow."""
-  out = {"bow": batch["input_ids"].shape[0]}
-  for term, targets in (("enc", "encoder_targets"), ("dec", "decoder_targets")):
-    if targets in batch:
-      out[term] = labelled_tokens(batch[targets])
-  return out
+  every microbatch), by term name: its labelled targets or its documents (LossTerm.per)."""
+  return {term.name: (labelled_tokens(batch[term.targets]) if term.per == contract.PER_TOKEN
+                      else documents(batch))
+          for term in registry.loss_terms(objective)}
 
 
-def objective_loss(outputs, batch, bow_weight: float = 0.0, denominators=None):
-  """L = L_enc + L_dec + bow_weight * L_bow over the terms the objective has; each term logged.
+def objective_loss(outputs, batch, objective: ObjectiveConfig = ObjectiveConfig(),
+                   denominators=None):
+  """L = sum of weight * term over the loss terms the objective's parts declare
+  (registry.loss_terms; the default: L_enc + L_dec); each term logged as <name>_loss and its
+  metrics <name>_<metric>.
 
-  outputs: the model's `outputs` (encoder_logits, decoder_logits, bow_logits, where present).
+  outputs: the model's `outputs` (every term's logits, by the name the term declares).
   """
   denominators = denominators or {}
   terms, metrics = [], {}
-  for term, logits, targets in (("enc", "encoder_logits", "encoder_targets"),
-                                ("dec", "decoder_logits", "decoder_targets")):
-    if logits in outputs:
-      loss, acc, count = masked_cross_entropy(outputs[logits], batch[targets],
-                                              denominators.get(term))
-      terms.append(loss)
-      metrics.update({f"{term}_loss": loss, f"{term}_acc": acc, f"{term}_tokens": count})
-  if "bow_logits" in outputs:
-    bow = bag_of_words_loss(outputs["bow_logits"], batch["input_ids"], batch["bow_weights"],
-                            denominators.get("bow"))
-    terms.append(bow_weight * bow)
-    metrics["bow_loss"] = bow
+  for term in registry.loss_terms(objective):
+    loss, term_metrics = _loss_function(term)(outputs[term.logits], batch, term,
+                                              denominators.get(term.name))
+    weight = term.weight(objective)
+    terms.append(loss if weight == 1.0 else weight * loss)
+    metrics[f"{term.name}_loss"] = loss
+    metrics.update({f"{term.name}_{name}": value for name, value in term_metrics.items()})
   return sum(terms[1:], terms[0]), metrics

@@ -1,25 +1,23 @@
 """The frame of every objective's model: the encoder pass and its MLM head, which every objective
 shares, and the hook where a decoder part adds its module (mlm/model.py adds none).
 
-Encoder input (config encoder.masking):
-- 'corrupt' (the reference default): the whole sequence, the masked words corrupted 80/10/10 in place;
-  the MLM head runs at the masked positions and gives L_enc.
-- 'drop' (MAE-style, an option): the encoder reads only the unmasked tokens, compacted to
-  the front of a narrower array, each with its ORIGINAL position embedding. No hidden state
-  exists at a dropped position, so there is no L_enc: the decoder alone reconstructs the text.
-With objective.bow_weight > 0 the head also runs at every encoder position and the logits are
-max-pooled over positions 1.. for DupMAE's bag-of-words loss (DupMAE; losses.py).
+What the encoder reads and where its head runs are the selected parts' declarations
+(objectives/contract.Part: encoder_input, encoder_head, encoder_pool): encoder.masking=corrupt
+reads the whole corrupted row and reads the head at its masked slots (L_enc); drop reads only
+the kept tokens, compacted, and has no L_enc; the bag-of-words option reads the head at every
+position and max-pools it (bag_of_words/model.py).
+
+Packed rows (data.pack): the decoders read each document's sentence vector h at its own [CLS]
+(the encoder keeps each document's [CLS] at its row position, packed or not) and attend inside
+its segment: sentence_vectors, with_sentence_vectors and self_attention_mask below.
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from retromae_jax.models.bert import BertModel, MLMHead, ModelConfig
+from retromae_jax.models.bert import BertModel, MLMHead, ModelConfig, segment_mask, segment_starts
+from retromae_jax.objectives import registry
 from retromae_jax.objectives.settings import ObjectiveConfig
-
-# DupMAE pushes padding positions down by this much before the max-pool (not -inf: a row of
-# padding stays finite).
-BOW_PAD_PENALTY = -1000.0
 
 
 def optional_field(batch, name):
@@ -28,10 +26,33 @@ def optional_field(batch, name):
   return batch[name] if name in batch else None
 
 
-def bag_of_words_pool(logits, key_mask):
-  """[B, V]: max over positions 1..L-1 of the logits [B, L, V], padding pushed down by 1000."""
-  penalty = jnp.where(key_mask[:, 1:, None].astype(bool), 0.0, BOW_PAD_PENALTY)
-  return (logits[:, 1:] + penalty).max(axis=1)
+def row_layout(batch):
+  """(segment_ids, positions) [B, L] of packed rows; (None, None) with one document per row."""
+  return optional_field(batch, "segment_ids"), optional_field(batch, "positions")
+
+
+def sentence_vectors(hidden, positions):
+  """[B, L, D]: at each token of a packed row, its own document's [CLS] state (h)."""
+  return jnp.take_along_axis(hidden, segment_starts(positions)[..., None], axis=1)
+
+
+def with_sentence_vectors(x, hidden, batch):
+  """The decoder's input stream x [B, L, D] with each document's [CLS] entry replaced by its h:
+  [h, E(x_1), ..., E(x_{n-1})] per document (unpacked: h = the row's first encoder state)."""
+  positions = optional_field(batch, "positions")
+  if optional_field(batch, "segment_ids") is None:
+    return jnp.concatenate([hidden[:, :1].astype(x.dtype), x[:, 1:]], axis=1)
+  h = sentence_vectors(hidden, positions)
+  return jnp.where((positions == 0)[..., None], h.astype(x.dtype), x)
+
+
+def self_attention_mask(batch):
+  """A decoder's bidirectional self-attention over the real tokens: [B, 1, 1, L] keys, or in
+  packed rows [B, 1, L, L] (inside each document)."""
+  segment_ids = optional_field(batch, "segment_ids")
+  if segment_ids is None:
+    return batch["attention_mask"].astype(bool)[:, None, None, :]
+  return segment_mask(segment_ids)
 
 
 class PretrainingModel(nn.Module):
@@ -57,36 +78,39 @@ class PretrainingModel(nn.Module):
   def word_embeddings(self):
     return self.bert.embeddings.word_embeddings.embedding
 
+  def encoder_layout(self, batch):
+    """(segment_ids, positions) of the encoder's input; None each where the batch has none."""
+    reads = registry.encoder_part(self.objective).encoder_input
+    return optional_field(batch, reads.segments), optional_field(batch, reads.positions)
+
   def run_encoder(self, batch, deterministic: bool):
     """Returns (hidden [B, Le, D], its key mask [B, Le], outputs {name: logits}).
 
-    outputs: 'encoder_logits' [B, C, V] at batch['encoder_positions'] (corrupt only) and
-    'bow_logits' [B, V] (bag of words on).
+    outputs: what the parts read of the MLM head, under the names they declare: with the
+    defaults 'encoder_logits' [B, C, V] at batch['encoder_positions'] (corrupt), 'bow_logits'
+    (bag of words on).
     """
-    obj = self.objective
-    if obj.encoder_masking == "drop":
-      key_mask = batch["encoder_attention_mask"]
-      hidden = self.bert(batch["encoder_input_ids"], key_mask, deterministic,
-                         position_ids=batch["encoder_position_ids"])
-    else:
-      key_mask = batch["attention_mask"]
-      # Packed rows (data.pack): positions restart and attention stays in each document.
-      hidden = self.bert(batch["encoder_input_ids"], key_mask, deterministic,
-                         position_ids=optional_field(batch, "positions"),
-                         segment_ids=optional_field(batch, "segment_ids"))
+    parts = registry.parts(self.objective)
+    reads = registry.encoder_part(self.objective).encoder_input
+    key_mask = batch[reads.mask]
+    segment_ids, positions = self.encoder_layout(batch)
+    hidden = self.bert(batch[reads.ids], key_mask, deterministic, position_ids=positions,
+                       segment_ids=segment_ids)
+    heads = [part.encoder_head for part in parts if part.encoder_head is not None]
+    pools = [registry.load(part.encoder_pool) for part in parts if part.encoder_pool]
     outputs = {}
-    # Under drop no state exists at a masked position: no L_enc.
-    positions = batch["encoder_positions"] if obj.encoder_masking == "corrupt" else None
-    if obj.bag_of_words:
-      # Every position's logits are needed for the max-pool: [B, Le, V] in memory.
+    if pools:
+      # Every position's logits are needed: [B, Le, V] in memory, the slots read from them.
       logits = self.mlm_head(hidden, self.word_embeddings)
-      outputs["bow_logits"] = bag_of_words_pool(logits, key_mask)
-      if positions is not None:
-        outputs["encoder_logits"] = jnp.take_along_axis(logits, positions[..., None], axis=1)
-    elif positions is not None:
-      # The head runs only where L_enc needs vocabulary logits.
-      masked_hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
-      outputs["encoder_logits"] = self.mlm_head(masked_hidden, self.word_embeddings)
+      for pool in pools:
+        outputs.update(pool(logits, key_mask, segment_ids, positions))
+      for head in heads:
+        outputs[head.output] = jnp.take_along_axis(logits, batch[head.at][..., None], axis=1)
+    else:
+      # The head runs only where a loss needs vocabulary logits.
+      for head in heads:
+        slots = jnp.take_along_axis(hidden, batch[head.at][..., None], axis=1)
+        outputs[head.output] = self.mlm_head(slots, self.word_embeddings)
     return hidden, key_mask, outputs
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
@@ -95,11 +119,13 @@ class PretrainingModel(nn.Module):
     return None
 
   def outputs(self, batch, deterministic: bool = False) -> dict:
-    """Every logit the objective's loss reads (losses.objective_loss), by name."""
+    """Every logit the objective's loss terms read (losses.objective_loss), by name."""
     hidden, key_mask, outputs = self.run_encoder(batch, deterministic)
     decoder_logits = self.decode(hidden, key_mask, batch, deterministic)
     if decoder_logits is not None:
-      outputs["decoder_logits"] = decoder_logits
+      # A decoder part declares one loss term, over its decoder's logits: their name.
+      (name,) = {term.logits for term in registry.model_part(self.objective).losses}
+      outputs[name] = decoder_logits
     return outputs
 
   def __call__(self, batch, deterministic: bool = False) -> dict:

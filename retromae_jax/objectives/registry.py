@@ -1,8 +1,10 @@
 """The registry of objective parts, and an objective put together from them (objectives/__init__).
 
 Everything that depends on the objective reads it here: the batch layout (batch_shapes), the
-host's fields (data/masking.make_batch calls parts()' builders), the FLOP count
-(trainers/flops.py), the start-up checks (config_checks) and the model (make_model).
+host's fields and their packing (data/pretrain/masking.make_batch calls parts()' builders and
+reads their Pack declarations), the random streams (random_streams), the FLOP count
+(trainers/flops.py), the start-up checks (config_checks), the loss terms (loss_terms, read by
+objectives/losses.py), the encoder's input (encoder_part) and the model (make_model).
 """
 
 import importlib
@@ -16,6 +18,7 @@ from retromae_jax.objectives.cross_attention import host as cross_attention
 from retromae_jax.objectives.drop import host as drop
 from retromae_jax.objectives.enhanced import host as enhanced
 from retromae_jax.objectives.mlm import host as mlm
+from retromae_jax.objectives.tsdae import host as tsdae
 from retromae_jax.objectives.settings import MAX_DECODER_LAYERS, ObjectiveConfig
 
 
@@ -25,7 +28,7 @@ def _table(*parts: contract.Part) -> dict[str, contract.Part]:
 
 ENCODERS = _table(corrupt.PART, drop.PART)  # encoder.masking
 DECODERS = _table(enhanced.PART, basic.PART, cross_attention.PART,  # decoder.kind
-                  autoregressive.PART)
+                  autoregressive.PART, tsdae.PART)
 # objective.kind: 'retromae' = an encoder part and DECODERS[decoder.kind]; 'mlm' = no decoder.
 KINDS = ("retromae", mlm.PART.name)
 OPTIONS = (bag_of_words.PART,)  # added to any objective when part.enabled(objective)
@@ -54,6 +57,32 @@ def parts(objective: ObjectiveConfig) -> tuple[contract.Part, ...]:
   """The objective's parts in batch (and random-draw) order: encoder, decoder or mlm, options."""
   options = tuple(part for part in OPTIONS if part.enabled(objective))
   return (encoder_part(objective), model_part(objective), *options)
+
+
+def loss_terms(objective: ObjectiveConfig) -> tuple[contract.LossTerm, ...]:
+  """The loss terms of the objective's parts, in part order (objectives/losses.objective_loss)."""
+  return tuple(term for part in parts(objective) for term in part.losses)
+
+
+def random_streams() -> dict[str, int]:
+  """name -> number of every random stream a registered part draws from (and the shared
+  encoder mask's); a number used under two names is refused here, at import."""
+  streams = dict(contract.SHARED_STREAMS)
+  for part in (*ENCODERS.values(), *DECODERS.values(), mlm.PART, *OPTIONS):
+    for name, number in part.streams.items():
+      clash = [other for other, n in streams.items() if n == number and other != name]
+      if clash or streams.get(name, number) != number:
+        raise ValueError(f"objective part {part.name!r}: random stream {name!r}={number} "
+                         f"clashes with {clash or [name]}; take a number no part uses")
+      streams[name] = number
+  return streams
+
+
+def load(path: str):
+  """The object named by 'module:name' (a part's model, encoder pool or loss), imported now:
+  the host pipeline never needs them."""
+  module, name = path.split(":")
+  return getattr(importlib.import_module(module), name)
 
 
 def batch_shapes(objective: ObjectiveConfig, dims: contract.Dims) -> contract.Shapes:
@@ -118,8 +147,7 @@ def model_class(objective: ObjectiveConfig) -> type:
   """The Flax model class of the objective, imported here (the host pipeline never needs it).
   An objective with an unknown part is refused, naming its key."""
   _, part, *_ = parts(objective)
-  module, name = part.model.split(":")
-  return getattr(importlib.import_module(module), name)
+  return load(part.model)
 
 
 def make_model(cfg, objective: ObjectiveConfig = ObjectiveConfig()):

@@ -87,7 +87,7 @@ def train_and_evaluate(config, workdir: str):
   def loss_fn(params, batch, dropout_key, denominators=None):
     outputs = model.apply({"params": params}, batch, deterministic=False,
                           rngs={"dropout": dropout_key}, method="outputs")
-    return losses.objective_loss(outputs, batch, objective.bow_weight, denominators)
+    return losses.objective_loss(outputs, batch, objective, denominators)
 
   def loss_and_grads(params, batch, dropout_key, accum_steps):
     """Loss and gradients of the whole batch, from accum_steps microbatches.
@@ -99,7 +99,7 @@ def train_and_evaluate(config, workdir: str):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
       return grad_fn(params, batch, dropout_key)
-    denominators = losses.loss_denominators(batch)
+    denominators = losses.loss_denominators(batch, objective)
     micro = jax.tree.map(
         lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
         batch)

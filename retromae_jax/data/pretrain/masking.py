@@ -96,9 +96,9 @@ def word_spans(input_ids: np.ndarray, lengths: np.ndarray,
   return word_of_token, word_len
 
 
-# Each random draw of a batch reads its own stream of every document (example_random.py).
-STREAMS = {"encoder_mask": 1, "corrupt": 2, "decoder_pool": 3, "decoder_choice": 4,
-           "decoder_mask": 5}
+# Each random draw of a batch reads its own stream of every document (example_random.py): the
+# encoder mask's, and those the parts declare (objectives/contract.Part.streams).
+STREAMS = registry.random_streams()
 
 
 @dataclasses.dataclass(eq=False)
@@ -158,9 +158,10 @@ class Draw:
     e's stream), 0 on padding. example_random.below / low_fraction turn them into numbers."""
     return self.random.uint64(STREAMS[stream], self.lengths, self.input_ids.shape[1])
 
-  def mask_pool(self, ratio: float, pool_size: int, choice: np.ndarray) -> np.ndarray:
+  def mask_pool(self, ratio: float, pool_size: int, choice: np.ndarray, stream: str
+                ) -> np.ndarray:
     """The pools of P = min(n, pool_size) whole-word masks with budget round(n * ratio), mask
-    m from row m of the document's "decoder_pool" stream, bit-packed along the tokens (bit 1 =
+    m from row m of the document's `stream`, bit-packed along the tokens (bit 1 =
     masked): uint8 [B, pool_size, ceil(L/8)].
 
     Only the rows that some query row uses (choice [B, L], on the real tokens) are computed: a
@@ -175,7 +176,7 @@ class Draw:
     width = max(1, int(num_used.max()))
     used_rows = np.argsort(~used, axis=1, kind="stable")[:, :width]  # the chosen rows first
     rows = np.where(np.arange(width) < num_used[:, None], used_rows, -1)
-    return self.walk("decoder_pool", mask_budget(self.lengths, ratio), rows, pool_size)
+    return self.walk(stream, mask_budget(self.lengths, ratio), rows, pool_size)
 
 
 def make_batch(input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec,
@@ -214,24 +215,17 @@ def _for_documents(random: ExampleRandom | np.random.Generator, count: int) -> E
 def _packed_batch(input_ids, segment_ids, spec: MaskingSpec, random) -> dict[str, np.ndarray]:
   """make_batch of packed rows: the documents' own batch (one per row), placed back."""
   num_rows, seq_len = input_ids.shape
-  rows, offsets, doc_lengths = packing.documents(segment_ids)
-  doc_ids = packing.take_tokens(input_ids, rows, offsets, doc_lengths, spec.pad_id)
-  alone = make_batch(doc_ids, doc_lengths, dataclasses.replace(spec, pack=False),
-                     _for_documents(random, len(rows)))
+  layout = packing.Layout(*packing.documents(segment_ids), num_rows=num_rows, seq_len=seq_len)
+  doc_ids = packing.take_tokens(input_ids, layout.rows, layout.offsets, layout.lengths,
+                                spec.pad_id)
+  alone = make_batch(doc_ids, layout.lengths, dataclasses.replace(spec, pack=False),
+                     _for_documents(random, len(layout.rows)))
   out = {"input_ids": input_ids, "attention_mask": (segment_ids > 0).astype(np.int32),
          "segment_ids": segment_ids, "positions": packing.positions(segment_ids)}
-  fills = {contract.PACK_IDS: spec.pad_id, contract.PACK_LABELS: contract.IGNORE,
-           contract.PACK_ZEROS: 0}
+  segment_of = segment_ids[layout.rows, layout.offsets]
   for part in registry.parts(spec.objective):
     if part.packs is None:
       raise ValueError(f"data.pack: the objective part {part.name!r} does not support packing")
-    for name, kind in part.packs.items():
-      if kind in fills:
-        field = np.full((num_rows, seq_len), fills[kind], alone[name].dtype)
-        out[name] = packing.place_tokens(field, alone[name], rows, offsets, doc_lengths)
-      elif kind == contract.PACK_POOL:
-        out[name] = packing.place_pool(alone[name], rows, offsets, num_rows)
-    if contract.PACK_SLOTS in part.packs.values():
-      out["encoder_positions"], out["encoder_targets"] = packing.place_positions(
-          alone["encoder_positions"], alone["encoder_targets"], rows, offsets, num_rows)
+    for name, how in part.packs.items():
+      out[name] = packing.pack_field(how, name, alone, layout, segment_of, spec.pad_id)
   return {name: out[name] for name in spec.batch_shapes(num_rows)}  # the declared order

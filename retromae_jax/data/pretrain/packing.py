@@ -13,8 +13,11 @@ Host side, in two steps:
   never have more encoder-masked tokens than C = the budget of one full-length chunk, so the
   batch keeps its shape [B, C]).
 - masks per chunk (masking.make_batch): each chunk is masked alone, exactly as unpacked, then its
-  fields are put back at its place in the row (place_tokens, place_positions, place_pool).
+  fields are put back at its place in the row, each as its part declares
+  (objectives/contract.Pack; pack_field: place_tokens, place_slots, place_pool).
 """
+
+import typing
 
 import numpy as np
 
@@ -118,9 +121,10 @@ def positions(segment_ids: np.ndarray) -> np.ndarray:
   return np.where(segment_ids > 0, pos - last_start, 0).astype(np.int32)
 
 
-def _token_index(rows, offsets, lengths, seq_len):
-  """(valid [D, L], row index [D, L], column in the row [D, L]) of each chunk's tokens."""
-  pos = np.arange(seq_len)
+def _token_index(rows, offsets, lengths, width, seq_len):
+  """(valid [D, width], row index [D, width], column in the row [D, width]) of each chunk's
+  first lengths[d] entries (width: the chunk's field's; seq_len: the row's)."""
+  pos = np.arange(width)
   valid = pos < lengths[:, None]
   cols = np.minimum(offsets[:, None] + pos, seq_len - 1)
   return valid, np.broadcast_to(rows[:, None], valid.shape), cols
@@ -128,35 +132,69 @@ def _token_index(rows, offsets, lengths, seq_len):
 
 def take_tokens(row_field: np.ndarray, rows, offsets, lengths, fill) -> np.ndarray:
   """Each chunk's tokens of a row-aligned field, moved to the front: [D, L] (fill after)."""
-  valid, row_index, cols = _token_index(rows, offsets, lengths, row_field.shape[1])
+  width = row_field.shape[1]
+  valid, row_index, cols = _token_index(rows, offsets, lengths, width, width)
   return np.where(valid, row_field[row_index, cols], fill).astype(row_field.dtype)
 
 
 def place_tokens(out: np.ndarray, doc_field: np.ndarray, rows, offsets, lengths) -> np.ndarray:
-  """Writes each chunk's first lengths[d] entries of doc_field [D, L, ...] at its place in out
+  """Writes each chunk's first lengths[d] entries of doc_field [D, W, ...] from its offset in out
   [B, L, ...] (in place; returns out)."""
-  valid, row_index, cols = _token_index(rows, offsets, lengths, out.shape[1])
+  valid, row_index, cols = _token_index(rows, offsets, lengths, doc_field.shape[1],
+                                        out.shape[1])
   out[row_index[valid], cols[valid]] = doc_field[valid]
   return out
 
 
-def place_positions(doc_positions: np.ndarray, doc_targets: np.ndarray, rows, offsets,
-                    num_rows: int) -> tuple[np.ndarray, np.ndarray]:
-  """The encoder's masked slots ([D, C] positions and targets, IGNORE past a chunk's count) ->
-  the rows' ([B, C]): each chunk's positions shifted by its offset, chunks in row order."""
-  capacity = doc_positions.shape[1]
-  valid = doc_targets != contract.IGNORE
-  doc_index = np.broadcast_to(np.arange(len(rows))[:, None], valid.shape)[valid]
+def place_slots(doc_field: np.ndarray, doc_valid: np.ndarray, rows, shift, num_rows: int,
+                fill) -> np.ndarray:
+  """Lists of slots ([D, C], doc_valid: the used ones, first in each chunk's list) -> the rows'
+  ([B, C]): the chunks' used entries one after the other in row order (plus shift[d]: a
+  position moves by its chunk's offset), fill after."""
+  capacity = doc_field.shape[1]
+  doc_index = np.broadcast_to(np.arange(len(rows))[:, None], doc_valid.shape)[doc_valid]
   entry_rows = rows[doc_index]  # ascending: chunks are in row order, slots ascending
   rank = np.arange(len(entry_rows)) - np.searchsorted(entry_rows, entry_rows, side="left")
   if rank.size and rank.max() >= capacity:
     raise ValueError(f"packed row: more encoder-masked tokens than the {capacity} slots "
                      "(rows must be packed by data/packing.rows_of_chunks)")
-  out_positions = np.zeros((num_rows, capacity), np.int32)
-  out_targets = np.full((num_rows, capacity), contract.IGNORE, np.int32)
-  out_positions[entry_rows, rank] = doc_positions[valid] + offsets[doc_index]
-  out_targets[entry_rows, rank] = doc_targets[valid]
-  return out_positions, out_targets
+  out = np.full((num_rows, capacity), fill, doc_field.dtype)
+  out[entry_rows, rank] = doc_field[doc_valid] + np.asarray(shift)[doc_index]
+  return out
+
+
+class Layout(typing.NamedTuple):
+  """Where the documents of packed rows are: row [D], offset [D] and length [D] of each
+  (documents()), and the rows' shape."""
+  rows: np.ndarray
+  offsets: np.ndarray
+  lengths: np.ndarray
+  num_rows: int
+  seq_len: int
+
+
+def pack_field(how: contract.Pack, name: str, alone: dict[str, np.ndarray], layout: Layout,
+               segment_of: np.ndarray, pad_id: int) -> np.ndarray:
+  """Field `name` of packed rows from the documents' own batch `alone` (one per row, in
+  layout order), as its part declares (objectives/contract.Pack); segment_of [D]: each
+  document's segment number."""
+  rows, offsets, lengths, num_rows, seq_len = layout
+  if how.how == contract.POOL:
+    return place_pool(alone[name], rows, offsets, num_rows)
+  if how.how == contract.SLOTS:
+    shift = offsets if how.shift else np.zeros_like(offsets)
+    return place_slots(alone[name], alone[how.valid] != contract.IGNORE, rows, shift, num_rows,
+                       how.fill)
+  if how.how not in (contract.TOKENS, contract.SEGMENTS):
+    raise ValueError(f"{name}: unknown packing {how.how!r}")
+  extent = np.count_nonzero(alone[how.extent], axis=1) if how.extent else lengths
+  if how.how == contract.SEGMENTS:
+    doc_field = np.broadcast_to(segment_of.astype(np.int32)[:, None], (len(rows), seq_len))
+  else:
+    doc_field = alone[name]
+  fill = pad_id if how.fill == contract.PAD else how.fill
+  out = np.full((num_rows, seq_len, *doc_field.shape[2:]), fill, doc_field.dtype)
+  return place_tokens(out, doc_field, rows, offsets, extent)
 
 
 def place_pool(doc_pool: np.ndarray, rows, offsets, num_rows: int) -> np.ndarray:

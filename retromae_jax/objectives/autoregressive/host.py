@@ -39,6 +39,9 @@ def checks(config) -> list[contract.Check]:
 
 PART = contract.Part(
     name="autoregressive", fields=fields, build=build, checks=checks,
+    losses=(contract.LossTerm("dec", logits="decoder_logits", targets="decoder_targets"),),
     forward_flops=lambda cfg, objective, seq_len, encoder_len: decoder_forward_flops(
         cfg, objective, seq_len),
-    model="retromae_jax.objectives.autoregressive.model:AutoregressiveDecoding")
+    model="retromae_jax.objectives.autoregressive.model:AutoregressiveDecoding",
+    # A document's targets never reach past its last text token: they stay inside its segment.
+    packs={"decoder_targets": contract.PACK_LABELS})

@@ -1,7 +1,7 @@
 """objective.bow_weight > 0: DupMAE's bag-of-words loss, added to any objective.
 
 The encoder's MLM head runs at every encoder position; its logits, max-pooled over positions
-1.., must predict the SET of the text's ids (objectives/losses.bag_of_words_loss). The host sends
+1.., must predict the SET of the text's ids (bag_of_words/model.py). The host sends
 that set as O(L) weights instead of a [B, V] target.
 """
 
@@ -52,6 +52,13 @@ def checks(config) -> list[contract.Check]:
 
 PART = contract.Part(
     name="bag_of_words", fields=fields, build=build, checks=checks,
+    losses=(contract.LossTerm("bow", logits="bow_logits", targets="bow_weights",
+                              per=contract.PER_DOCUMENT,
+                              weight=lambda objective: objective.bow_weight,
+                              loss="retromae_jax.objectives.bag_of_words.model:"
+                                   "bag_of_words_loss"),),
+    encoder_pool="retromae_jax.objectives.bag_of_words.model:max_pool",
     # Every position's logits are max-pooled: the head runs over the encoder's whole width.
     head_positions=lambda encoder_len, encoder_positions: encoder_len,
-    enabled=lambda objective: objective.bag_of_words)
+    enabled=lambda objective: objective.bag_of_words,
+    packs={"bow_weights": contract.PACK_ZEROS})

@@ -33,8 +33,11 @@ def build(draw) -> dict[str, np.ndarray]:
   return masked_decoder_input(draw.input_ids, masked, draw.spec.mask_id)
 
 
+PACKS = {"decoder_input_ids": contract.PACK_IDS, "decoder_targets": contract.PACK_LABELS}
+LOSSES = (contract.LossTerm("dec", logits="decoder_logits", targets="decoder_targets"),)
+
 PART = contract.Part(
-    name="basic", fields=fields, build=build,
+    name="basic", fields=fields, build=build, streams={"decoder_mask": 5}, losses=LOSSES,
     forward_flops=lambda cfg, objective, seq_len, encoder_len: decoder_forward_flops(
         cfg, objective, seq_len),
-    model="retromae_jax.objectives.basic.model:BasicDecoding")
+    model="retromae_jax.objectives.basic.model:BasicDecoding", packs=PACKS)

@@ -6,13 +6,14 @@ mismatch of a model that is kept, have no purpose here). The decoder reads
 [h, E(x~_1), ..., E(x~_{L-1})]: the shared embeddings of the masked ids with position 0's
 replaced by the sentence vector h, as the paper's basic decoding; `decoder.num_layers` BERT
 layers of bidirectional self-attention over the real tokens; the shared MLM head. The loss is on
-the decoder-masked positions only (batch['decoder_targets'] is -100 elsewhere).
+the decoder-masked positions only (batch['decoder_targets'] is -100 elsewhere). Packed rows:
+each document's own h, positions and attention inside its segment.
 """
 
-import jax.numpy as jnp
-
 from retromae_jax.models.decoder_layers import SelfAttentionBody, Stack
-from retromae_jax.objectives.pretraining_model import PretrainingModel
+from retromae_jax.objectives.pretraining_model import (PretrainingModel, optional_field,
+                                                       self_attention_mask,
+                                                       with_sentence_vectors)
 
 
 class BasicDecoding(PretrainingModel):
@@ -23,7 +24,8 @@ class BasicDecoding(PretrainingModel):
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
     del key_mask
-    x = self.bert.embeddings(batch["decoder_input_ids"], deterministic)
-    x = jnp.concatenate([hidden[:, :1].astype(x.dtype), x[:, 1:]], axis=1)
-    keys = batch["attention_mask"].astype(bool)[:, None, None, :]  # padding keys invisible
-    return self.mlm_head(self.decoder(x, keys, deterministic), self.word_embeddings)
+    x = self.bert.embeddings(batch["decoder_input_ids"], deterministic,
+                             optional_field(batch, "positions"))
+    x = with_sentence_vectors(x, hidden, batch)
+    mask = self_attention_mask(batch)  # padding keys invisible
+    return self.mlm_head(self.decoder(x, mask, deterministic), self.word_embeddings)

@@ -43,8 +43,18 @@ def build(draw) -> dict[str, np.ndarray]:
 
 
 PART = contract.Part(
-    name="corrupt", fields=fields, build=build,
+    name="corrupt", fields=fields, build=build, streams={"corrupt": 2},
+    losses=(contract.LossTerm("enc", logits="encoder_logits", targets="encoder_targets"),),
     head_positions=lambda encoder_len, encoder_positions: encoder_positions,
     encoder_width=lambda dims: dims.seq_len,
-    packs={"encoder_input_ids": contract.PACK_IDS, "encoder_positions": contract.PACK_SLOTS,
-           "encoder_targets": contract.PACK_SLOTS})
+    # The whole row, packed or not (packed rows: positions restart, attention stays in each
+    # document).
+    encoder_input=contract.EncoderInput(ids="encoder_input_ids", mask="attention_mask",
+                                        positions="positions", segments="segment_ids"),
+    encoder_head=contract.EncoderHead(at="encoder_positions", output="encoder_logits"),
+    packs={"encoder_input_ids": contract.PACK_IDS,
+           # A packed row lists its documents' masked slots one after the other.
+           "encoder_positions": contract.Pack(contract.SLOTS, valid="encoder_targets",
+                                              shift=True),
+           "encoder_targets": contract.Pack(contract.SLOTS, fill=contract.IGNORE,
+                                            valid="encoder_targets")})

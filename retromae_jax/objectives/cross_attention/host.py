@@ -29,6 +29,7 @@ def forward_flops(cfg, objective, seq_len: int, encoder_len: int) -> float:
 
 
 PART = contract.Part(
-    name="cross_attention", fields=basic.fields, build=basic.build, checks=checks,
-    forward_flops=forward_flops,
-    model="retromae_jax.objectives.cross_attention.model:CrossAttentionDecoding")
+    name="cross_attention", fields=basic.fields, build=basic.build, streams=basic.PART.streams,
+    checks=checks, losses=basic.LOSSES, forward_flops=forward_flops,
+    model="retromae_jax.objectives.cross_attention.model:CrossAttentionDecoding",
+    packs=basic.PACKS)

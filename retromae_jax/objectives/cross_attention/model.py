@@ -6,12 +6,16 @@ cross-attention). Each of `decoder.num_layers` layers: bidirectional self-attent
 tokens, cross-attention to the memory, feed-forward. The memory is `decoder.cross_attend_to`:
 'sentence' = h alone (a one-vector bottleneck, as RetroMAE's), 'tokens' = every encoder state
 (the encoder's visible tokens under encoder.masking=drop). Loss on the decoder-masked positions.
+Packed rows: each token's memory is its own document's (its [CLS] state, or its states).
 """
 
 import jax.numpy as jnp
 
+from retromae_jax.models.bert import segment_starts
 from retromae_jax.models.decoder_layers import CrossAttentionBody, Stack
-from retromae_jax.objectives.pretraining_model import PretrainingModel
+from retromae_jax.objectives import registry
+from retromae_jax.objectives.pretraining_model import (PretrainingModel, row_layout,
+                                                       self_attention_mask)
 
 
 class CrossAttentionDecoding(PretrainingModel):
@@ -21,9 +25,12 @@ class CrossAttentionDecoding(PretrainingModel):
     return Stack(CrossAttentionBody, self.cfg, self.objective.decoder_layers)
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
-    x = self.bert.embeddings(batch["decoder_input_ids"], deterministic)
-    self_mask = batch["attention_mask"].astype(bool)[:, None, None, :]
-    if self.objective.cross_attend_to == "sentence":
+    segment_ids, positions = row_layout(batch)
+    x = self.bert.embeddings(batch["decoder_input_ids"], deterministic, positions)
+    self_mask = self_attention_mask(batch)
+    if segment_ids is not None:
+      memory, memory_mask = hidden, self.packed_memory_mask(batch, segment_ids, positions)
+    elif self.objective.cross_attend_to == "sentence":
       memory = hidden[:, :1]
       memory_mask = jnp.ones((hidden.shape[0], 1, 1, 1), bool)
     else:
@@ -31,3 +38,16 @@ class CrossAttentionDecoding(PretrainingModel):
       memory_mask = key_mask.astype(bool)[:, None, None, :]
     x = self.decoder(x, self_mask, memory, memory_mask, deterministic)
     return self.mlm_head(x, self.word_embeddings)
+
+  def packed_memory_mask(self, batch, segment_ids, positions):
+    """[B, 1, L, Le]: a packed row's token sees its own document's [CLS] state (at the
+    document's first row position, under either encoder part) or its encoder states."""
+    if self.objective.cross_attend_to == "sentence":
+      width = batch[registry.encoder_part(self.objective).encoder_input.ids].shape[1]
+      visible = jnp.arange(width)[None, None, :] == segment_starts(positions)[..., None]
+      visible &= (segment_ids > 0)[..., None]
+    else:
+      encoder_segments, _ = self.encoder_layout(batch)
+      visible = ((segment_ids[:, :, None] == encoder_segments[:, None, :])
+                 & (encoder_segments > 0)[:, None, :])
+    return visible[:, None]

@@ -1,6 +1,14 @@
 """encoder.masking=drop (MAE-style; this codebase's, not in the references): the encoder reads only the unmasked tokens,
 compacted to the front of a narrower array, each at its ORIGINAL position. No hidden state exists
-at a dropped position, so there is no L_enc: the decoder alone reconstructs the text."""
+at a dropped position, so there is no L_enc: the decoder alone reconstructs the text.
+
+Packed rows (data.pack): each document's kept tokens are compacted to the front of its OWN span
+of the row, with its segment number (encoder_segment_ids), so that its [CLS] stays at the row
+position where the decoders look for it. The encoder then reads all L positions: a row of
+documents keeps L minus what their walks masked, which can be more than the unpacked width
+L - C (a walk falls short of its budget when no remaining word fits), so no narrower width
+holds every packed row. Packing still removes the padding; drop's saving of C positions goes.
+"""
 
 import numpy as np
 
@@ -13,13 +21,25 @@ def drop_width(max_seq_length: int, capacity: int) -> int:
   return max(2, max_seq_length - capacity)
 
 
+def encoder_width(dims: contract.Dims) -> int:
+  """L - C unpacked; packed rows need all L (see the module docstring)."""
+  return dims.seq_len if dims.pack else drop_width(dims.seq_len, dims.capacity)
+
+
 def fields(dims: contract.Dims) -> contract.Shapes:
-  width = (dims.batch_size, drop_width(dims.seq_len, dims.capacity))
-  return {
+  width = (dims.batch_size, encoder_width(dims))
+  shapes = {
       "encoder_input_ids": (width, np.int32),  # the unmasked tokens ([CLS] ... [SEP]), then pad
       "encoder_position_ids": (width, np.int32),  # their original positions (0 on padding)
       "encoder_attention_mask": (width, np.int32),  # 1 on those tokens
   }
+  if dims.pack:
+    shapes["encoder_segment_ids"] = (width, np.int32)  # k on the k-th document's kept tokens
+  return shapes
+
+
+# Packed: each document's kept tokens (as many as its encoder_attention_mask has) from its offset.
+_KEPT = "encoder_attention_mask"
 
 
 def dropped_encoder_input(input_ids: np.ndarray, lengths: np.ndarray, masked: np.ndarray,
@@ -59,5 +79,11 @@ def build(draw) -> dict[str, np.ndarray]:
 
 
 PART = contract.Part(
-    name="drop", fields=fields, build=build,
-    encoder_width=lambda dims: drop_width(dims.seq_len, dims.capacity))
+    name="drop", fields=fields, build=build, encoder_width=encoder_width,
+    encoder_input=contract.EncoderInput(ids="encoder_input_ids", mask="encoder_attention_mask",
+                                        positions="encoder_position_ids",
+                                        segments="encoder_segment_ids"),
+    packs={"encoder_input_ids": contract.Pack(contract.TOKENS, fill=contract.PAD, extent=_KEPT),
+           "encoder_position_ids": contract.Pack(contract.TOKENS, extent=_KEPT),
+           "encoder_attention_mask": contract.Pack(contract.TOKENS, extent=_KEPT),
+           "encoder_segment_ids": contract.Pack(contract.SEGMENTS, extent=_KEPT)})

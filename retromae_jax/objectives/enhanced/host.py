@@ -32,7 +32,8 @@ def build(draw) -> dict[str, np.ndarray]:
   choice = np.where(real, example_random.below(draw.token_bits("decoder_choice"),
                                                np.maximum(pool_rows, 1)[:, None]), 0)
   return {
-      "decoder_pool": draw.mask_pool(spec.decoder_mask_ratio, spec.decoder_pool_size, choice),
+      "decoder_pool": draw.mask_pool(spec.decoder_mask_ratio, spec.decoder_pool_size, choice,
+                                     "decoder_pool"),
       "decoder_choice": choice.astype(np.int32),
       "decoder_targets": np.where(draw.word_of_token >= 0, draw.input_ids,
                                   contract.IGNORE).astype(np.int32),
@@ -41,6 +42,8 @@ def build(draw) -> dict[str, np.ndarray]:
 
 PART = contract.Part(
     name="enhanced", fields=fields, build=build,
+    streams={"decoder_pool": 3, "decoder_choice": 4},
+    losses=(contract.LossTerm("dec", logits="decoder_logits", targets="decoder_targets"),),
     forward_flops=lambda cfg, objective, seq_len, encoder_len: decoder_forward_flops(
         cfg, objective, seq_len),
     model="retromae_jax.objectives.enhanced.model:RetroMAE",

@@ -14,7 +14,7 @@ Gradients of the decoder loss reach the encoder through h (not detached).
 decoder.num_layers > 1 (a deeper decoder, not in the references): layer l's queries are
 layer l-1's output, while keys/values stay H2 and the mask stays M in every layer. Query rows
 never attend to each other, so no row ever sees its own token, however deep the stack.
-The other objectives (retromae_jax/models/objectives/) share the encoder side; the registry
+The other objectives (retromae_jax/objectives/<part>/model.py) share the encoder side; the registry
 (retromae_jax/objectives/registry.make_model) picks one.
 """
 
