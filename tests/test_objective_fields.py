@@ -7,7 +7,7 @@ import pytest
 from configs import base
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.trainers import settings
-from retromae_jax.data.pretrain import batch_contract, chunking, masking, pipeline
+from retromae_jax.data.pretrain import batch_contract, chunking, masking
 from retromae_jax.data import sources
 from retromae_jax.objectives.bag_of_words.host import bag_of_words_weights
 from retromae_jax.objectives.drop.host import dropped_encoder_input

@@ -22,7 +22,6 @@ data.train may list several sources with weights ('jsonl:a@2,beir:DIR@1'): each 
 import collections
 import dataclasses
 import json
-import os
 
 from absl import logging
 

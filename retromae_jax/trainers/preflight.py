@@ -23,6 +23,7 @@ from retromae_jax.interop import decoder as decoder_interop
 from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.trainers import run_identity
+from retromae_jax.trainers import settings
 
 # A corpus is not read whole at start-up: past this many lines without one usable document, the
 # check gives up with a warning (the pipeline still fails, later, if there is none at all).
