@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
 from configs.base import get_config
 from configs import finetune as finetune_config
