@@ -73,9 +73,6 @@ def _pretrain_checks(config, shape_known: bool):
        f"expected 8..model.max_position_embeddings ({max_len})"),
       ("data.decoder_pool_size", d.decoder_pool_size >= 1, "expected >= 1"),
       ("data.num_shards", d.num_shards >= 0, "expected >= 0 (0 = one per process)"),
-      ("model.sentence_vector", not (d.get("pack", False) and m.get("sentence_vector") == "mean"),
-       "'mean' reads a whole row; packed rows take each document's [CLS] state: set "
-       "--config.data.pack=False"),
       ("model.query_stream", m.query_stream in ("embeddings", "raw"),
        "expected 'embeddings' or 'raw'"),
       ("model.vocab_multiple", m.vocab_multiple >= 1, "expected >= 1"),
