@@ -22,6 +22,7 @@ from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import losses
 from retromae_jax.objectives.config import objective_config_from
 from retromae_jax.objectives.registry import make_model
+from retromae_jax.trainers import anchor as anchor_lib
 from retromae_jax.trainers import checkpoints
 from retromae_jax.trainers import flops
 from retromae_jax.trainers import loop
@@ -80,12 +81,20 @@ def train_and_evaluate(config, workdir: str):
                per_device(state.params) / 2**20, per_device(state.opt_state) / 2**20)
 
   # ---------------------------------------------------------------- Update step
-  def loss_fn(params, batch, dropout_key, denominators=None):
+  def loss_fn(params, batch, dropout_key, denominators=None, anchor=None):
     outputs = model.apply({"params": params}, batch, deterministic=False,
                           rngs={"dropout": dropout_key}, method="outputs")
-    return losses.objective_loss(outputs, batch, objective.bow_weight, denominators)
+    loss, aux = losses.objective_loss(outputs, batch, objective.bow_weight, denominators)
+    if anchor is None:
+      return loss, aux
+    # config.anchor: near the starting encoder; a microbatch weighs its share of the rows.
+    rows = batch["input_ids"].shape[0]
+    share = rows / (denominators or {}).get("bow", rows)
+    term, term_aux = anchor_lib.pretrain_term(config, model, params, anchor, batch,
+                                              model_cfg.sentence_vector, share)
+    return loss + term, {**aux, **term_aux}
 
-  def loss_and_grads(params, batch, dropout_key, accum_steps):
+  def loss_and_grads(params, batch, dropout_key, accum_steps, anchor=None):
     """Loss and gradients of the whole batch, from accum_steps microbatches.
 
     Microbatch i takes rows i, i+k, i+2k, ...: with the batch split over devices in contiguous
@@ -94,7 +103,7 @@ def train_and_evaluate(config, workdir: str):
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
-      return grad_fn(params, batch, dropout_key)
+      return grad_fn(params, batch, dropout_key, None, anchor)
     denominators = losses.loss_denominators(batch)
     micro = jax.tree.map(
         lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
@@ -102,11 +111,11 @@ def train_and_evaluate(config, workdir: str):
 
     def add_microbatch(totals, inputs):
       i, microbatch = inputs
-      out = grad_fn(params, microbatch, jax.random.fold_in(dropout_key, i), denominators)
+      out = grad_fn(params, microbatch, jax.random.fold_in(dropout_key, i), denominators, anchor)
       return jax.tree.map(jnp.add, totals, out), None
 
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
-        grad_fn, params, jax.tree.map(lambda x: x[0], micro), dropout_key, denominators))
+        grad_fn, params, jax.tree.map(lambda x: x[0], micro), dropout_key, denominators, anchor))
     totals, _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(accum_steps), micro))
     return totals
 
@@ -119,7 +128,9 @@ def train_and_evaluate(config, workdir: str):
                     for k, v in example.items()}
 
   def compile_for(accum_steps: int):
-    return train_state.compile_ahead(
+    compile_ahead = (anchor_lib.compile_ahead if anchor_lib.enabled(config)
+                     else train_state.compile_ahead)
+    return compile_ahead(
         functools.partial(update_step, accum_steps=accum_steps), state, state_shardings,
         global_example, batch_sharding, mesh, rules, f"{accum_steps} microbatch(es)")
 
@@ -155,6 +166,9 @@ def train_and_evaluate(config, workdir: str):
     return params
 
   state, start_step = loop.restore_or_init(mngr, state, init_params)
+  if anchor_lib.enabled(config):  # the starting encoder, again on a resumed run
+    train_step.anchor = anchor_lib.frozen_copy(
+        (state.params if start_step == 0 else init_params(state.params))["bert"])
 
   # ---------------------------------------------------------------- Input
   # pretrain_batches closes its tf.data iterator at exit (a live one can hang TF's shutdown).

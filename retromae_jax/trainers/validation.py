@@ -9,7 +9,7 @@ from retromae_jax.evaluators.embed import POOLING_CHOICES, POOLINGS
 from retromae_jax.models import pooling
 from retromae_jax.models.biencoder import SIMILARITIES
 from retromae_jax.models import bert
-from retromae_jax.trainers import loop, sharding
+from retromae_jax.trainers import anchor, loop, sharding
 from retromae_jax.objectives import registry
 
 
@@ -26,6 +26,9 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
   checks = _shared_checks(config, shape_known)
   checks += (_finetune_checks(config, shape_known) if finetune
              else _pretrain_checks(config, shape_known))
+  init = config.init
+  checks += anchor.checks(config, bool(init.get("model") or init.get("hf_dir")
+                                       or init.get("checkpoint")))
   for key, ok, expected in checks:
     if not ok:
       value = functools.reduce(getattr, key.split("."), config)
