@@ -54,8 +54,10 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
 
   # ---- Anti-forgetting (retromae_jax/trainers/anchor.py): keep the encoder's sentence vectors
   # ('vectors') or in-batch similarities ('similarities') near the starting model's, on the
-  # step's own texts; the starting model = the initial encoder, frozen. weight 0 = off.
-  c.anchor = ml_collections.ConfigDict(dict(weight=0.0, kind="vectors", temperature=0.05))
+  # step's own texts; the starting model = the initial encoder, frozen, or anchor.model's (an
+  # HF BERT directory or a workdir). weight 0 = off.
+  c.anchor = ml_collections.ConfigDict(dict(weight=0.0, kind="vectors", temperature=0.05,
+                                            model=""))
 
   # ---- Data (retromae_jax/data/pairs.py) ----
   c.data = ml_collections.ConfigDict()

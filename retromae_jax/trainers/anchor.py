@@ -6,7 +6,9 @@
   anchor.temperature  of the similarity distributions
 
 The starting model is a frozen copy of the encoder as initialised (init.hf_dir / init.checkpoint
-in pretraining, init.model in fine-tuning); a resumed run loads it again from the same place. Its
+in pretraining, init.model in fine-tuning; a resumed run loads it again from the same place), or
+of anchor.model when set (an HF BERT directory or a workdir: e.g. the general model a RetroMAE
+stage started from, when fine-tuning that stage's output). Its
 vectors are computed on the fly, every step, on the step's own texts: one forward pass of the
 frozen copy and one of the trained encoder, both without dropout (the trained one with its
 backward). Pretraining reads the batch's clean texts (input_ids: each document of a packed row
@@ -36,7 +38,7 @@ def checks(config, has_init: bool) -> list[tuple[str, bool, str]]:
       ("anchor.weight", a.weight >= 0, "expected >= 0 (0 = off)"),
       ("anchor.kind", a.kind in anchor_loss.KINDS, f"expected one of {anchor_loss.KINDS}"),
       ("anchor.temperature", a.temperature > 0, "expected > 0"),
-      ("anchor.weight", a.weight == 0 or has_init,
+      ("anchor.weight", a.weight == 0 or has_init or bool(a.get("model")),
        "the term keeps the encoder near the model it starts from: set init.hf_dir or "
        "init.checkpoint (pretraining), init.model (fine-tuning), or anchor.weight=0"),
       ("anchor.kind", a.weight == 0 or a.kind == "vectors" or not pretrain_packed,
@@ -45,15 +47,23 @@ def checks(config, has_init: bool) -> list[tuple[str, bool, str]]:
   ]
 
 
-def frozen_copy(encoder_params):
-  """The starting encoder, copied (the state's own arrays are donated to the step)."""
-  return jax.tree.map(jnp.copy, encoder_params)
+def starting_encoder(config, params, start_step: int, init_params):
+  """The frozen encoder: anchor.model's ('' = the initial model: `params` at step 0, loaded
+  again by init_params on a resumed run), copied (the state's own arrays are donated)."""
+  if config.anchor.get("model"):
+    from retromae_jax.evaluators import embed
+    from retromae_jax.interop import hf as hf_interop
+    params = hf_interop.load_hf_bert(embed.resolve_model_dir(config.anchor.model), params,
+                                     config.model.position_extension)
+  elif start_step:
+    params = init_params(params)
+  return jax.tree.map(jnp.copy, params["bert"])
 
 
 class AnchoredStep:
   """train_step(state, batch) of a program whose compiled step also reads the frozen encoder.
 
-  Set `anchor` (frozen_copy of the initial encoder) before the first call. The frozen copy is
+  Set `anchor` (starting_encoder) before the first call. The frozen copy is
   donated and handed back by every call (no copy per step)."""
 
   def __init__(self, compiled):

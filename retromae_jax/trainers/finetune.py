@@ -137,9 +137,8 @@ def train_and_evaluate(config, workdir: str):
     return params
 
   state, start_step = loop.restore_or_init(mngr, state, init_params)
-  if anchor_lib.enabled(config):  # the starting encoder, again on a resumed run
-    train_step.anchor = anchor_lib.frozen_copy(
-        (state.params if start_step == 0 else init_params(state.params))["bert"])
+  if anchor_lib.enabled(config):
+    train_step.anchor = anchor_lib.starting_encoder(config, state.params, start_step, init_params)
 
   # ---------------------------------------------------------------- Input
   examples = pairs.load_examples(d.train, d.split, d.hard_negatives, jax.process_index(),

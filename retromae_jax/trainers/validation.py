@@ -79,10 +79,8 @@ def _pretrain_checks(config, shape_known: bool):
       ("model.query_stream", m.query_stream in ("embeddings", "raw"),
        "expected 'embeddings' or 'raw'"),
       ("model.vocab_multiple", m.vocab_multiple >= 1, "expected >= 1"),
-      ("model.sentence_vector", m.get("sentence_vector", "cls") in pooling.POOLINGS and (
-          m.get("sentence_vector", "cls") == "cls" or config.objective.kind == "mlm"
-          or config.decoder.kind == "enhanced"),
-       f"expected one of {pooling.POOLINGS} ('mean' with decoder.kind=enhanced only)"),
+      ("model.sentence_vector", m.get("sentence_vector", "cls") in pooling.POOLINGS,
+       f"expected one of {pooling.POOLINGS}"),
       ("optim.freeze_encoder_steps",
        0 <= config.optim.get("freeze_encoder_steps", 0) < config.total_steps,
        "expected 0 (off) or fewer steps than total_steps"),

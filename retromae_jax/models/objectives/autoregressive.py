@@ -11,6 +11,7 @@ SEED-Encoder the span is per layer: n layers reach back n*(k-1)+1 tokens.
 
 import jax.numpy as jnp
 
+from retromae_jax.models import pooling
 from retromae_jax.models.objectives.layers import SelfAttentionBody, Stack
 from retromae_jax.models.objectives.mlm import MaskedLM
 
@@ -33,8 +34,8 @@ class AutoregressiveDecoding(MaskedLM):
     return Stack(SelfAttentionBody, self.cfg, self.objective.decoder_layers)
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
-    del key_mask
     x = self.bert.embeddings(batch["input_ids"], deterministic)
-    x = jnp.concatenate([hidden[:, :1].astype(x.dtype), x[:, 1:]], axis=1)
+    h = pooling.sentence_vector(hidden, key_mask, self.cfg.sentence_vector)[:, None]
+    x = jnp.concatenate([h.astype(x.dtype), x[:, 1:]], axis=1)
     mask = causal_attention(batch["attention_mask"], self.objective.attention_span)
     return self.mlm_head(self.decoder(x, mask, deterministic), self.word_embeddings)

@@ -11,6 +11,7 @@ the decoder-masked positions only (batch['decoder_targets'] is -100 elsewhere).
 
 import jax.numpy as jnp
 
+from retromae_jax.models import pooling
 from retromae_jax.models.objectives.layers import SelfAttentionBody, Stack
 from retromae_jax.models.objectives.mlm import MaskedLM
 
@@ -22,8 +23,8 @@ class BasicDecoding(MaskedLM):
     return Stack(SelfAttentionBody, self.cfg, self.objective.decoder_layers)
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
-    del key_mask
     x = self.bert.embeddings(batch["decoder_input_ids"], deterministic)
-    x = jnp.concatenate([hidden[:, :1].astype(x.dtype), x[:, 1:]], axis=1)
+    h = pooling.sentence_vector(hidden, key_mask, self.cfg.sentence_vector)[:, None]
+    x = jnp.concatenate([h.astype(x.dtype), x[:, 1:]], axis=1)
     keys = batch["attention_mask"].astype(bool)[:, None, None, :]  # padding keys invisible
     return self.mlm_head(self.decoder(x, keys, deterministic), self.word_embeddings)

@@ -10,6 +10,7 @@ tokens, cross-attention to the memory, feed-forward. The memory is `decoder.cros
 
 import jax.numpy as jnp
 
+from retromae_jax.models import pooling
 from retromae_jax.models.objectives.layers import CrossAttentionBody, Stack
 from retromae_jax.models.objectives.mlm import MaskedLM
 
@@ -24,7 +25,7 @@ class CrossAttentionDecoding(MaskedLM):
     x = self.bert.embeddings(batch["decoder_input_ids"], deterministic)
     self_mask = batch["attention_mask"].astype(bool)[:, None, None, :]
     if self.objective.cross_attend_to == "sentence":
-      memory = hidden[:, :1]
+      memory = pooling.sentence_vector(hidden, key_mask, self.cfg.sentence_vector)[:, None]
       memory_mask = jnp.ones((hidden.shape[0], 1, 1, 1), bool)
     else:
       memory = hidden
