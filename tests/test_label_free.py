@@ -126,3 +126,28 @@ def test_selfsup_source_is_a_pure_function_of_seed_and_step(tmp_path):
       np.testing.assert_array_equal(a[name], b[name])
   with pytest.raises(ValueError, match="selfsup.kinds"):
     pairs.load_examples(f"selfsup:jsonl:{corpus}", selfsup=dict(kinds="crops,nope"))
+
+
+def test_tsdae_preset_is_registry_parts_and_validates():
+  from configs import tsdae
+  from retromae_jax.objectives.config import objective_config_from
+  from retromae_jax.trainers import validation
+  config = tsdae.get_config("smoke")
+  config.model.sentence_vector = "mean"
+  validation.validate(config, 1, 1)
+  objective = objective_config_from(config)
+  assert (objective.encoder_masking, objective.decoder_kind) == ("drop", "autoregressive")
+  assert config.data.encoder_mask_ratio == 0.6 and not config.data.pack
+
+
+def test_anchor_checks_name_the_key():
+  from configs import base
+  from retromae_jax.trainers import validation
+  config = base.get_config("smoke")
+  config.anchor.weight = 1.0
+  with pytest.raises(ValueError, match="config.anchor.weight: the term keeps the encoder near"):
+    validation.validate(config, 1, 1)
+  config.init.hf_dir = "somewhere"
+  config.anchor.kind = "similarities"
+  with pytest.raises(ValueError, match="config.anchor.kind: 'similarities' compares"):
+    validation.validate(config, 1, 1, shape_known=True)
