@@ -30,6 +30,10 @@ def test_vector_loss_is_one_minus_cosine():
   got = anchor_loss.vector_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(w))
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   assert float(anchor_loss.vector_loss(jnp.asarray(s), jnp.asarray(s), jnp.asarray(w))) < 1e-6
+  # A zero row weighted 0 (a packed row's padding) leaves the gradient finite.
+  s[2] = 0.0
+  grad = jax.grad(anchor_loss.vector_loss)(jnp.asarray(s), jnp.asarray(t), jnp.asarray(w))
+  assert np.isfinite(np.asarray(grad)).all()
 
 
 @pytest.mark.parametrize("same_set", [False, True])

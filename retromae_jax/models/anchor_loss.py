@@ -18,8 +18,10 @@ KINDS = ("vectors", "similarities")
 
 
 def _unit(x):
+  # rsqrt of the clamped squared norm: finite gradients at a zero vector (a packed row's
+  # padding rows, weighted 0), where the norm's own gradient is 0/0.
   x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
 def vector_loss(student, teacher, weights):
