@@ -211,7 +211,8 @@ def write_table(results: dict, path: str) -> str:
       "[95% bootstrap interval]; Δ: paired bootstrap against start:mean (zero-shot) and "
       "finetune:mean (fine-tuned), P(Δ ≤ 0) its one-sided share.", "",
       f"| arm | zero-shot {METRIC} | Δ vs start:mean | label-free signal | fine-tuned {METRIC} "
-      "| Δ vs finetune:mean | P(Δ ≤ 0) | final enc / dec loss |", "|---|---|---|---|---|---|---|---|"]
+      "| Δ vs finetune:mean | P(Δ ≤ 0) | final enc / dec loss |",
+      "|---|---|---|---|---|---|---|---|"]
   for name, r in results["runs"].items():
     z, f = boot["zeroshot"].get(name), boot["finetuned"].get(name)
     curve = r.get("loss_curve") or {}

@@ -105,7 +105,8 @@ def test_heading_pairs_need_structure():
   opts = selfsup_pairs.Options(kinds="heading")
   assert selfsup_pairs.make_pair(md, opts, 0, 0) == (
       "Install", "Run pip install retromae and wait until the download and the build finish.")
-  assert selfsup_pairs.make_pair("no structure here at all, one plain sentence.", opts, 0, 0) is None
+  plain = "no structure here at all, one plain sentence."
+  assert selfsup_pairs.make_pair(plain, opts, 0, 0) is None
 
 
 def test_selfsup_source_is_a_pure_function_of_seed_and_step(tmp_path):

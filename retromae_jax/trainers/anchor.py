@@ -1,4 +1,4 @@
-"""The anti-forgetting term in both trainers (config.anchor; the term itself: models/anchor_loss.py).
+"""The anti-forgetting term in both trainers (config.anchor; the term: models/anchor_loss.py).
 
   anchor.weight       0 = off; else the term's weight in the training loss
   anchor.kind         'vectors' (each text's sentence vector keeps its direction) or
