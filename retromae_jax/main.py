@@ -89,7 +89,9 @@ def _main(argv):
   if task not in TASKS:
     raise ValueError(f"config.task: expected one of {sorted(TASKS)}, got {task!r}")
   distributed.initialize()
-  workdir = _WORKDIR.value or f"workdirs/{config.preset}"
+  # Absolute: orbax refuses relative checkpoint paths (a relative --workdir failed at its first
+  # save).
+  workdir = os.path.abspath(_WORKDIR.value or f"workdirs/{config.preset}")
   logging.info("Workdir: %s (task %s)", workdir, task)
   preflight.check(config, workdir)  # files and directories, in seconds, before compiling
   TASKS[task](config, workdir)
