@@ -317,15 +317,17 @@ def main(argv=None):
       "command": command,
       "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
       "wall_seconds": time.perf_counter() - started,
-      "setup": (f"preset {args.preset}; start {cfg['start']}; pretrain configs/base.py:minilm on "
-                f"the manual's unlabeled text ({set_info['num_unlabeled_pages']} pages), "
-                f"{cfg['pretrain_steps']} steps x {cfg['batch_size']} x {cfg['max_seq_length']} "
+      "setup": (f"preset {args.preset}; start {cfg['start']}; stages on the manual's unlabeled "
+                f"text ({set_info['num_unlabeled_pages']} pages, a tenth held out for the "
+                f"label-free signal): label-free pairs {cfg['selfsup_steps']} steps x "
+                f"{cfg['finetune_batch_size']} pairs, anchor weight {cfg['anchor_weight']}; "
+                f"pretrain {cfg['pretrain_steps']} steps x {cfg['batch_size']} x {cfg['max_seq_length']} "
                 f"tokens at lr {cfg['learning_rate']}, warm-up arms freeze the encoder for "
                 f"{cfg['freeze_steps']} steps; fine-tune {cfg['finetune_config']} on "
                 f"{args.finetune_data} ({cfg['finetune_steps']} steps x "
                 f"{cfg['finetune_batch_size']} queries); eval cosine, "
                 f"{cfg['eval_max_len']}/{cfg['eval_query_max_len']} tokens, seed {cfg['seed']}"),
-      "eval": f"manual pages test split ({args.man_dir})", "set": set_info,
+      "eval": f"manual pages {args.split} split ({args.man_dir})", "set": set_info,
       "num_queries": first.get("num_queries"), "num_docs": first.get("num_docs"), "config": cfg,
   }
   results = {"meta": meta, "runs": runs, "bootstrap": summarize(runs, args.bootstrap_samples),
