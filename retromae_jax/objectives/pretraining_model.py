@@ -15,6 +15,7 @@ its segment: sentence_vectors, with_sentence_vectors and self_attention_mask bel
 import flax.linen as nn
 import jax.numpy as jnp
 
+from retromae_jax.models import pooling
 from retromae_jax.models.bert import BertModel, MLMHead, ModelConfig, segment_mask, segment_starts
 from retromae_jax.objectives import registry
 from retromae_jax.objectives.settings import ObjectiveConfig
@@ -38,7 +39,8 @@ def sentence_vectors(hidden, positions):
 
 def with_sentence_vectors(x, hidden, batch):
   """The decoder's input stream x [B, L, D] with each document's [CLS] entry replaced by its h:
-  [h, E(x_1), ..., E(x_{n-1})] per document (unpacked: h = the row's first encoder state)."""
+  [h, E(x_1), ..., E(x_{n-1})] per document. `hidden`: PretrainingModel.sentence_states (h at
+  each document's first encoder position; unpacked: the row's first)."""
   positions = optional_field(batch, "positions")
   if optional_field(batch, "segment_ids") is None:
     return jnp.concatenate([hidden[:, :1].astype(x.dtype), x[:, 1:]], axis=1)
@@ -77,6 +79,19 @@ class PretrainingModel(nn.Module):
   @property
   def word_embeddings(self):
     return self.bert.embeddings.word_embeddings.embedding
+
+  def sentence_states(self, hidden, key_mask, batch):
+    """`hidden` [B, Le, D] with each document's first state (where the decoders read h) being
+    its sentence vector (model.sentence_vector): the [CLS] state itself ('cls'), or ('mean') the
+    mean over the document's own encoder tokens, as models/pooling.py defines it; in packed rows
+    each document's own (the encoder's segments; under drop a document's kept tokens stay in
+    its own stretch of the row)."""
+    if self.cfg.sentence_vector == "cls":
+      return hidden
+    segments, _ = self.encoder_layout(batch)
+    if segments is None:  # one document per row: one segment, the real tokens
+      segments = key_mask.astype(jnp.int32)
+    return pooling.segment_mean(hidden, key_mask, segments)
 
   def encoder_layout(self, batch):
     """(segment_ids, positions) of the encoder's input; None each where the batch has none."""

@@ -30,6 +30,7 @@ from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import biencoder
 from retromae_jax.models import pooling as pooling_lib
+from retromae_jax.trainers import anchor as anchor_lib
 from retromae_jax.trainers import checkpointer as checkpointer_lib
 from retromae_jax.trainers import gradient_cache
 from retromae_jax.trainers import loop
@@ -89,11 +90,18 @@ def train_and_evaluate(config, workdir: str):
   global_example = {k: jax.ShapeDtypeStruct(s, t) for k, (s, t) in shapes.items()}
   dropout = model_cfg.dropout_rate > 0 or model_cfg.attention_dropout_rate > 0
 
-  def loss_and_grads(params, batch, dropout_key, chunk_size):
+  def loss_and_grads(params, batch, dropout_key, chunk_size, anchor=None):
     # Dropout depends on (seed, step, row of the global batch) only: not on the mesh or the
     # gradient cache's chunks.
-    return gradient_cache.value_and_grad(spec, params, batch, dropout_key if dropout else None,
-                                         chunk_size)
+    out = gradient_cache.value_and_grad(spec, params, batch, dropout_key if dropout else None,
+                                        chunk_size)
+    if anchor is None:
+      return out
+    # config.anchor: near the starting encoder, its own pass (outside the gradient cache).
+    (loss, aux), grads = out
+    (term, term_aux), term_grads = jax.value_and_grad(
+        lambda p: anchor_lib.finetune_term(config, spec, p, anchor, batch), has_aux=True)(params)
+    return (loss + term, {**aux, **term_aux}), jax.tree.map(jnp.add, grads, term_grads)
 
   update_step = loop.make_update_step(
       loss_and_grads, tx, {"lr": schedule},
@@ -102,7 +110,9 @@ def train_and_evaluate(config, workdir: str):
       dropout_prng=config.dropout_prng)
 
   def compile_for(chunk_size: int):
-    return train_state.compile_ahead(
+    compile_ahead = (anchor_lib.compile_ahead if anchor_lib.enabled(config)
+                     else train_state.compile_ahead)
+    return compile_ahead(
         functools.partial(update_step, chunk_size=chunk_size), state, state_shardings,
         global_example, batch_sharding, mesh, rules, f"gradient cache chunk {chunk_size or 'off'}")
 
@@ -134,11 +144,15 @@ def train_and_evaluate(config, workdir: str):
       mngr, meta, every=config.checkpoint_every, last_step=config.total_steps,
       log_every=config.log_every)
   state, start_step = loop.restore_or_init(mngr, state, init_params)
+  if anchor_lib.enabled(config):
+    train_step.anchor = anchor_lib.starting_encoder(config, state.params, start_step, init_params)
   loop.write_config(config, workdir)
 
   # ---------------------------------------------------------------- Input
   examples = pairs.load_examples(d.train, d.split, d.hard_negatives, jax.process_index(),
-                                 jax.process_count())
+                                 jax.process_count(),
+                                 selfsup=dict(d.get("selfsup") or {}, seed=config.seed,
+                                              data_dir=d.get("data_dir", "")))
   # Every process turns epochs at the same step: an epoch uses the smallest share's size.
   epoch_size = int(np.min(multihost_utils.process_allgather(np.int32(len(examples)))))
   group_batches = pairs.GroupBatches(

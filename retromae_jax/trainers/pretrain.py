@@ -22,6 +22,7 @@ from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.objectives import losses
 from retromae_jax.objectives.registry import make_model
+from retromae_jax.trainers import anchor as anchor_lib
 from retromae_jax.trainers import checkpointer as checkpointer_lib
 from retromae_jax.trainers import settings
 from retromae_jax.trainers import flops
@@ -33,6 +34,9 @@ from retromae_jax.trainers import run_identity
 from retromae_jax.trainers import sharding
 from retromae_jax.trainers import train_state
 from retromae_jax.trainers import validation
+
+# The whole batch's rows, beside the loss terms' denominators: the anchor term's microbatch share.
+_ROWS = "rows"
 
 
 def train_and_evaluate(config, workdir: str):
@@ -84,12 +88,20 @@ def train_and_evaluate(config, workdir: str):
                per_device(state.params) / 2**20, per_device(state.opt_state) / 2**20)
 
   # ---------------------------------------------------------------- Update step
-  def loss_fn(params, batch, dropout_key, denominators=None):
+  def loss_fn(params, batch, dropout_key, denominators=None, anchor=None):
     outputs = model.apply({"params": params}, batch, deterministic=False,
                           rngs={"dropout": dropout_key}, method="outputs")
-    return losses.objective_loss(outputs, batch, objective, denominators)
+    loss, aux = losses.objective_loss(outputs, batch, objective, denominators)
+    if anchor is None:
+      return loss, aux
+    # config.anchor: near the starting encoder; a microbatch weighs its share of the rows.
+    rows = batch["input_ids"].shape[0]
+    share = rows / (denominators or {}).get(_ROWS, rows)
+    term, term_aux = anchor_lib.pretrain_term(config, model, params, anchor, batch,
+                                              model_cfg.sentence_vector, share)
+    return loss + term, {**aux, **term_aux}
 
-  def loss_and_grads(params, batch, dropout_key, accum_steps):
+  def loss_and_grads(params, batch, dropout_key, accum_steps, anchor=None):
     """Loss and gradients of the whole batch, from accum_steps microbatches.
 
     Microbatch i takes rows i, i+k, i+2k, ...: with the batch split over devices in contiguous
@@ -98,19 +110,20 @@ def train_and_evaluate(config, workdir: str):
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
-      return grad_fn(params, batch, dropout_key)
-    denominators = losses.loss_denominators(batch, objective)
+      return grad_fn(params, batch, dropout_key, None, anchor)
+    denominators = {**losses.loss_denominators(batch, objective),
+                    _ROWS: batch["input_ids"].shape[0]}
     micro = jax.tree.map(
         lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
         batch)
 
     def add_microbatch(totals, inputs):
       i, microbatch = inputs
-      out = grad_fn(params, microbatch, jax.random.fold_in(dropout_key, i), denominators)
+      out = grad_fn(params, microbatch, jax.random.fold_in(dropout_key, i), denominators, anchor)
       return jax.tree.map(jnp.add, totals, out), None
 
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
-        grad_fn, params, jax.tree.map(lambda x: x[0], micro), dropout_key, denominators))
+        grad_fn, params, jax.tree.map(lambda x: x[0], micro), dropout_key, denominators, anchor))
     totals, _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(accum_steps), micro))
     return totals
 
@@ -123,7 +136,9 @@ def train_and_evaluate(config, workdir: str):
                     for k, v in example.items()}
 
   def compile_for(accum_steps: int):
-    return train_state.compile_ahead(
+    compile_ahead = (anchor_lib.compile_ahead if anchor_lib.enabled(config)
+                     else train_state.compile_ahead)
+    return compile_ahead(
         functools.partial(update_step, accum_steps=accum_steps), state, state_shardings,
         global_example, batch_sharding, mesh, rules, f"{accum_steps} microbatch(es)")
 
@@ -163,6 +178,8 @@ def train_and_evaluate(config, workdir: str):
       mngr, meta, every=config.checkpoint_every, last_step=config.total_steps,
       log_every=config.log_every)
   state, start_step = loop.restore_or_init(mngr, state, init_params)
+  if anchor_lib.enabled(config):
+    train_step.anchor = anchor_lib.starting_encoder(config, state.params, start_step, init_params)
   loop.write_config(config, workdir)
 
   # ---------------------------------------------------------------- Input

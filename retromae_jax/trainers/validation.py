@@ -9,8 +9,7 @@ from retromae_jax.evaluators.embed import POOLING_CHOICES, POOLINGS
 from retromae_jax.models import pooling
 from retromae_jax.models.biencoder import SIMILARITIES
 from retromae_jax.models import bert
-from retromae_jax.trainers import settings
-from retromae_jax.trainers import loop, sharding
+from retromae_jax.trainers import anchor, loop, settings, sharding
 from retromae_jax.objectives import registry
 
 
@@ -27,6 +26,9 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
   checks = _shared_checks(config, shape_known)
   checks += (_finetune_checks(config, shape_known) if finetune
              else _pretrain_checks(config, shape_known))
+  init = config.init
+  checks += anchor.checks(config, bool(init.get("model") or init.get("hf_dir")
+                                       or init.get("checkpoint")))
   for key, ok, expected in checks:
     if not ok:
       value = functools.reduce(getattr, key.split("."), config)
@@ -74,16 +76,11 @@ def _pretrain_checks(config, shape_known: bool):
        f"expected 8..model.max_position_embeddings ({max_len})"),
       ("data.decoder_pool_size", d.decoder_pool_size >= 1, "expected >= 1"),
       ("data.num_shards", d.num_shards >= 0, "expected >= 0 (0 = one per process)"),
-      ("model.sentence_vector", not (d.get("pack", False) and m.get("sentence_vector") == "mean"),
-       "'mean' reads a whole row; packed rows take each document's [CLS] state: set "
-       "--config.data.pack=False"),
       ("model.query_stream", m.query_stream in ("embeddings", "raw"),
        "expected 'embeddings' or 'raw'"),
       ("model.vocab_multiple", m.vocab_multiple >= 1, "expected >= 1"),
-      ("model.sentence_vector", m.get("sentence_vector", "cls") in pooling.POOLINGS and (
-          m.get("sentence_vector", "cls") == "cls" or config.objective.kind == "mlm"
-          or config.decoder.kind == "enhanced"),
-       f"expected one of {pooling.POOLINGS} ('mean' with decoder.kind=enhanced only)"),
+      ("model.sentence_vector", m.get("sentence_vector", "cls") in pooling.POOLINGS,
+       f"expected one of {pooling.POOLINGS}"),
       ("optim.freeze_encoder_steps",
        0 <= config.optim.freeze_encoder_steps < config.total_steps,
        "expected 0 (off) or fewer steps than total_steps"),

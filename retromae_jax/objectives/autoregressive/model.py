@@ -41,10 +41,9 @@ class AutoregressiveDecoding(PretrainingModel):
     return Stack(SelfAttentionBody, self.cfg, self.objective.decoder_layers)
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
-    del key_mask
     segment_ids, positions = row_layout(batch)
     x = self.bert.embeddings(batch["input_ids"], deterministic, positions)
-    x = with_sentence_vectors(x, hidden, batch)
+    x = with_sentence_vectors(x, self.sentence_states(hidden, key_mask, batch), batch)
     mask = causal_attention(batch["attention_mask"], self.objective.attention_span, segment_ids,
                             positions)
     return self.mlm_head(self.decoder(x, mask, deterministic), self.word_embeddings)

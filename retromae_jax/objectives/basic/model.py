@@ -23,9 +23,8 @@ class BasicDecoding(PretrainingModel):
     return Stack(SelfAttentionBody, self.cfg, self.objective.decoder_layers)
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
-    del key_mask
     x = self.bert.embeddings(batch["decoder_input_ids"], deterministic,
                              optional_field(batch, "positions"))
-    x = with_sentence_vectors(x, hidden, batch)
+    x = with_sentence_vectors(x, self.sentence_states(hidden, key_mask, batch), batch)
     mask = self_attention_mask(batch)  # padding keys invisible
     return self.mlm_head(self.decoder(x, mask, deterministic), self.word_embeddings)

@@ -28,10 +28,12 @@ class CrossAttentionDecoding(PretrainingModel):
     segment_ids, positions = row_layout(batch)
     x = self.bert.embeddings(batch["decoder_input_ids"], deterministic, positions)
     self_mask = self_attention_mask(batch)
+    sentence = self.objective.cross_attend_to == "sentence"
     if segment_ids is not None:
-      memory, memory_mask = hidden, self.packed_memory_mask(batch, segment_ids, positions)
-    elif self.objective.cross_attend_to == "sentence":
-      memory = hidden[:, :1]
+      memory = self.sentence_states(hidden, key_mask, batch) if sentence else hidden
+      memory_mask = self.packed_memory_mask(batch, segment_ids, positions)
+    elif sentence:
+      memory = self.sentence_states(hidden, key_mask, batch)[:, :1]
       memory_mask = jnp.ones((hidden.shape[0], 1, 1, 1), bool)
     else:
       memory = hidden

@@ -52,10 +52,13 @@ class RetroMAE(PretrainingModel):
       h_everywhere = jnp.broadcast_to(h, kv_stream.shape)
       positions = jnp.arange(seq_len)
     else:
-      # Packed rows: each token's h is its own document's [CLS] state, which also replaces
-      # that [CLS]'s embedding in H2.
-      starts = segment_starts(positions)
-      h_everywhere = jnp.take_along_axis(hidden, starts[..., None], axis=1)
+      # Packed rows: each token's h is its own document's sentence vector ([CLS] state, or the
+      # mean over the document's own tokens), which also replaces that [CLS]'s embedding in H2.
+      if cfg.sentence_vector == "mean":
+        h_everywhere = pooling.segment_mean(hidden, key_mask, segment_ids)
+      else:
+        starts = segment_starts(positions)
+        h_everywhere = jnp.take_along_axis(hidden, starts[..., None], axis=1)
       kv_stream = jnp.where((positions == 0)[..., None], h_everywhere.astype(kv_stream.dtype),
                             kv_stream)
     if cfg.query_stream == "embeddings":

@@ -19,14 +19,14 @@ class TSDAEDecoding(CrossAttentionDecoding):
   """Parameters: {'bert', 'mlm_head', 'decoder': {'layers': stacked cross-attention layers}}."""
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
-    del key_mask
+    sentence = self.sentence_states(hidden, key_mask, batch)
     segment_ids, positions = row_layout(batch)
     x = self.bert.embeddings(batch["input_ids"], deterministic, positions)
     self_mask = causal_attention(batch["attention_mask"], 0, segment_ids, positions)
     if segment_ids is None:
-      memory = hidden[:, :1]
+      memory = sentence[:, :1]
       memory_mask = jnp.ones((hidden.shape[0], 1, 1, 1), bool)
     else:
-      memory, memory_mask = hidden, self.packed_memory_mask(batch, segment_ids, positions)
+      memory, memory_mask = sentence, self.packed_memory_mask(batch, segment_ids, positions)
     x = self.decoder(x, self_mask, memory, memory_mask, deterministic)
     return self.mlm_head(x, self.word_embeddings)

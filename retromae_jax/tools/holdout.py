@@ -1,0 +1,76 @@
+"""A label-free evaluation set from unlabeled text: documents held out of training, each giving a
+pseudo-query (inverse cloze: one of its sentences) whose one relevant document is the passage
+around that sentence, the sentence removed.
+
+  python -m retromae_jax.tools.holdout --source=SOURCE --out=DIR [--fraction=0.1] [--seed=0]
+      [--window_words=100] [--max_documents=N]
+
+SOURCE: any pretraining source (data/sources.py, or a prepared corpus). Writes
+  DIR/train.jsonl   the documents NOT held out, {"text": ...} per line: train on these
+                    (data.source=jsonl:DIR/train.jsonl, data.train=selfsup:jsonl:DIR/train.jsonl)
+  DIR/heldout/      a BEIR folder (split 'test'): set eval.data=DIR/heldout and the periodic
+                    evaluator scores it while either stage trains; `tools.evaluate` scores a
+                    finished model on it
+Which documents are held out is a function of their text alone (selfsup_pairs.held_out), so
+the split does not depend on the order or sharding of the source. A user without labels reads
+this set's nDCG@10: does adaptation help, and when to stop.
+"""
+
+import json
+import os
+
+from absl import app, flags, logging
+
+from retromae_jax.data.evalsets import beir
+from retromae_jax.data import selfsup_pairs
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("source", None, "a pretraining source: jsonl:GLOB, text:GLOB, tfds:..., "
+                    "pydoc, prepared:DIR")
+flags.DEFINE_string("out", None, "output directory")
+flags.DEFINE_float("fraction", 0.1, "share of the documents held out")
+flags.DEFINE_integer("seed", 0, "draws the sentence of each held-out document")
+flags.DEFINE_integer("window_words", 100, "words of context around the sentence, at most")
+flags.DEFINE_integer("max_documents", 0, "read at most this many documents (0 = all)")
+flags.DEFINE_string("data_dir", "", "TFDS data_dir, for tfds: sources")
+
+
+def split(texts, fraction: float, seed: int, window_words: int):
+  """(train texts, corpus {id: passage}, queries {id: sentence}, qrels {qid: {id: 1}})."""
+  opts = selfsup_pairs.Options(kinds="ict", window_words=window_words)
+  train, corpus, queries, qrels = [], {}, {}, {}
+  for n, text in enumerate(texts):
+    if not selfsup_pairs.held_out(text, fraction):
+      train.append(text)
+      continue
+    pair = selfsup_pairs.make_pair(text, opts, seed, view=0)
+    if pair is None:  # too short for a sentence and its context: neither trained on nor scored
+      continue
+    corpus[f"d{n}"], queries[f"q{n}"] = pair[1], pair[0]
+    qrels[f"q{n}"] = {f"d{n}": 1}
+  return train, corpus, queries, qrels
+
+
+def main(argv):
+  del argv
+  if not FLAGS.source or not FLAGS.out:
+    raise app.UsageError("--source and --out are required")
+  if not 0 < FLAGS.fraction < 1:
+    raise app.UsageError(f"--fraction: expected a share in (0, 1), got {FLAGS.fraction}")
+  texts = selfsup_pairs.read_documents(FLAGS.source, FLAGS.data_dir, FLAGS.max_documents)
+  train, corpus, queries, qrels = split(texts, FLAGS.fraction, FLAGS.seed, FLAGS.window_words)
+  if not queries:
+    raise app.UsageError(f"--source {FLAGS.source}: no document was held out with a usable "
+                         f"sentence (of {len(texts)}); raise --fraction")
+  os.makedirs(FLAGS.out, exist_ok=True)
+  with open(os.path.join(FLAGS.out, "train.jsonl"), "w", encoding="utf-8") as f:
+    for text in train:
+      f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+  beir.write(os.path.join(FLAGS.out, "heldout"), corpus, queries, {"test": qrels})
+  logging.info("%d documents: %d to train on (%s), %d held out as pseudo-queries (%s)",
+               len(texts), len(train), os.path.join(FLAGS.out, "train.jsonl"), len(queries),
+               os.path.join(FLAGS.out, "heldout"))
+
+
+if __name__ == "__main__":
+  app.run(main)
