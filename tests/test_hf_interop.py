@@ -25,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import tokenizers  # noqa: E402
 
 from retromae_jax.evaluators import embed as encode  # noqa: E402
+from retromae_jax.interop import workdir as workdir_layout  # noqa: E402
 from retromae_jax.interop import hf as hf_interop  # noqa: E402
 from retromae_jax.models.bert import MLMHead, ModelConfig  # noqa: E402
 from retromae_jax.objectives.enhanced.model import RetroMAE  # noqa: E402
@@ -340,9 +341,9 @@ def test_encode_input_and_model_errors(tmp_path):
   os.makedirs(workdir / "checkpoints")
   (workdir / "config.json").write_text("{}")
   with pytest.raises(ValueError, match="export"):
-    encode.resolve_model_dir(str(workdir))
+    workdir_layout.resolve_model_dir(str(workdir))
   os.makedirs(workdir / "export" / "encoder")
   for name in ("config.json", "model.safetensors"):
     os.symlink(os.path.join(MINILM, name), workdir / "export" / "encoder" / name)
-  assert encode.resolve_model_dir(str(workdir)) == str(workdir / "export" / "encoder")
+  assert workdir_layout.resolve_model_dir(str(workdir)) == str(workdir / "export" / "encoder")
 

@@ -23,8 +23,6 @@ PROGRESS_EVERY_S seconds, and a final line when it is done (process 0 only).
 
 import datetime
 import functools
-import json
-import os
 import time
 from typing import Sequence
 
@@ -37,51 +35,22 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from retromae_jax.data import jsonl
 from retromae_jax.interop import hf as hf_interop
+from retromae_jax.interop import workdir
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.models.bert import ModelConfig
 from retromae_jax.models import pooling as pooling_lib
 from retromae_jax.objectives.enhanced.model import RetroMAE
 
 POOLINGS = pooling_lib.POOLINGS
-POOLING_CHOICES = ("auto",) + POOLINGS  # auto: what the model was trained with (pooling.resolve)
+POOLING_CHOICES = ("auto",) + POOLINGS  # auto: what the model was trained with (interop/workdir.resolve_pooling)
 _LENGTH_MULTIPLE = 8
 # Seconds between progress lines while a corpus is embedded (a final line always follows).
 PROGRESS_EVERY_S = 10.0
 
 
-def _is_hf_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, "config.json")) and any(
-      os.path.isfile(os.path.join(path, n))
-      for n in ("model.safetensors", "model.safetensors.index.json"))
-
-
-def resolve_model_dir(path: str) -> str:
-  """The HF BERT directory to embed with: `path` itself, or `<workdir>/export/encoder`."""
-  export = os.path.join(path, "export", "encoder")
-  if _is_hf_dir(export):
-    return export
-  if _is_hf_dir(path):
-    return path
-  if not os.path.isdir(path):
-    raise ValueError(f"--model: {path} does not exist")
-  config_path = os.path.join(path, "config.json")
-  try:
-    with open(config_path, encoding="utf-8") as f:
-      is_hf = "model_type" in json.load(f)
-  except (OSError, ValueError):
-    is_hf = False
-  if is_hf:
-    hf_interop.read_hf_config(path)  # raises, naming the missing model.safetensors
-  if os.path.isdir(os.path.join(path, "checkpoints")) or os.path.isfile(config_path):
-    raise ValueError(f"{path} is a workdir without an exported encoder ({export}); run training to "
-                     "the end (it exports on completion) or export the encoder first")
-  raise ValueError(f"--model: {path} has neither config.json + model.safetensors (a HF BERT "
-                   "directory) nor export/encoder (a workdir)")
-
-
 def load_encoder(model_dir: str):
   """(model_dir, ModelConfig, params {'bert': ...}, tokenizer) for a HF BERT directory or workdir."""
-  model_dir = resolve_model_dir(model_dir)
+  model_dir = workdir.resolve_model_dir(model_dir)
   overrides = hf_interop.model_overrides(hf_interop.read_hf_config(model_dir))
   cfg = ModelConfig(**overrides, dtype=jnp.float32, param_dtype=jnp.float32)
   # Shapes only: every encoder parameter is then read from the checkpoint, none initialised.
@@ -97,7 +66,7 @@ def embed_texts(model_dir: str, texts: Sequence[str], pooling: str = "cls",
                 normalize: bool = False, max_len: int = 512, batch_size: int = 64) -> np.ndarray:
   """Embeds `texts` with the encoder in `model_dir`; returns float32 [len(texts), hidden].
   pooling 'auto': the model's own (its sentence-transformers pooling config; else cls)."""
-  pooling = pooling_lib.resolve(model_dir, pooling)
+  pooling = workdir.resolve_pooling(model_dir, pooling)
   _, cfg, params, tok = load_encoder(model_dir)
   return embed(cfg, params, tok, texts, pooling, normalize, max_len, batch_size)
 

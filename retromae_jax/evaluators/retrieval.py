@@ -7,7 +7,7 @@
 Qrels that name queries or documents missing from the folder are an error (with every id
 mismatched, the scores would be 0 and look like a bad model) unless --allow_missing_ids.
 
---model is a HF BERT directory or one of our workdirs (encode.resolve_model_dir). The corpus and
+--model is a HF BERT directory or one of our workdirs (interop/workdir.resolve_model_dir). The corpus and
 the split's judged queries are embedded (batches split over all devices), every query's top_k
 documents found by exact search (evaluators/search.py: dot product; with --normalize that is
 cosine), and the run scored with trec_eval's semantics (evaluators/metrics.py). The last line

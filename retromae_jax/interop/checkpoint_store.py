@@ -36,6 +36,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from retromae_jax.data import tokenizer as tokenizer_lib
+from retromae_jax.interop import workdir as workdir_layout
 
 ITEMS = ("state", "meta")
 DAMAGED_SUFFIX = ".damaged"  # not a step name for Orbax: a moved-aside step is never listed
@@ -57,7 +58,7 @@ def manager(workdir: str, keep: int, keep_period: int = 0) -> ocp.CheckpointMana
   last `keep` and, forever, every step that is a multiple of `keep_period` (0 = none)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, keep_period=keep_period or None, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options,
+  return ocp.CheckpointManager(workdir_layout.checkpoints_dir(workdir), options=options,
                                item_names=ITEMS)
 
 
@@ -139,8 +140,8 @@ def resolve(path: str) -> tuple[str, int]:
     if not name.isdigit():
       raise ValueError(f"{path}: a step directory must be named by its step number")
     return os.path.dirname(path), int(name)
-  directory = os.path.join(path, "checkpoints") if os.path.isdir(
-      os.path.join(path, "checkpoints")) else path
+  directory = workdir_layout.checkpoints_dir(path) if os.path.isdir(
+      workdir_layout.checkpoints_dir(path)) else path
   if not os.path.isdir(directory):
     raise ValueError(f"{path}: no such checkpoint, checkpoints/ or workdir directory")
   steps = _read_only(directory).all_steps()

@@ -8,8 +8,6 @@
            sentence-transformers' mean pooling (all-MiniLM-L6-v2 was trained with it).
 """
 
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -55,43 +53,6 @@ def pool(hidden, mask, pooling: str, normalize: bool):
   """The sentence vector, L2-normalised when `normalize` (cosine similarity)."""
   pooled = sentence_vector(hidden, mask, pooling)
   return l2_normalize(pooled) if normalize else pooled
-
-
-# Where the pooling a model was trained with is written down: a sentence-transformers folder's
-# 1_Pooling/config.json (e.g. all-MiniLM-L6-v2: mean), found in the model directory itself, beside
-# our exported encoder/ (export/sentence-transformers), or in a workdir's export/.
-_ST_POOLING = os.path.join("1_Pooling", "config.json")
-_PLACES = ("", os.path.join("..", "sentence-transformers"),
-           os.path.join("export", "sentence-transformers"))
-
-
-def pooling_of(model_dir: str) -> str | None:
-  """'cls' or 'mean' as the sentence-transformers pooling config near `model_dir` says; None when
-  there is none (or it names another mode)."""
-  for place in _PLACES:
-    path = os.path.normpath(os.path.join(model_dir, place, _ST_POOLING))
-    if not os.path.isfile(path):
-      continue
-    with open(path, encoding="utf-8") as f:
-      try:
-        modes = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if modes.get("pooling_mode_cls_token"):
-      return "cls"
-    if modes.get("pooling_mode_mean_tokens"):
-      return "mean"
-    return None
-  return None
-
-
-def resolve(model_dir: str, pooling: str) -> str:
-  """`pooling`, or for 'auto' the one the model was trained with ('cls' when nothing says)."""
-  if pooling == "auto":
-    return (pooling_of(model_dir) if model_dir else None) or "cls"
-  if pooling not in POOLINGS:
-    raise ValueError(f"pooling: expected auto or one of {POOLINGS}, got {pooling!r}")
-  return pooling
 
 
 def sentence_transformers_config(pooling: str, hidden_size: int) -> dict:

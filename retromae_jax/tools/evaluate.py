@@ -13,8 +13,8 @@ from absl import flags, logging
 
 from retromae_jax.evaluators import retrieval
 from retromae_jax.evaluators import embed
-from retromae_jax.models import pooling as pooling_lib
 from retromae_jax.tools import cli
+from retromae_jax.interop import workdir
 
 
 def _define_flags():
@@ -39,7 +39,7 @@ def _define_flags():
 def main(argv):
   del argv
   f = flags.FLAGS
-  pooling = pooling_lib.resolve(f.model, f.pooling)
+  pooling = workdir.resolve_pooling(f.model, f.pooling)
   result = retrieval.evaluate_model(f.model, f.beir_dir, f.split, pooling=pooling, normalize=f.normalize,
                           max_len=f.max_len, query_max_len=f.query_max_len,
                           batch_size=f.batch_size, top_k=f.top_k, query_prefix=f.query_prefix,

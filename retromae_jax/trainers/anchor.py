@@ -23,22 +23,21 @@ from retromae_jax.models import anchor_loss
 from retromae_jax.models import biencoder
 from retromae_jax.models import pooling
 from retromae_jax.trainers import train_state
+from retromae_jax.interop import workdir as workdir_layout
 
 
 def enabled(config) -> bool:
-  return config.get("anchor") is not None and config.anchor.weight > 0
+  return config.anchor.weight > 0
 
 
 def checks(config, has_init: bool) -> list[tuple[str, bool, str]]:
-  a = config.get("anchor")
-  if a is None:
-    return []
-  pretrain_packed = config.get("task", "pretrain") != "finetune" and config.data.get("pack", False)
+  a = config.anchor
+  pretrain_packed = config.task == "pretrain" and config.data.pack
   return [
       ("anchor.weight", a.weight >= 0, "expected >= 0 (0 = off)"),
       ("anchor.kind", a.kind in anchor_loss.KINDS, f"expected one of {anchor_loss.KINDS}"),
       ("anchor.temperature", a.temperature > 0, "expected > 0"),
-      ("anchor.weight", a.weight == 0 or has_init or bool(a.get("model")),
+      ("anchor.weight", a.weight == 0 or has_init or bool(a.model),
        "the term keeps the encoder near the model it starts from: set init.hf_dir or "
        "init.checkpoint (pretraining), init.model (fine-tuning), or anchor.weight=0"),
       ("anchor.kind", a.weight == 0 or a.kind == "vectors" or not pretrain_packed,
@@ -50,10 +49,9 @@ def checks(config, has_init: bool) -> list[tuple[str, bool, str]]:
 def starting_encoder(config, params, start_step: int, init_params):
   """The frozen encoder: anchor.model's ('' = the initial model: `params` at step 0, loaded
   again by init_params on a resumed run), copied (the state's own arrays are donated)."""
-  if config.anchor.get("model"):
-    from retromae_jax.evaluators import embed
+  if config.anchor.model:
     from retromae_jax.interop import hf as hf_interop
-    params = hf_interop.load_hf_bert(embed.resolve_model_dir(config.anchor.model), params,
+    params = hf_interop.load_hf_bert(workdir_layout.resolve_model_dir(config.anchor.model), params,
                                      config.model.position_extension)
   elif start_step:
     params = init_params(params)

@@ -23,13 +23,11 @@ from jax.experimental import multihost_utils
 
 from retromae_jax.data import pairs
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.evaluators import embed
 from retromae_jax.evaluators import periodic
 from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import biencoder
-from retromae_jax.models import pooling as pooling_lib
 from retromae_jax.trainers import anchor as anchor_lib
 from retromae_jax.trainers import checkpointer as checkpointer_lib
 from retromae_jax.trainers import gradient_cache
@@ -40,6 +38,7 @@ from retromae_jax.trainers import run_identity
 from retromae_jax.trainers import sharding
 from retromae_jax.trainers import train_state
 from retromae_jax.trainers import validation
+from retromae_jax.interop import workdir as workdir_layout
 
 BEST_EVAL = "best_eval.json"
 
@@ -50,7 +49,7 @@ def train_and_evaluate(config, workdir: str):
   run = run_identity.of(config)  # as given: before an initial model fixes the shape
   os.makedirs(workdir, exist_ok=True)
   # A pretraining workdir stands for its export/encoder; its shape and tokenizer come along.
-  init_dir = embed.resolve_model_dir(config.init.model) if config.init.model else ""
+  init_dir = workdir_layout.resolve_model_dir(config.init.model) if config.init.model else ""
   tokenizer_spec = config.tokenizer or init_dir or "default"
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_spec)
   if init_dir:
@@ -58,7 +57,7 @@ def train_and_evaluate(config, workdir: str):
                                                               config.model.extend_positions_to))
   with config.unlocked():
     # 'auto': the pooling the initial model was trained with (its sentence-transformers config).
-    config.model.pooling = pooling_lib.resolve(init_dir, config.model.pooling)
+    config.model.pooling = workdir_layout.resolve_pooling(init_dir, config.model.pooling)
     if not config.model.temperature:
       config.model.temperature = biencoder.DEFAULT_TEMPERATURE[config.model.similarity]
 

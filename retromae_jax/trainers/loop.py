@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from retromae_jax.interop import workdir as workdir_layout
 from retromae_jax.interop import checkpoint_store
 from retromae_jax.models.bert import model_config_from
 from retromae_jax.trainers import divergence
@@ -53,7 +54,7 @@ def write_config(config, workdir: str) -> None:
   """<workdir>/config.json (process 0): the final config, written once the run has passed its
   checks and restored its state (a refused run rewrites nothing in the workdir)."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(workdir, workdir_layout.CONFIG), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
 
 

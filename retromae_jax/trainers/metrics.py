@@ -9,6 +9,8 @@ from absl import logging
 import jax
 import tensorboardX
 
+from retromae_jax.interop import workdir as workdir_layout
+
 
 class MetricsWriter:
 
@@ -21,11 +23,11 @@ class MetricsWriter:
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      path = os.path.join(workdir, "metrics.jsonl")
+      path = os.path.join(workdir, workdir_layout.METRICS)
       if resume_step is not None and os.path.exists(path):
         _truncate_after(path, resume_step)
       self._jsonl = open(path, "a", encoding="utf-8")
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, workdir_layout.TENSORBOARD))
 
   def write(self, step: int, scalars: dict):
     if not self.enabled:

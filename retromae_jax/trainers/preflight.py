@@ -24,6 +24,7 @@ from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.trainers import run_identity
 from retromae_jax.trainers import settings
+from retromae_jax.interop import workdir as workdir_layout
 
 # A corpus is not read whole at start-up: past this many lines without one usable document, the
 # check gives up with a warning (the pipeline still fails, later, if there is none at all).
@@ -33,15 +34,14 @@ _SCAN_LINES = 100_000
 def check(config, workdir: str) -> None:
   """Runs the checks of config.task ('pretrain' when absent) for `config` and `workdir`."""
   check_resume(config, workdir)
-  check_writable(os.path.join(workdir, "checkpoints"))
+  check_writable(workdir_layout.checkpoints_dir(workdir))
   evaluation = config.get("eval")
   allow_missing_ids = bool(evaluation and evaluation.get("allow_missing_ids", False))
   if evaluation and evaluation.data and source_spec.beir_folder(evaluation.data):
     check_beir(source_spec.beir_folder(evaluation.data), evaluation.split, allow_missing_ids)
   if config.task == "finetune":
     if config.init.model:
-      from retromae_jax.evaluators import embed  # resolves a workdir to its export/encoder
-      init_dir = embed.resolve_model_dir(config.init.model)
+      init_dir = workdir_layout.resolve_model_dir(config.init.model)
       check_hf_dir(init_dir, tokenizer=not config.tokenizer)
       check_vocabulary(init_dir, config.tokenizer or init_dir)
     for source in pairs_checks.split_sources(config.data.train):
@@ -67,7 +67,7 @@ def check(config, workdir: str) -> None:
 
 def check_resume(config, workdir: str) -> None:
   """A workdir with checkpoints is resumed only by the same run (trainers/run_identity.py)."""
-  directory = os.path.join(workdir, "checkpoints")
+  directory = workdir_layout.checkpoints_dir(workdir)
   if not os.path.isdir(directory):
     return
   for step in checkpoint_store.complete_steps(directory):  # newest first
