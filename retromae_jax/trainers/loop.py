@@ -202,7 +202,8 @@ def train(config, state, train_step, batches: Iterator[dict], *, start_step: int
   Logs every config.log_every steps, the first and the last (the first line gives the ETA of a
   slow run at once), with rates(scalars) added (MFU, queries/s) and the running counts of
   `skips` (a data.sources.SkipCounter: skipped input lines, also logged when they change);
-  saves by checkpoints.save_if_due; runs evaluator(step, params) where evaluator.due(step).
+  saves by checkpoints.save_if_due; runs evaluator(step, params) where evaluator.due(step), and
+  stops after an evaluation that sets evaluator.stop (early stopping).
 
   Faults stop the run (docs/reliability.md): a non-finite step raises divergence.Diverged
   (never saved), a failed save checkpoints.SaveFailed, both at the next step boundary.
@@ -234,6 +235,9 @@ def train(config, state, train_step, batches: Iterator[dict], *, start_step: int
       if evaluator is not None and evaluator.due(step):
         with window.paused():
           evaluator(step, state.params)
+        if getattr(evaluator, "stop", False):
+          logging.info("Stopping early at step %d (the evaluator asked to)", step)
+          break
     guard.check()  # what the caller exports must be finite too
     checkpoints.wait_until_saved(mngr)
   return state, False
