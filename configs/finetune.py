@@ -112,6 +112,9 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.eval.every_steps = 0  # 0 = only at the end (when eval.data is set)
   c.eval.at_start = True  # also before the first step: the starting point's (zero-shot) score
   c.eval.metric = "ndcg@10"  # the best step by this measure is exported to export/best
+  # Also score the vectors truncated to these sizes (comma-separated; '' = loss.matryoshka_dims):
+  # eval/dim<d>/<measure> rows.
+  c.eval.dims = ""
   # Stop after this many evaluations in a row without a new best eval.metric (0 = never).
   c.eval.patience = 0
   c.eval.batch_size = 64

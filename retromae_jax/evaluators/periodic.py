@@ -44,10 +44,11 @@ class RetrievalEvaluator:
       # Fine-tuning evaluates as it trains: its pooling, similarity, lengths and instructions.
       d, m = config.data, config.model
       from retromae_jax.models import contrastive_loss
-      dims, _ = (contrastive_loss.matryoshka_settings(config.loss) if config.get("loss")
-                 else ((), ()))
-      # A Matryoshka model is also scored at each of its sizes below the full vector's:
-      # eval/dim<d>/<measure> rows.
+      # eval.dims, or a Matryoshka model's sizes: also scored truncated to each size below the
+      # full vector's (eval/dim<d>/<measure> rows).
+      dims = tuple(int(x) for x in str(e.get("dims", "") or "").split(",") if x.strip())
+      if not dims and config.get("loss"):
+        dims, _ = contrastive_loss.matryoshka_settings(config.loss)
       embed_kwargs = dict(pooling=m.pooling, normalize=m.similarity == "cosine",
                           max_len=d.passage_max_len, query_max_len=d.query_max_len,
                           query_prefix=d.query_instruction, passage_prefix=d.passage_instruction,

@@ -143,6 +143,13 @@ def _check_finetune_loss_and_data(config, shape_known: bool):
     if shape_known and dims and max(dims) > config.model.hidden_size:
       raise ValueError(f"config.loss.matryoshka_dims: expected sizes <= model.hidden_size "
                        f"({config.model.hidden_size}), got {dims}")
+  try:
+    eval_dims = [int(x) for x in str(config.eval.get("dims", "") or "").split(",") if x.strip()]
+  except ValueError:
+    raise ValueError(f"config.eval.dims: expected comma-separated sizes, got "
+                     f"{config.eval.dims!r}") from None
+  if any(x < 1 or (shape_known and x > config.model.hidden_size) for x in eval_dims):
+    raise ValueError(f"config.eval.dims: expected sizes in 1..model.hidden_size, got {eval_dims}")
   if config.eval.get("patience", 0) < 0:
     raise ValueError(f"config.eval.patience: expected >= 0 (0 = never stop early), got "
                      f"{config.eval.patience}")
