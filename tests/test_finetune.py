@@ -272,6 +272,6 @@ def test_score_tool_writes_the_teachers_cosines(featured_run, tmp_path):
   for line in out:
     q = model.encode([line["query"]])
     for name in ("pos", "neg"):
-      if line[name]:
+      if line.get(name):
         expected = model.similarity(q, model.encode(line[name]))[0].numpy()
         np.testing.assert_allclose(line[f"{name}_scores"], expected, atol=1e-5)
