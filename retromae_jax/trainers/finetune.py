@@ -141,10 +141,13 @@ def train_and_evaluate(config, workdir: str):
   # by weight (data/mixture.py). Every process turns a dataset's epochs at the same step: an
   # epoch uses the smallest share's size.
   datasets = mixture.parse(d.train)
-  shares = [pairs.load_examples(
-      ds.source, d.split, d.hard_negatives if not ds.source.startswith("jsonl:") else "",
-      jax.process_index(), jax.process_count(), require_scores=config.loss.kd_weight > 0)
-      for ds in datasets]
+  # data.hard_negatives is for BEIR sources; beside them, jsonl sources (their own negatives)
+  # do without it, and alone they refuse it (pairs.load_examples).
+  mined = lambda ds: ("" if len(datasets) > 1 and ds.source.startswith("jsonl:")
+                      else d.hard_negatives)
+  shares = [pairs.load_examples(ds.source, d.split, mined(ds), jax.process_index(),
+                                jax.process_count(), require_scores=config.loss.kd_weight > 0)
+            for ds in datasets]
   epoch_sizes = np.asarray(multihost_utils.process_allgather(
       np.int32([len(x) for x in shares]))).reshape(-1, len(shares)).min(axis=0)
   per_dataset = []
