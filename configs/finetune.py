@@ -61,7 +61,8 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
 
   # ---- Data (retromae_jax/data/pairs.py) ----
   c.data = ml_collections.ConfigDict()
-  # jsonl:GLOB (FlagEmbedding) | beir:DIR | pydoc (the offline set) | selfsup:SOURCE (label-free)
+  # jsonl:GLOB (FlagEmbedding) | beir:DIR | pydoc (the offline set) | selfsup:SOURCE (label-free);
+  # several datasets, one per batch: SOURCE@WEIGHT;OPTION=VALUE,... (retromae_jax/data/mixture.py)
   c.data.train = "pydoc"
   c.data.split = "train"  # qrels split of a BEIR source
   c.data.hard_negatives = ""  # BEIR sources: the jsonl `python -m retromae_jax.tools.mine` writes
@@ -94,6 +95,18 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # 0 = the similarity's default: 0.02 for cosine (FlagEmbedding), 1.0 for dot (RetroMAE).
   c.model.temperature = 0.0
 
+  # ---- Loss extras (retromae_jax/models/contrastive_loss.py) ----
+  c.loss = ml_collections.ConfigDict()
+  # Distillation from teacher scores (pos_scores / neg_scores of jsonl lines; add them with
+  # python -m retromae_jax.tools.score): FlagEmbedding's 'kl_div' term, weight kd_weight
+  # (0 = off), the teacher's scores divided by kd_temperature before its softmax.
+  c.loss.kd_weight = 0.0
+  c.loss.kd_temperature = 1.0
+  # Matryoshka: comma-separated prefix sizes, e.g. "384,256,128,64" ('' = the full vector only),
+  # the loss summed over them with matryoshka_weights (comma-separated; '' = 1 each).
+  c.loss.matryoshka_dims = ""
+  c.loss.matryoshka_weights = ""
+
   # ---- Memory: the gradient cache (retromae_jax/trainers/gradient_cache.py) ----
   c.gradient_cache = ml_collections.ConfigDict()
   # Rows (queries or passages) encoded at a time; 0 = the whole batch at once (plain step).
@@ -115,6 +128,11 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.eval.every_steps = 0  # 0 = only at the end (when eval.data is set)
   c.eval.at_start = True  # also before the first step: the starting point's (zero-shot) score
   c.eval.metric = "ndcg@10"  # the best step by this measure is exported to export/best
+  # Also score the vectors truncated to these sizes (comma-separated; '' = loss.matryoshka_dims):
+  # eval/dim<d>/<measure> rows.
+  c.eval.dims = ""
+  # Stop after this many evaluations in a row without a new best eval.metric (0 = never).
+  c.eval.patience = 0
   c.eval.batch_size = 64
   c.eval.top_k = 100
   # Qrels naming queries or documents missing from the folder: an error, unless allowed (then

@@ -72,6 +72,126 @@ def test_loss_is_the_reference_formula(similarity):
   assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
+def _torch_losses():
+  """sentence-transformers' MatryoshkaLoss(MultipleNegativesRankingLoss) and DistillKLDivLoss,
+  fed fixed embeddings through a stand-in model (their forward reads only 'sentence_embedding')."""
+  import warnings
+  warnings.filterwarnings("ignore", category=DeprecationWarning)
+  import torch
+  from sentence_transformers.sentence_transformer import losses
+
+  class Fixed(torch.nn.Module):
+    def forward(self, features):
+      return {"sentence_embedding": features["embedding"]}
+
+    def get_embedding_dimension(self):
+      return 16
+
+    _get_untruncated_embedding_dimension = get_embedding_dimension
+
+  return torch, losses, Fixed()
+
+
+def _columns(torch, q, p, group):
+  """sentence-transformers' columns (anchor, positive, negative_1, ...) of q [B, D], p [B*G, D]."""
+  p = p.reshape(len(q), group, -1)
+  return [{"embedding": torch.tensor(q)}] + [{"embedding": torch.tensor(p[:, j])}
+                                             for j in range(group)]
+
+
+def test_matryoshka_loss_is_sentence_transformers_matryoshka_of_mnrl():
+  """MNRL's scale 20 on cosine similarity = our cosine with temperature 0.05; its candidates are
+  every positive and negative of the batch, as ours; Matryoshka truncates and re-normalises."""
+  torch, losses, model = _torch_losses()
+  rng = np.random.default_rng(3)
+  q, p = rng.normal(size=(5, 16)).astype(np.float32), rng.normal(size=(15, 16)).astype(np.float32)
+  dims, weights = (16, 8, 4), (1.0, 0.5, 2.0)
+  reference = losses.MatryoshkaLoss(model, losses.MultipleNegativesRankingLoss(model, scale=20.0),
+                                    list(dims), list(weights))
+  expected = float(reference(_columns(torch, q, p, 3), None))
+  spec = contrastive.Spec(TINY, temperature=0.05, matryoshka_dims=dims,
+                          matryoshka_weights=weights)
+  targets = {"passage_valid": None, "in_batch_negatives": None, "teacher_scores": None}
+  # represent() hands the loss unit vectors (cosine): the prefixes are re-normalised from them.
+  loss, _ = contrastive_loss.objective(spec, jnp.asarray(_normalized(q)),
+                                       jnp.asarray(_normalized(p)), targets)
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  # Without dims: the plain MNRL.
+  plain = float(losses.MultipleNegativesRankingLoss(model, scale=20.0)(_columns(torch, q, p, 3), None))
+  loss, _ = contrastive_loss.objective(contrastive.Spec(TINY, temperature=0.05),
+                                       jnp.asarray(_normalized(q)), jnp.asarray(_normalized(p)),
+                                       targets)
+  assert float(loss) == pytest.approx(plain, rel=1e-5)
+
+
+def _flag_embedding_kl_div(q, p, temperature, teacher, kd_temperature, valid=None):
+  """FlagEmbedding's distill_loss('kl_div'), by hand in float64: -mean_i sum_j t_ij log s_ij over
+  the query's own group, t = softmax(teacher / kd_temperature), s = softmax(q.p / temperature);
+  invalid passages leave both softmaxes."""
+  b, g = teacher.shape
+  q, p = np.asarray(q, np.float64), np.asarray(p, np.float64).reshape(b, g, -1)
+  total = 0.0
+  for i in range(b):
+    keep = np.ones(g, bool) if valid is None else valid.reshape(b, g)[i]
+    s = (p[i][keep] @ q[i]) / temperature
+    t = np.asarray(teacher[i][keep], np.float64) / kd_temperature
+    log_s = s - s.max() - np.log(np.exp(s - s.max()).sum())
+    t = np.exp(t - t.max()) / np.exp(t - t.max()).sum()
+    total -= (t * log_s).sum()
+  return total / b
+
+
+def test_distillation_term_is_flag_embeddings_kl_div_and_sentence_transformers_kl():
+  torch, losses, model = _torch_losses()
+  rng = np.random.default_rng(4)
+  q = _normalized(rng.normal(size=(4, 16))).astype(np.float32)
+  p = _normalized(rng.normal(size=(12, 16))).astype(np.float32)
+  teacher = rng.normal(size=(4, 3)).astype(np.float32) * 3
+  got = float(contrastive_loss.distill_loss(jnp.asarray(q), jnp.asarray(p), 0.05,
+                                            jnp.asarray(teacher), 2.0))
+  assert got == pytest.approx(_flag_embedding_kl_div(q, p, 0.05, teacher, 2.0), rel=1e-5)
+  # sentence-transformers' DistillKLDivLoss is KL(t || s) * student_temperature^2; FlagEmbedding's
+  # form is the cross-entropy, KL plus the teacher's entropy (a constant).
+  kl = losses.DistillKLDivLoss(model, student_temperature=0.05, teacher_temperature=2.0)
+  st = float(kl(_columns(torch, q, p, 3), torch.tensor(teacher)))
+  t = np.exp(teacher / 2.0) / np.exp(teacher / 2.0).sum(1, keepdims=True)
+  entropy = float(-(t * np.log(t)).sum(1).mean())
+  assert got == pytest.approx(st / 0.05 ** 2 + entropy, rel=1e-5)
+  # Unfilled negative slots leave both distributions.
+  valid = np.array([True, True, False] * 2 + [True, False, False] + [True] * 3)
+  got = float(contrastive_loss.distill_loss(jnp.asarray(q), jnp.asarray(p), 0.05,
+                                            jnp.asarray(teacher), 2.0, jnp.asarray(valid)))
+  assert got == pytest.approx(_flag_embedding_kl_div(q, p, 0.05, teacher, 2.0, valid), rel=1e-5)
+
+  # In the objective: cross-entropy + kd_weight * the term, summed over Matryoshka prefixes.
+  spec = contrastive.Spec(TINY, temperature=0.05, kd_weight=0.7, kd_temperature=2.0,
+                          matryoshka_dims=(16, 8))
+  targets = {"passage_valid": None, "in_batch_negatives": None,
+             "teacher_scores": jnp.asarray(teacher)}
+  loss, aux = contrastive_loss.objective(spec, jnp.asarray(q), jnp.asarray(p), targets)
+  expected = sum(reference_loss(q[:, :d], p[:, :d], 0.05, normalize=True)
+                 + 0.7 * _flag_embedding_kl_div(_normalized(q[:, :d]), _normalized(p[:, :d]),
+                                                0.05, teacher, 2.0) for d in (16, 8))
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  assert float(aux["kd_loss"]) == pytest.approx(_flag_embedding_kl_div(q, p, 0.05, teacher, 2.0),
+                                                rel=1e-5)
+
+
+def test_without_in_batch_negatives_a_query_sees_its_own_group_only():
+  rng = np.random.default_rng(5)
+  q, p = rng.normal(size=(4, 16)), rng.normal(size=(12, 16))  # B=4, G=3
+  flags = np.array([True, False, True, False])
+  loss, _ = contrastive_loss.contrastive_loss(jnp.float32(q), jnp.float32(p), 0.5, None,
+                                              jnp.asarray(flags))
+  expected = []
+  for i in range(4):
+    candidates = np.arange(12) if flags[i] else np.arange(3 * i, 3 * i + 3)
+    scores = p[candidates] @ q[i] / 0.5
+    target = int(np.flatnonzero(candidates == 3 * i)[0])
+    expected.append(np.log(np.exp(scores - scores.max()).sum()) + scores.max() - scores[target])
+  assert float(loss) == pytest.approx(np.mean(expected), rel=1e-5)
+
+
 def _compiled(fn, *args):
   return jax.jit(fn).lower(*args).compile(compiler_options=FAST_COMPILE)
 
@@ -96,9 +216,13 @@ def _random_batch(rng, b=8, g=3, lq=8, lp=16):
 
 
 def test_gradient_cache_gives_the_plain_gradients_with_dropout():
-  """Dropout keys belong to rows of the global batch, so chunking changes nothing."""
-  spec = contrastive.Spec(TINY, pooling="cls", similarity="cosine", temperature=0.05)
+  """Dropout keys belong to rows of the global batch, so chunking changes nothing; the teacher
+  scores, Matryoshka prefixes and the in-batch switch reach the cached loss too."""
+  spec = contrastive.Spec(TINY, pooling="cls", similarity="cosine", temperature=0.05,
+                          matryoshka_dims=(32, 8), kd_weight=0.5, kd_temperature=0.1)
   params, batch = _tiny_params(), _random_batch(np.random.default_rng(1))
+  batch["teacher_scores"] = np.random.default_rng(2).normal(size=(8, 3)).astype(np.float32)
+  batch["in_batch_negatives"] = np.arange(8) % 3 > 0
   key = jax.random.key(7)
 
   def both(params, batch, key):

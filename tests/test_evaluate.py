@@ -40,12 +40,13 @@ def _subset(out_dir, num_queries, num_docs):
   return out_dir
 
 
-def _reference(beir_dir):
-  """sentence-transformers embeddings, numpy scores, trec_eval metrics."""
+def _reference(beir_dir, truncate_dim=None):
+  """sentence-transformers embeddings (truncated to truncate_dim, then normalised), numpy scores,
+  trec_eval metrics."""
   from sentence_transformers import SentenceTransformer
 
   data = beir.load(beir_dir, "test")
-  model = SentenceTransformer(MINILM, device="cpu")
+  model = SentenceTransformer(MINILM, device="cpu", truncate_dim=truncate_dim)
   model.max_seq_length = MAX_LEN
   docs = model.encode(list(data.corpus.values()), batch_size=64, normalize_embeddings=True)
   queries = model.encode(list(data.queries.values()), batch_size=64, normalize_embeddings=True)
@@ -66,11 +67,11 @@ def _reference(beir_dir):
           "num_docs": len(doc_ids)}
 
 
-def _cli(beir_dir, devices):
+def _cli(beir_dir, devices, *extra):
   env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices))
   cmd = [sys.executable, "-m", "retromae_jax.tools.evaluate", f"--model={MINILM}",
          f"--beir_dir={beir_dir}", "--pooling=mean", "--normalize", f"--max_len={MAX_LEN}",
-         "--batch_size=64"]
+         "--batch_size=64", *extra]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -86,10 +87,15 @@ def _check(ours, reference):
 
 def test_evaluate_cli_matches_sentence_transformers_and_trec_eval(tmp_path):
   beir_dir = _subset(str(tmp_path), NUM_QUERIES, NUM_DOCS)
-  ours = _cli(beir_dir, devices=8)
+  ours = _cli(beir_dir, 8, "--dims=64")
   assert {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100", "num_queries",
           "num_docs"} <= set(ours)
   _check(ours, _reference(beir_dir))
+  # --dims: the vectors cut to 64 components and re-normalised, as sentence-transformers'
+  # truncate_dim does.
+  truncated = {k.split("/", 1)[1]: v for k, v in ours.items() if k.startswith("dim64/")}
+  _check(dict(truncated, num_queries=ours["num_queries"], num_docs=ours["num_docs"]),
+         _reference(beir_dir, truncate_dim=64))
 
 
 @pytest.mark.slow

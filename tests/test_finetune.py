@@ -172,3 +172,106 @@ def test_training_does_not_depend_on_the_mesh_or_the_gradient_cache(
   for (loss, norm), (other_loss, other_norm) in zip(reference, other):
     assert other_loss == pytest.approx(loss, rel=1e-5)
     assert other_norm == pytest.approx(norm, rel=1e-4)
+
+
+# ------------------------------------------------------------ Distillation, mixed datasets,
+# Matryoshka, early stopping and the sentence-transformers export, in one run.
+
+QUERY_INSTRUCTION = "Represent this question for retrieval: "
+
+
+@pytest.fixture(scope="module")
+def featured_run(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("featured")
+  sources = []
+  for name in ("alpha", "beta"):
+    path = tmp / f"{name}.jsonl"
+    path.write_text("".join(json.dumps({
+        "query": f"what does {name} helper {i} return", "pos": [f"{name} helper {i} returns {i}"],
+        "neg": [f"{name} helper {i} raises", f"{name} helper {i} loops"],
+        "pos_scores": [3.0], "neg_scores": [1.0, -1.0]}) + "\n" for i in range(16)))
+    sources.append(f"jsonl:{path}")
+  workdir = str(tmp / "run")
+  # Learning rate 0: every evaluation scores the same model, so with patience 1 the run stops at
+  # the first evaluation after the start (no better score), step 2 of 6.
+  _run(workdir, "--config.batch_size=8", "--config.log_every=1", "--config.total_steps=6",
+       "--config.checkpoint_every=100", f"--config.data.train={sources[0]}@2,"
+       f"{sources[1]}@1;in_batch_negatives=false", "--config.data.group_size=3",
+       f"--config.data.query_instruction={QUERY_INSTRUCTION}", "--config.loss.kd_weight=0.5",
+       "--config.loss.matryoshka_dims=128,64", "--config.optim.learning_rate=0",
+       f"--config.eval.data={_small_beir(tmp / 'beir')}", "--config.eval.every_steps=2",
+       "--config.eval.patience=1")
+  return workdir
+
+
+def test_early_stopping_distillation_and_matryoshka_rows(featured_run):
+  rows = _metrics(featured_run)
+  train_rows = [r for r in rows if "loss" in r]
+  eval_rows = [r for r in rows if "eval/ndcg@10" in r]
+  assert [r["step"] for r in train_rows] == [1, 2]  # stopped after the step-2 evaluation
+  assert [r["step"] for r in eval_rows] == [0, 2]
+  assert all(np.isfinite(r["kd_loss"]) and r["kd_loss"] > 0 for r in train_rows)
+  assert all(0 <= r["eval/dim64/ndcg@10"] <= 1 for r in eval_rows)
+  with open(os.path.join(featured_run, "export", "best", "best_eval.json"), encoding="utf-8") as f:
+    assert json.load(f)["step"] == 0  # the best step was exported before the stop
+
+
+def test_sentence_transformers_export_carries_prompts_dims_and_card(featured_run):
+  import warnings
+  warnings.filterwarnings("ignore", category=DeprecationWarning)
+  import yaml
+  from sentence_transformers import SentenceTransformer
+  from retromae_jax.evaluators import embed as encode
+
+  st_dir = os.path.join(featured_run, "export", "sentence-transformers")
+  model = SentenceTransformer(st_dir, device="cpu")
+  assert model.prompts["query"] == QUERY_INSTRUCTION
+  assert model.similarity_fn_name == "cosine"
+  queries = ["How many items are waiting in the queue?", "Pause the program for a while."]
+  theirs = model.encode(queries, prompt_name="query", normalize_embeddings=True)
+  ours = encode.embed_texts(featured_run, [QUERY_INSTRUCTION + q for q in queries],
+                            pooling="cls", normalize=True, max_len=64)
+  assert np.min(np.sum(theirs * ours, axis=1)) >= 0.99999
+  with open(os.path.join(st_dir, "config_sentence_transformers.json"), encoding="utf-8") as f:
+    assert json.load(f)["matryoshka_dims"] == [128, 64]
+
+  # The model card: YAML metadata first; its metrics are the run's own metrics.jsonl rows.
+  with open(os.path.join(st_dir, "README.md"), encoding="utf-8") as f:
+    card = f.read()
+  assert card.startswith("---\n")
+  metadata = yaml.safe_load(card.split("---\n")[1])
+  assert "loss:MatryoshkaLoss" in metadata["tags"] and "loss:DistillKLDivLoss" in metadata["tags"]
+  assert metadata["datasets"][0].startswith("jsonl:")
+  exported = [r for r in _metrics(featured_run) if "eval/ndcg@10" in r and r["step"] == 2][0]
+  card_metrics = {m["type"]: m["value"] for m in
+                  metadata["model-index"][0]["results"][0]["metrics"]}
+  assert card_metrics["cosine_ndcg@10"] == exported["eval/ndcg@10"]
+  assert card_metrics["dim_64_cosine_ndcg@10"] == exported["eval/dim64/ndcg@10"]
+  assert len(card_metrics) == len([k for k in exported if k.startswith("eval/")])
+  table = [line for line in card.splitlines() if line.startswith("| 0 |") or line.startswith("| 2 |")]
+  assert len(table) == 2 and repr(exported["eval/ndcg@10"]) in table[1]
+
+
+def test_score_tool_writes_the_teachers_cosines(featured_run, tmp_path):
+  import warnings
+  warnings.filterwarnings("ignore", category=DeprecationWarning)
+  from sentence_transformers import SentenceTransformer
+  lines = [{"query": "Parse a JSON string.", "pos": ["json.loads(s) deserializes s"],
+            "neg": ["time.sleep(secs)", "abs(x)"], "id": 7},
+           {"query": "Copy a file.", "pos": ["shutil.copy(src, dst)"]}]
+  source, scored = tmp_path / "pairs.jsonl", tmp_path / "scored.jsonl"
+  source.write_text("".join(json.dumps(x) + "\n" for x in lines))
+  proc = subprocess.run([sys.executable, "-m", "retromae_jax.tools.score",
+                         f"--model={featured_run}", f"--input={source}", f"--output={scored}",
+                         "--max_len=64"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = [json.loads(x) for x in scored.read_text().splitlines()]
+  assert out[0]["id"] == 7 and out[1]["neg_scores"] == []
+  model = SentenceTransformer(os.path.join(featured_run, "export", "sentence-transformers"),
+                              device="cpu")
+  for line in out:
+    q = model.encode([line["query"]])
+    for name in ("pos", "neg"):
+      if line.get(name):
+        expected = model.similarity(q, model.encode(line[name]))[0].numpy()
+        np.testing.assert_allclose(line[f"{name}_scores"], expected, atol=1e-5)

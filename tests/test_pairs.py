@@ -140,3 +140,44 @@ def test_beir_source_with_judged_and_mined_negatives(tmp_path):
   _jsonl(other, [{"query": "a question of another set", "pos": ["x"], "neg": ["y"]}])
   with pytest.raises(ValueError, match="no query of .* is in"):
     pairs.load_examples(f"beir:{tmp_path / 'set'}", "train", str(other))
+
+
+def test_teacher_scores_follow_the_sampled_passages(tmp_path):
+  records = [{"query": f"q{i}", "pos": [f"p{i}a", " ", f"p{i}b"], "neg": [f"n{i}{j}" for j in range(4)],
+              "pos_scores": [10 + i, -99, 20 + i], "neg_scores": [j - 5 for j in range(4)]}
+             for i in range(6)]
+  examples = pairs.load_examples(_jsonl(tmp_path / "s.jsonl", records), require_scores=True)
+  # The blank positive is dropped with its score.
+  assert examples[0].pos_scores == (10.0, 20.0) and examples[0].neg_scores == (-5, -4, -3, -2)
+  score_of = {}
+  for r in records:
+    score_of.update(zip(r["pos"] + r["neg"], r["pos_scores"] + r["neg_scores"]))
+  batches = pairs.GroupBatches(examples, TOKENIZER, batch_size=3, group_size=3, query_max_len=8,
+                               passage_max_len=8, seed=1)
+  for step in range(4):
+    batch, epoch = batches(step), step // batches.steps_per_epoch
+    for row, example in enumerate(batches.rows(step)):
+      texts, _ = pairs.sample_group(example, 3, seed=1, epoch=epoch)
+      assert batch["teacher_scores"][row].tolist() == [score_of[t] for t in texts]
+  assert batch["in_batch_negatives"].tolist() == [True] * 3
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"query": "q", "pos": ["p"], "neg": ["n1", "n2"], "pos_scores": [1.0], "neg_scores": [0.5]},
+     r"s.jsonl:2: field 'neg_scores' must be a list of 2 numbers, one per text of 'neg'"),
+    ({"query": "q", "pos": ["p"], "pos_scores": ["high"]},
+     r"s.jsonl:2: field 'pos_scores' must be a list of 1 numbers"),
+    ({"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [1.0]},
+     r"s.jsonl:2: no teacher scores \('pos_scores' / 'neg_scores'\)"),
+    ({"query": "q", "pos": ["p"]}, r"s.jsonl:2: no teacher scores"),
+])
+def test_missing_or_misaligned_scores_fail_with_file_and_line(tmp_path, record, message):
+  good = {"query": "ok", "pos": ["p"], "pos_scores": [1.0]}
+  source = _jsonl(tmp_path / "s.jsonl", [good, record])
+  with pytest.raises(ValueError, match=message):
+    pairs.load_examples(source, require_scores=True)
+
+
+def test_distillation_needs_a_source_with_scores(tmp_path):
+  with pytest.raises(ValueError, match="config.loss.kd_weight: 'pydoc' carries no teacher scores"):
+    pairs.load_examples("pydoc", require_scores=True)

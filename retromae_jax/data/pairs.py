@@ -2,7 +2,9 @@
 
 Sources (config.data.train):
   jsonl:GLOB   FlagEmbedding's format, one object per line: {"query": str, "pos": [str],
-               "neg": [str]}; `neg` may be empty or missing; a string is read as a 1-list
+               "neg": [str]}; `neg` may be empty or missing; a string is read as a 1-list;
+               optional teacher scores "pos_scores" / "neg_scores" ([float], one per text of
+               `pos` / `neg`; config.loss.kd_weight > 0 needs them on every line)
   beir:DIR     a BEIR folder (data/evalsets/beir.py): the queries judged in qrels/{data.split}.tsv,
                positives = documents with relevance > 0, negatives = documents judged 0, plus
                the mined ones of config.data.hard_negatives (below), if given
@@ -31,6 +33,8 @@ Lq = query_max_len, Lp = passage_max_len; texts tokenised with [CLS]/[SEP], trun
   passage_input_ids        int32 [b, G, Lp]   group i: its positive first, then its negatives
   passage_attention_mask   int32 [b, G, Lp]
   passage_valid            bool  [b, G]       False on unfilled negative slots
+  in_batch_negatives       bool  [b]          False: the dataset's queries see their own group only
+  teacher_scores           f32   [b, G]       the teacher's score of each passage (0 without)
 Batch `step` is a pure function of (seed, step, process layout): epoch = step // steps_per_epoch,
 each epoch a fresh permutation of this process's examples seeded by (seed, epoch, process
 index), so a resumed run reads exactly the batches the uninterrupted one would have.
@@ -59,6 +63,8 @@ class Example:
   query: str
   pos: tuple[str, ...]
   neg: tuple[str, ...] = ()
+  pos_scores: tuple[float, ...] = ()  # teacher scores aligned with pos / neg (or empty)
+  neg_scores: tuple[float, ...] = ()
 
 
 # ----------------------------------------------------------------------------------- Reading
@@ -76,8 +82,25 @@ def _texts(path: str, line_no: int, record: dict, name: str) -> tuple[str, ...]:
   return tuple(t for t in value if t.strip())
 
 
-def read_jsonl(pattern: str, process_index: int = 0, process_count: int = 1) -> list[Example]:
-  """This process's examples of FlagEmbedding jsonl files (sorted glob, uid = line over all files)."""
+def _scores(path: str, line_no: int, record: dict, name: str) -> tuple[float, ...] | None:
+  """The teacher scores of the non-blank texts of field `name` ('pos' / 'neg'), None if the line
+  has no `{name}_scores`; a list that does not align with the texts is an error."""
+  value, texts = record.get(f"{name}_scores"), record.get(name)
+  if value is None:
+    return None
+  value = [value] if isinstance(value, (int, float)) else value
+  texts = [] if texts is None else [texts] if isinstance(texts, str) else texts
+  if (not isinstance(value, list) or len(value) != len(texts)
+      or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+    raise ValueError(f"{path}:{line_no}: field '{name}_scores' must be a list of {len(texts)} "
+                     f"numbers, one per text of {name!r}, got {json.dumps(value)[:80]}")
+  return tuple(float(x) for x, t in zip(value, texts) if isinstance(t, str) and t.strip())
+
+
+def read_jsonl(pattern: str, process_index: int = 0, process_count: int = 1, *,
+               require_scores: bool = False) -> list[Example]:
+  """This process's examples of FlagEmbedding jsonl files (sorted glob, uid = line over all files).
+  require_scores: every line must carry pos_scores (and neg_scores where it has negatives)."""
   files = sorted(tf.io.gfile.glob(pattern))
   if not files:
     raise ValueError(f"data.train 'jsonl:{pattern}': no file matches")
@@ -91,8 +114,14 @@ def read_jsonl(pattern: str, process_index: int = 0, process_count: int = 1) -> 
         continue
       if not isinstance(record.get("query"), str):
         raise ValueError(f"{path}:{line_no}: expected an object with a string 'query' field")
-      examples.append(Example(uid, record["query"], _texts(path, line_no, record, "pos"),
-                              _texts(path, line_no, record, "neg")))
+      pos, neg = _texts(path, line_no, record, "pos"), _texts(path, line_no, record, "neg")
+      pos_scores, neg_scores = (_scores(path, line_no, record, n) for n in ("pos", "neg"))
+      if require_scores and (pos_scores is None or (neg and neg_scores is None)):
+        raise ValueError(f"{path}:{line_no}: no teacher scores ('pos_scores' / 'neg_scores'): "
+                         "config.loss.kd_weight > 0 needs them on every line (add them with "
+                         "python -m retromae_jax.tools.score)")
+      examples.append(Example(uid, record["query"], pos, neg, pos_scores or (),
+                              neg_scores or ()))
   return examples
 
 
@@ -126,18 +155,22 @@ def read_beir(beir_dir: str, split: str = "train", hard_negatives: str = "",
 
 
 def load_examples(source: str, split: str = "train", hard_negatives: str = "",
-                  process_index: int = 0, process_count: int = 1,
-                  selfsup: dict | None = None) -> list[Example]:
+                  process_index: int = 0, process_count: int = 1, *,
+                  require_scores: bool = False, selfsup: dict | None = None) -> list[Example]:
   """This process's share of `source` (module docstring); examples without a positive are
-  dropped (and counted in the log): nothing can be learned from them."""
+  dropped (and counted in the log): nothing can be learned from them. require_scores: teacher
+  scores on every example (only jsonl sources carry them)."""
   parsed = source_spec.parse(source, "config.data.train", f"expected {SOURCES}",
                              schemes=("jsonl", "beir", "selfsup"))
   scheme, arg = parsed.scheme, parsed.arg
+  if require_scores and scheme != "jsonl":
+    raise ValueError(f"config.loss.kd_weight: {source!r} carries no teacher scores; distillation "
+                     "reads them from jsonl lines (pos_scores / neg_scores)")
   if scheme == "jsonl":
     if hard_negatives:
       raise ValueError("config.data.hard_negatives: only for BEIR sources; jsonl lines carry "
                        "their negatives in 'neg'")
-    examples = read_jsonl(arg, process_index, process_count)
+    examples = read_jsonl(arg, process_index, process_count, require_scores=require_scores)
   elif scheme == "beir":
     examples = read_beir(arg, split, hard_negatives, process_index, process_count)
   elif scheme == "selfsup":
@@ -158,15 +191,32 @@ def load_examples(source: str, split: str = "train", hard_negatives: str = "",
 # ----------------------------------------------------------------------------------- Groups
 
 
+def _draw(example: Example, group_size: int, seed: int, epoch: int):
+  """(index of the positive, indices of up to G-1 distinct negatives) of the example's group."""
+  rng = np.random.default_rng([seed, epoch, example.uid])
+  positive = int(rng.integers(len(example.pos)))
+  count = min(group_size - 1, len(example.neg))
+  return positive, rng.choice(len(example.neg), count, replace=False)
+
+
 def sample_group(example: Example, group_size: int, seed: int, epoch: int):
   """(G passage texts, bool [G] valid): a positive, then up to G-1 distinct negatives."""
-  rng = np.random.default_rng([seed, epoch, example.uid])
-  positive = example.pos[rng.integers(len(example.pos))]
-  count = min(group_size - 1, len(example.neg))
-  negatives = [example.neg[i] for i in rng.choice(len(example.neg), count, replace=False)]
-  texts = [positive, *negatives, *[""] * (group_size - 1 - count)]
-  valid = np.arange(group_size) <= count
+  positive, negatives = _draw(example, group_size, seed, epoch)
+  texts = [example.pos[positive], *[example.neg[i] for i in negatives],
+           *[""] * (group_size - 1 - len(negatives))]
+  valid = np.arange(group_size) <= len(negatives)
   return texts, valid
+
+
+def group_scores(example: Example, group_size: int, seed: int, epoch: int) -> np.ndarray:
+  """float32 [G]: the teacher's scores of sample_group's passages (0 where none)."""
+  out = np.zeros(group_size, np.float32)
+  if example.pos_scores:
+    positive, negatives = _draw(example, group_size, seed, epoch)
+    out[0] = example.pos_scores[positive]
+    if example.neg_scores:
+      out[1:1 + len(negatives)] = [example.neg_scores[i] for i in negatives]
+  return out
 
 
 def _fixed_length(tokenizer: tokenizers.Tokenizer, max_len: int) -> tokenizers.Tokenizer:
@@ -193,6 +243,8 @@ def batch_shapes(batch_size: int, group_size: int, query_max_len: int,
       "passage_input_ids": (passages, np.int32),
       "passage_attention_mask": (passages, np.int32),
       "passage_valid": ((batch_size, group_size), np.bool_),
+      "in_batch_negatives": ((batch_size,), np.bool_),
+      "teacher_scores": ((batch_size, group_size), np.float32),
   }
 
 
@@ -202,9 +254,11 @@ class GroupBatches:
   def __init__(self, examples: Sequence[Example], tokenizer: tokenizers.Tokenizer, *,
                batch_size: int, group_size: int, query_max_len: int, passage_max_len: int,
                seed: int, query_instruction: str = "", passage_instruction: str = "",
-               process_index: int = 0, epoch_size: int | None = None):
+               process_index: int = 0, epoch_size: int | None = None,
+               in_batch_negatives: bool = True):
     """batch_size: this process's queries per batch. epoch_size: examples used per epoch (the
-    smallest share over processes, so that every process turns epochs at the same step)."""
+    smallest share over processes, so that every process turns epochs at the same step).
+    in_batch_negatives False: each query's softmax holds its own group only."""
     self.examples = list(examples)
     self.epoch_size = len(self.examples) if epoch_size is None else epoch_size
     if not 0 < self.epoch_size <= len(self.examples):
@@ -214,7 +268,7 @@ class GroupBatches:
                        f"{self.epoch_size} training examples per process")
     self.batch_size, self.group_size, self.seed = batch_size, group_size, seed
     self.query_instruction, self.passage_instruction = query_instruction, passage_instruction
-    self.process_index = process_index
+    self.process_index, self.in_batch_negatives = process_index, in_batch_negatives
     self.steps_per_epoch = self.epoch_size // batch_size
     self._query_tok = _fixed_length(tokenizer, query_max_len)
     self._passage_tok = _fixed_length(tokenizer, passage_max_len)
@@ -241,6 +295,9 @@ class GroupBatches:
         "passage_attention_mask": np.array([e.attention_mask for e in passages],
                                            np.int32).reshape(p_shape),
         "passage_valid": np.stack([valid for _, valid in groups]),
+        "in_batch_negatives": np.full(len(rows), self.in_batch_negatives),
+        "teacher_scores": np.stack([group_scores(e, self.group_size, self.seed, epoch)
+                                    for e in rows]),
     }
 
 

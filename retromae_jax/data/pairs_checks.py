@@ -27,6 +27,7 @@ from absl import logging
 
 from retromae_jax.data.evalsets import beir
 from retromae_jax.data import jsonl
+from retromae_jax.data import mixture
 
 _SHOWN = 3  # first cases named per kind
 
@@ -51,16 +52,9 @@ class Counts:
 
 
 def split_sources(train: str) -> list[str]:
-  """'jsonl:a@2,beir:DIR@1' -> ['jsonl:a', 'beir:DIR'] (a weight is a number after the last @)."""
-  parts = []
-  for part in train.split(","):
-    source, at, weight = part.strip().rpartition("@")
-    try:
-      float(weight)
-      parts.append(source if at else part.strip())
-    except ValueError:
-      parts.append(part.strip())
-  return [p for p in parts if p]
+  """'jsonl:a@2,beir:DIR@1' -> ['jsonl:a', 'beir:DIR']: the sources of data.train as the
+  fine-tuning program reads them (data/mixture.py)."""
+  return [dataset.source for dataset in mixture.parse(train)]
 
 
 def _texts(path: str, line_no: int, record: dict, name: str) -> list[str]:

@@ -3,7 +3,8 @@
 Pretraining and fine-tuning score the encoder they are training on a BEIR split every
 eval.every_steps steps and at the last step (and, with eval.at_start, before the first step):
 `eval/<measure>` rows in metrics.jsonl and one log line. Pretraining sees whether its encoder gets
-better for retrieval while it pretrains; fine-tuning also keeps its best step (on_best).
+better for retrieval while it pretrains; fine-tuning also keeps its best step (on_result), and
+stops early when on_result returns True (`stop`, read by trainers/loop.py after each evaluation).
 """
 
 import time
@@ -33,6 +34,7 @@ class RetrievalEvaluator:
     self.data, self.model_cfg, self.tokenizer, self.writer = data, model_cfg, tokenizer, writer
     self.every_steps, self.total_steps = every_steps, total_steps
     self.measures, self.embed_kwargs, self.on_result = measures, embed_kwargs, on_result
+    self.stop = False  # set when on_result asks the run to stop (early stopping)
 
   @classmethod
   def from_config(cls, config, model_cfg, tokenizer, writer, on_result=None):
@@ -43,9 +45,16 @@ class RetrievalEvaluator:
     if config.get("task", "pretrain") == "finetune":
       # Fine-tuning evaluates as it trains: its pooling, similarity, lengths and instructions.
       d, m = config.data, config.model
+      from retromae_jax.models import contrastive_loss
+      # eval.dims, or a Matryoshka model's sizes: also scored truncated to each size below the
+      # full vector's (eval/dim<d>/<measure> rows).
+      dims = tuple(int(x) for x in str(e.get("dims", "") or "").split(",") if x.strip())
+      if not dims and config.get("loss"):
+        dims, _ = contrastive_loss.matryoshka_settings(config.loss)
       embed_kwargs = dict(pooling=m.pooling, normalize=m.similarity == "cosine",
                           max_len=d.passage_max_len, query_max_len=d.query_max_len,
-                          query_prefix=d.query_instruction, passage_prefix=d.passage_instruction)
+                          query_prefix=d.query_instruction, passage_prefix=d.passage_instruction,
+                          dims=tuple(x for x in dims if x < model_cfg.hidden_size))
     else:
       limit = model_cfg.max_length
       embed_kwargs = dict(pooling=e.pooling, normalize=e.normalize,
@@ -71,10 +80,12 @@ class RetrievalEvaluator:
     """Scores the params (every process takes part; all get the same result) and logs it."""
     result = retrieval.evaluate_params(self.model_cfg, {"bert": params["bert"]}, self.tokenizer,
                                        self.data, measures=self.measures, **self.embed_kwargs)
-    self.writer.write(step, {f"eval/{k}": result[k] for k in self.measures})
+    self.writer.write(step, {f"eval/{k}": v for k, v in result.items()
+                             if k in self.measures or k.startswith("dim")})
+    truncated = [k for k in result if k.startswith("dim") and k.endswith("/" + self.measures[0])]
     logging.info("eval step %d: %s (%.0f s)", step,
-                 " | ".join(f"{k} {result[k]:.4f}" for k in self.measures),
+                 " | ".join(f"{k} {result[k]:.4f}" for k in (*self.measures, *truncated)),
                  result["encode_seconds"] + result["search_seconds"])
-    if self.on_result is not None:
-      self.on_result(step, params, result)
+    if self.on_result is not None and self.on_result(step, params, result):
+      self.stop = True
     return result

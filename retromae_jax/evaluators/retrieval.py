@@ -18,7 +18,9 @@ printed is one JSON object:
 From Python (the fine-tuning loop's periodic evaluation, with its in-memory params):
   evaluate_params(cfg, params, tokenizer, data, split="test", *, pooling="cls",
                   normalize=False, max_len=512, query_max_len=None, batch_size=64, top_k=100,
-                  query_prefix="", passage_prefix="", measures=None) -> dict   (the JSON above)
+                  query_prefix="", passage_prefix="", measures=None, dims=()) -> dict
+    (the JSON above; with dims, also "dim<d>/<measure>" for every d: the vectors' first d
+    components, re-normalised with --normalize: a Matryoshka model's truncated vectors)
     data: a BEIR folder path or a retrieval.beir.BeirData (load it once, evaluate many times:
           beir.load(dir, split, allow_missing_ids));
     params: {'bert': ...}, as encode.embed takes them; tokenizer: a tokenizers.Tokenizer.
@@ -62,7 +64,7 @@ def evaluate_embeddings(query_emb: np.ndarray, corpus_emb: np.ndarray, data: bei
 def evaluate_params(cfg, params, tokenizer, data, split: str = "test", *, pooling: str = "cls",
                     normalize: bool = False, max_len: int = 512, query_max_len: int | None = None,
                     batch_size: int = 64, top_k: int = 100, query_prefix: str = "",
-                    passage_prefix: str = "", measures=None) -> dict:
+                    passage_prefix: str = "", measures=None, dims=()) -> dict:
   """Embeds with in-memory params and scores the split; see the module docstring."""
   if isinstance(data, str):
     data = beir.load(data, split)
@@ -79,7 +81,21 @@ def evaluate_params(cfg, params, tokenizer, data, split: str = "test", *, poolin
   encode_seconds = time.perf_counter() - start
   result = evaluate_embeddings(query_emb, corpus_emb, data, top_k, measures)
   result["encode_seconds"] = encode_seconds
+  for dim in dims:
+    if not 0 < dim <= query_emb.shape[1]:
+      raise ValueError(f"dims: {dim} is not in 1..{query_emb.shape[1]} (the vector's size)")
+    q, c = (truncate(x, dim, normalize) for x in (query_emb, corpus_emb))
+    truncated = evaluate_embeddings(q, c, data, top_k, measures)
+    result.update({f"dim{dim}/{k}": truncated[k] for k in _measures(measures, top_k)})
   return result
+
+
+def truncate(vectors: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
+  """The first `dim` components of every row, re-normalised when the vectors are unit-length."""
+  out = vectors[:, :dim]
+  if normalize:
+    out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+  return out
 
 
 def evaluate_model(model: str, beir_dir: str, split: str = "test", *,

@@ -63,32 +63,50 @@ def export_encoder(params: dict, cfg: ModelConfig, meta: dict, out_dir: str) -> 
 
 
 def export_sentence_transformers(encoder_dir: str, out_dir: str, hidden_size: int,
-                                 max_seq_length: int, pooling: str = "cls") -> str:
+                                 max_seq_length: int, pooling: str = "cls", *,
+                                 similarity: str = "cosine", prompts: dict | None = None,
+                                 matryoshka_dims=(), model_card: str = "") -> str:
   """A sentence-transformers folder: the HF encoder at its root, then `pooling` (the model's
-  sentence vector: CLS, RetroMAE's / BGE's, or mean) and L2 normalisation. Written as plain JSON:
-  sentence-transformers (and torch) are not dependencies of this package."""
+  sentence vector: CLS, RetroMAE's / BGE's, or mean) and, for cosine similarity, L2
+  normalisation. Written as plain JSON: sentence-transformers (and torch) are not dependencies
+  of this package.
+
+  prompts: {name: instruction}, e.g. {'query': data.query_instruction, 'passage': ...}:
+  `model.encode(texts, prompt_name='query')` prepends it, as training did (no default prompt:
+  a plain encode adds nothing). similarity: 'cosine' or 'dot' (similarity_fn_name).
+  matryoshka_dims: the prefix sizes the model was trained for, recorded as `matryoshka_dims`
+  (sentence-transformers ignores the key; `truncate_dim` stays unset: the full vector by
+  default). model_card: the README.md text (interop/model_card.py), if any."""
   os.makedirs(out_dir, exist_ok=True)
   for name in os.listdir(encoder_dir):
     shutil.copyfile(os.path.join(encoder_dir, name), os.path.join(out_dir, name))
   modules = [
       {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
       {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-      {"idx": 2, "name": "2", "path": "2_Normalize",
-       "type": "sentence_transformers.models.Normalize"},
   ]
+  if similarity == "cosine":
+    modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize"})
   pooling = pooling_lib.sentence_transformers_config(pooling, hidden_size)
+  model_config = {"similarity_fn_name": similarity, "prompts": dict(prompts or {}),
+                  "default_prompt_name": None}
+  if matryoshka_dims:
+    model_config["matryoshka_dims"] = [int(d) for d in matryoshka_dims]
   files = {
       "modules.json": modules,
       "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
-      "config_sentence_transformers.json": {"similarity_fn_name": "cosine",
-                                            "prompts": {}, "default_prompt_name": None},
+      "config_sentence_transformers.json": model_config,
       os.path.join("1_Pooling", "config.json"): pooling,
   }
   os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
-  os.makedirs(os.path.join(out_dir, "2_Normalize"), exist_ok=True)
+  if similarity == "cosine":
+    os.makedirs(os.path.join(out_dir, "2_Normalize"), exist_ok=True)
   for name, content in files.items():
     with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
       json.dump(content, f, indent=2)
+  if model_card:
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+      f.write(model_card)
   return out_dir
 
 

@@ -47,6 +47,12 @@ class Spec:
   temperature: float = 0.02
   # The logical axis rules of the mesh the step runs on; None: no sharding constraints.
   rules: Any = None
+  # The loss's own choices (models/contrastive_loss.py): Matryoshka prefixes and their weights
+  # (() = the full vector only), and the distillation term's weight and teacher temperature.
+  matryoshka_dims: tuple = ()
+  matryoshka_weights: tuple = ()
+  kd_weight: float = 0.0
+  kd_temperature: float = 1.0
 
   def __post_init__(self):
     if self.pooling not in pooling.POOLINGS:
@@ -55,6 +61,9 @@ class Spec:
       raise ValueError(f"similarity: expected one of {SIMILARITIES}, got {self.similarity!r}")
     if not self.temperature > 0:
       raise ValueError(f"temperature: expected > 0, got {self.temperature}")
+    if self.matryoshka_weights and len(self.matryoshka_weights) != len(self.matryoshka_dims):
+      raise ValueError(f"matryoshka_weights: {len(self.matryoshka_weights)} weights for "
+                       f"{len(self.matryoshka_dims)} matryoshka_dims")
 
 
 def _row_rules(rules):

@@ -3,6 +3,10 @@
   python -m retromae_jax.tools.evaluate --model=PATH --beir_dir=DIR [--split=test]
       [--pooling=auto|cls|mean] [--normalize] [--max_len=N] [--query_max_len=N] [--batch_size=N]
       [--top_k=100] [--query_prefix=STR] [--passage_prefix=STR] [--allow_missing_ids]
+      [--dims=384,256,128,64]
+
+--dims also scores the vectors truncated to each size (re-normalised with --normalize), a
+Matryoshka model's use: "dim<d>/<measure>" keys in the JSON line, one log line per size.
 
 The library behind it: retromae_jax/evaluators/retrieval.py.
 """
@@ -33,6 +37,7 @@ def _define_flags():
   flags.DEFINE_string("passage_prefix", "", "Prepended to every document.")
   flags.DEFINE_bool("allow_missing_ids", False, "Score qrels that name queries or documents "
                     "missing from the folder (counted and logged) instead of failing.")
+  flags.DEFINE_list("dims", [], "Also score the vectors truncated to these sizes.")
   flags.mark_flags_as_required(["model", "beir_dir"])
 
 
@@ -44,9 +49,12 @@ def main(argv):
                           max_len=f.max_len, query_max_len=f.query_max_len,
                           batch_size=f.batch_size, top_k=f.top_k, query_prefix=f.query_prefix,
                           passage_prefix=f.passage_prefix,
-                          allow_missing_ids=f.allow_missing_ids)
+                          allow_missing_ids=f.allow_missing_ids,
+                          dims=tuple(int(d) for d in f.dims))
   logging.info("%s split %s: nDCG@10 %.4f over %d queries, %d documents", f.beir_dir, f.split,
                result["ndcg@10"], result["num_queries"], result["num_docs"])
+  for dim in f.dims:
+    logging.info("  truncated to %s: nDCG@10 %.4f", dim, result[f"dim{dim}/ndcg@10"])
   print(json.dumps(result), flush=True)
 
 

@@ -7,8 +7,10 @@ and trainers/gradient_cache.py, the data data/pairs.py, and the mechanics shared
 trainers/loop.py.
 
 Outputs in the workdir: metrics.jsonl (+ tensorboard/), checkpoints/<step>, export/encoder (a HF
-BertModel directory with the tokenizer, at the end), export/best (the best evaluated step by
-config.eval.metric, with best_eval.json).
+BertModel directory with the tokenizer, at the end), export/sentence-transformers (the same with
+its prompts, pooling, similarity and a model card), export/best (the best evaluated step by
+config.eval.metric, with best_eval.json). With eval.patience the run stops after that many
+evaluations without a new best.
 """
 
 import functools
@@ -21,13 +23,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from retromae_jax.data import mixture
 from retromae_jax.data import pairs
 from retromae_jax.data import tokenizer as tokenizer_lib
 from retromae_jax.evaluators import periodic
 from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
+from retromae_jax.interop import model_card
 from retromae_jax.models import biencoder
+from retromae_jax.models import contrastive_loss
 from retromae_jax.trainers import anchor as anchor_lib
 from retromae_jax.trainers import checkpointer as checkpointer_lib
 from retromae_jax.trainers import gradient_cache
@@ -78,8 +83,11 @@ def train_and_evaluate(config, workdir: str):
   state, state_shardings = train_state.create_sharded_state(model, tx, example, mesh, rules,
                                                             config.seed)
   logging.info("Parameters: %.1fM", sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
+  matryoshka_dims, matryoshka_weights = contrastive_loss.matryoshka_settings(config.loss)
   spec = biencoder.Spec(model_cfg, config.model.pooling, config.model.similarity,
-                        config.model.temperature, rules)
+                        config.model.temperature, rules, matryoshka_dims=matryoshka_dims,
+                        matryoshka_weights=matryoshka_weights, kd_weight=config.loss.kd_weight,
+                        kd_temperature=config.loss.kd_temperature)
 
   # ---------------------------------------------------------------- Update step
   d = config.data
@@ -148,23 +156,38 @@ def train_and_evaluate(config, workdir: str):
   loop.write_config(config, workdir)
 
   # ---------------------------------------------------------------- Input
-  examples = pairs.load_examples(d.train, d.split, d.hard_negatives, jax.process_index(),
-                                 jax.process_count(),
-                                 selfsup=dict(d.get("selfsup") or {}, seed=config.seed,
-                                              data_dir=d.get("data_dir", "")))
-  # Every process turns epochs at the same step: an epoch uses the smallest share's size.
-  epoch_size = int(np.min(multihost_utils.process_allgather(np.int32(len(examples)))))
-  group_batches = pairs.GroupBatches(
-      examples, tokenizer, batch_size=config.batch_size // jax.process_count(),
-      group_size=d.group_size, query_max_len=d.query_max_len,
-      passage_max_len=d.passage_max_len, seed=config.seed,
-      query_instruction=d.query_instruction, passage_instruction=d.passage_instruction,
-      process_index=jax.process_index(), epoch_size=epoch_size)
-  logging.info("Data: %d examples per process and epoch, %d steps per epoch, %.2f epochs",
-               epoch_size, group_batches.steps_per_epoch,
-               config.total_steps / group_batches.steps_per_epoch)
+  # One GroupBatches per dataset of data.train; each step's batch comes from one of them, drawn
+  # by weight (data/mixture.py). Every process turns a dataset's epochs at the same step: an
+  # epoch uses the smallest share's size.
+  datasets = mixture.parse(d.train)
+  # data.hard_negatives is for BEIR sources; beside them, jsonl sources (their own negatives)
+  # do without it, and alone they refuse it (pairs.load_examples).
+  mined = lambda ds: ("" if len(datasets) > 1 and ds.source.startswith("jsonl:")
+                      else d.hard_negatives)
+  selfsup = dict(d.selfsup, seed=config.seed, data_dir=d.data_dir)
+  shares = [pairs.load_examples(ds.source, d.split, mined(ds), jax.process_index(),
+                                jax.process_count(), require_scores=config.loss.kd_weight > 0,
+                                selfsup=selfsup)
+            for ds in datasets]
+  epoch_sizes = np.asarray(multihost_utils.process_allgather(
+      np.int32([len(x) for x in shares]))).reshape(-1, len(shares)).min(axis=0)
+  per_dataset = []
+  for ds, examples, epoch_size in zip(datasets, shares, epoch_sizes):
+    per_dataset.append(pairs.GroupBatches(
+        examples, tokenizer, batch_size=config.batch_size // jax.process_count(),
+        group_size=d.group_size, query_max_len=d.query_max_len,
+        passage_max_len=d.passage_max_len, seed=config.seed,
+        query_instruction=(d.query_instruction if ds.query_instruction is None
+                           else ds.query_instruction),
+        passage_instruction=(d.passage_instruction if ds.passage_instruction is None
+                             else ds.passage_instruction),
+        process_index=jax.process_index(), epoch_size=int(epoch_size),
+        in_batch_negatives=ds.in_batch_negatives is not False))
+    logging.info("Data %s (weight %g): %d examples per process and epoch, %d steps per epoch",
+                 ds.source, ds.weight, epoch_size, per_dataset[-1].steps_per_epoch)
+  group_batches = mixture.MixedBatches(per_dataset, [ds.weight for ds in datasets], config.seed)
   with_negatives = int(np.sum(multihost_utils.process_allgather(
-      np.int32(sum(bool(x.neg) for x in examples)))))
+      np.int32(sum(bool(x.neg) for examples in shares for x in examples)))))
   if d.group_size > 1 and not with_negatives:
     logging.warning("config.data.group_size is %d but no example has negatives: every negative "
                     "slot is an empty passage (masked out of the loss, but encoded). "
@@ -186,9 +209,13 @@ def train_and_evaluate(config, workdir: str):
       hf_interop.save_hf_bert(params, model_cfg, out_dir,
                               tokenizer_dir=tokenizer_lib.files_dir(tokenizer_spec))
 
+  since_best = [0]  # evaluations in a row without a new best (eval.patience)
+
   def keep_best(step, params, result):
+    """Exports a new best; returns True when eval.patience evaluations brought none."""
     metric = config.eval.metric
     if not best or result[metric] > best["value"]:
+      since_best[0] = 0
       best.update(step=step, metric=metric, value=result[metric], result=result)
       export(params, best_dir)
       if is_main:
@@ -196,6 +223,15 @@ def train_and_evaluate(config, workdir: str):
           json.dump(best, f, indent=1)
       logging.info("New best %s %.4f at step %d: exported to %s", metric, best["value"], step,
                    best_dir)
+      return False
+    since_best[0] += 1
+    patience = config.eval.get("patience", 0)
+    if patience and since_best[0] >= patience:
+      logging.info("Early stopping: %d evaluations without a better %s than %.4f (step %d, "
+                   "exported to %s)", since_best[0], metric, best["value"], best["step"],
+                   best_dir)
+      return True
+    return False
 
   writer = metrics_lib.MetricsWriter(workdir, config.total_steps, resume_step=start_step)
   evaluator = periodic.RetrievalEvaluator.from_config(config, model_cfg, tokenizer, writer,
@@ -216,9 +252,16 @@ def train_and_evaluate(config, workdir: str):
   out = os.path.join(workdir, "export", "encoder")
   export(state.params, out)
   if is_main:  # records the pooling: encode/evaluate --pooling=auto read it
+    prompts = {"query": d.query_instruction, "passage": d.passage_instruction}
+    card = model_card.render(
+        base_model=config.init.model, train_data=[ds.source for ds in datasets], spec=spec,
+        steps=int(state.step), eval_data=config.eval.data,
+        rows=model_card.eval_rows(os.path.join(workdir, "metrics.jsonl")), prompts=prompts,
+        max_seq_length=d.passage_max_len, exported_step=int(state.step))
     export_lib.export_sentence_transformers(
         out, os.path.join(workdir, "export", "sentence-transformers"), model_cfg.hidden_size,
-        d.passage_max_len, config.model.pooling)
+        d.passage_max_len, config.model.pooling, similarity=config.model.similarity,
+        prompts=prompts, matryoshka_dims=matryoshka_dims, model_card=card)
   writer.close()
   logging.info("Encoder exported to %s (HF BertModel format)", out)
   return state

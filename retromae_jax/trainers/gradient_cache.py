@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from retromae_jax.models.biencoder import Spec, represent
-from retromae_jax.models.contrastive_loss import contrastive_loss, flat_inputs, loss_fn
+from retromae_jax.models.contrastive_loss import flat_inputs, loss_fn, loss_targets, objective
 
 
 def _chunked(x, chunks: int):
@@ -27,7 +27,7 @@ def _unchunked(x):
 def cached_value_and_grad(spec: Spec, params: dict, batch: dict, dropout_key, chunk_size: int):
   """((loss, aux), grads) as jax.value_and_grad(loss_fn), holding one chunk of `chunk_size` rows
   of activations at a time (the gradient cache)."""
-  queries, passages, valid = flat_inputs(batch, dropout_key)
+  queries, passages, _ = flat_inputs(batch, dropout_key)
   for name, inputs in (("queries", queries), ("passages", passages)):
     if inputs[0].shape[0] % chunk_size:
       raise ValueError(f"gradient_cache.chunk_size: {chunk_size} does not divide the "
@@ -41,9 +41,10 @@ def cached_value_and_grad(spec: Spec, params: dict, batch: dict, dropout_key, ch
     return _unchunked(jax.lax.map(lambda c: represent(spec, params, *c), split(inputs)))
 
   q, p = reps(queries), reps(passages)
+  # The whole loss (teacher scores, Matryoshka prefixes included) is taken on the vectors here.
+  targets = loss_targets(batch)
   (loss, aux), (grad_q, grad_p) = jax.value_and_grad(
-      lambda q, p: contrastive_loss(q, p, spec.temperature, valid), argnums=(0, 1),
-      has_aux=True)(q, p)
+      lambda q, p: objective(spec, q, p, targets), argnums=(0, 1), has_aux=True)(q, p)
 
   def accumulate(grads, chunk):
     inputs, cotangent = chunk

@@ -209,7 +209,8 @@ def train(config, state, train_step, batches: Iterator[dict], *, start_step: int
   slow run at once), with rates(scalars) added (MFU, queries/s) and the running counts of
   `skips` (a data.sources.SkipCounter: skipped input lines, also logged when they change);
   saves by checkpointer.save_if_due (trainers/checkpointer.py); runs evaluator(step, params)
-  where evaluator.due(step).
+  where evaluator.due(step), and stops after an evaluation that sets evaluator.stop (early
+  stopping).
 
   Faults stop the run (docs/reliability.md): a non-finite step raises divergence.Diverged
   (never saved), a failed save checkpoint_store.SaveFailed, both at the next step boundary.
@@ -241,6 +242,9 @@ def train(config, state, train_step, batches: Iterator[dict], *, start_step: int
       if evaluator is not None and evaluator.due(step):
         with window.paused():
           evaluator(step, state.params)
+        if getattr(evaluator, "stop", False):
+          logging.info("Stopping early at step %d (the evaluator asked to)", step)
+          break
     guard.check()  # what the caller exports must be finite too
     checkpointer.wait_until_saved()
   return state, False

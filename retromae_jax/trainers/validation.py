@@ -35,6 +35,7 @@ def validate(config, num_data_parallel: int | None = None, num_processes: int = 
       raise ValueError(f"config.{key}: {expected}, got {value!r}")
   if finetune:
     _check_eval_metric(config.eval)
+    _check_finetune_loss_and_data(config, shape_known)
   else:
     _check_pretrain_combinations(config)
   if num_data_parallel:
@@ -115,6 +116,41 @@ def _finetune_checks(config, shape_known: bool):
       ("gradient_cache.chunk_size", not chunk or config.batch_size % chunk == 0,
        f"expected a divisor of batch_size ({config.batch_size})"),
   ]
+
+
+def _check_finetune_loss_and_data(config, shape_known: bool):
+  from retromae_jax.data import mixture  # numpy only: no input pipeline at validation
+  from retromae_jax.models import contrastive_loss
+  loss = config.get("loss")
+  datasets = mixture.parse(config.data.train)
+  if loss is not None:
+    if not loss.kd_weight >= 0:
+      raise ValueError(f"config.loss.kd_weight: expected >= 0 (0 = off), got {loss.kd_weight}")
+    if not loss.kd_temperature > 0:
+      raise ValueError(f"config.loss.kd_temperature: expected > 0, got {loss.kd_temperature}")
+    if loss.kd_weight and config.data.group_size < 2:
+      raise ValueError("config.loss.kd_weight: distillation compares the passages of a query's "
+                       f"group; expected data.group_size >= 2, got {config.data.group_size}")
+    if loss.kd_weight:
+      for dataset in datasets:
+        if not dataset.source.startswith("jsonl:"):
+          raise ValueError(f"config.loss.kd_weight: {dataset.source!r} carries no teacher "
+                           "scores; distillation reads them from jsonl lines (pos_scores / "
+                           "neg_scores)")
+    dims, _ = contrastive_loss.matryoshka_settings(loss)
+    if shape_known and dims and max(dims) > config.model.hidden_size:
+      raise ValueError(f"config.loss.matryoshka_dims: expected sizes <= model.hidden_size "
+                       f"({config.model.hidden_size}), got {dims}")
+  try:
+    eval_dims = [int(x) for x in str(config.eval.get("dims", "") or "").split(",") if x.strip()]
+  except ValueError:
+    raise ValueError(f"config.eval.dims: expected comma-separated sizes, got "
+                     f"{config.eval.dims!r}") from None
+  if any(x < 1 or (shape_known and x > config.model.hidden_size) for x in eval_dims):
+    raise ValueError(f"config.eval.dims: expected sizes in 1..model.hidden_size, got {eval_dims}")
+  if config.eval.get("patience", 0) < 0:
+    raise ValueError(f"config.eval.patience: expected >= 0 (0 = never stop early), got "
+                     f"{config.eval.patience}")
 
 
 def _check_eval_metric(e):
