@@ -11,8 +11,7 @@ dataset's share of the batches; OPTIONs (default: the data.* keys of the same na
   passage_instruction=TEXT        prepended to this dataset's passages
 e.g. `jsonl:qa.jsonl@2,jsonl:nli.jsonl@1;in_batch_negatives=false;query_instruction=Query: `.
 Sources are split at the commas that start a new source (`jsonl:`, `beir:`, `selfsup:`,
-`pydoc`), so an
-instruction may hold commas; it may not hold ';'.
+`pydoc`), so an instruction may hold commas; it may not hold ';'.
 
 Every batch comes from one dataset (mixing tasks in a batch makes false in-batch negatives). The
 dataset of step s is drawn by weight from numpy's generator seeded by (seed, s // BLOCK): a pure
