@@ -29,6 +29,7 @@ from absl import logging
 from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import hf as hf_interop
+from retromae_jax.interop import workdir
 from retromae_jax.models import pooling as pooling_lib
 from retromae_jax.models.bert import ModelConfig
 
@@ -110,6 +111,26 @@ def export_sentence_transformers(encoder_dir: str, out_dir: str, hidden_size: in
   return out_dir
 
 
+def export_model(params: dict, cfg: ModelConfig, meta: dict, out_dir: str, *,
+                 max_seq_length: int, pooling: str, similarity: str = "cosine",
+                 prompts: dict | None = None, matryoshka_dims=(), model_card: str = "") -> dict:
+  """The one export of a model, for both programs and the export tool: out_dir/encoder (HF),
+  out_dir/sentence-transformers (export_sentence_transformers' options) and, when the params
+  have one, out_dir/decoder. Returns {name: directory}."""
+  written = {}
+  written[workdir.ENCODER] = export_encoder(params, cfg, meta,
+                                            os.path.join(out_dir, workdir.ENCODER))
+  written[workdir.SENTENCE_TRANSFORMERS] = export_sentence_transformers(
+      written[workdir.ENCODER], os.path.join(out_dir, workdir.SENTENCE_TRANSFORMERS),
+      cfg.hidden_size, max_seq_length, pooling, similarity=similarity, prompts=prompts,
+      matryoshka_dims=matryoshka_dims, model_card=model_card)
+  if workdir.DECODER in params:
+    written[workdir.DECODER] = decoder_lib.save_decoder(
+        params[workdir.DECODER], meta, os.path.join(out_dir, workdir.DECODER))
+  logging.info("Exported to %s: %s", out_dir, ", ".join(f"{name}/" for name in written))
+  return written
+
+
 def export_checkpoint(path: str, out_dir: str, max_seq_length: int | None = None) -> dict:
   """Writes encoder/, sentence-transformers/ and (when the model has one) decoder/ under
   out_dir from the checkpoint named by `path`; returns {name: directory}."""
@@ -118,12 +139,5 @@ def export_checkpoint(path: str, out_dir: str, max_seq_length: int | None = None
   params, meta, _ = checkpoint_store.restore_params(step_dir,
                                                     checkpoint_store.abstract_params(step_dir))
   cfg = model_config_from_meta(meta, step_dir)
-  written = {}
-  written["encoder"] = export_encoder(params, cfg, meta, os.path.join(out_dir, "encoder"))
-  written["sentence-transformers"] = export_sentence_transformers(
-      written["encoder"], os.path.join(out_dir, "sentence-transformers"), cfg.hidden_size,
-      max_seq_length or cfg.max_length, cfg.sentence_vector)
-  if "decoder" in params:
-    written["decoder"] = decoder_lib.save_decoder(params["decoder"], meta, os.path.join(out_dir, "decoder"))
-  logging.info("Exported %s to %s: %s", step_dir, out_dir, ", ".join(written))
-  return written
+  return export_model(params, cfg, meta, out_dir, max_seq_length=max_seq_length or cfg.max_length,
+                      pooling=cfg.sentence_vector)

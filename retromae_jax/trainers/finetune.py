@@ -30,6 +30,7 @@ from retromae_jax.evaluators import periodic
 from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
+from retromae_jax.interop import workdir as workdir_layout
 from retromae_jax.interop import model_card
 from retromae_jax.models import biencoder
 from retromae_jax.models import contrastive_loss
@@ -43,9 +44,6 @@ from retromae_jax.trainers import run_identity
 from retromae_jax.trainers import sharding
 from retromae_jax.trainers import train_state
 from retromae_jax.trainers import validation
-from retromae_jax.interop import workdir as workdir_layout
-
-BEST_EVAL = "best_eval.json"
 
 
 def train_and_evaluate(config, workdir: str):
@@ -197,17 +195,12 @@ def train_and_evaluate(config, workdir: str):
                                 batch_sharding)
 
   # ---------------------------------------------------------------- Evaluation
-  best_dir = os.path.join(workdir, "export", "best")
+  best_dir = workdir_layout.best_dir(workdir)
+  best_eval = os.path.join(best_dir, workdir_layout.BEST_EVAL)
   best = {}
-  if os.path.isfile(os.path.join(best_dir, BEST_EVAL)):  # a resumed run keeps its best so far
-    with open(os.path.join(best_dir, BEST_EVAL), encoding="utf-8") as f:
+  if os.path.isfile(best_eval):  # a resumed run keeps its best so far
+    with open(best_eval, encoding="utf-8") as f:
       best = json.load(f)
-
-  def export(params, out_dir):
-    params = loop.gather_params(params)
-    if is_main:
-      hf_interop.save_hf_bert(params, model_cfg, out_dir,
-                              tokenizer_dir=tokenizer_lib.files_dir(tokenizer_spec))
 
   since_best = [0]  # evaluations in a row without a new best (eval.patience)
 
@@ -217,9 +210,10 @@ def train_and_evaluate(config, workdir: str):
     if not best or result[metric] > best["value"]:
       since_best[0] = 0
       best.update(step=step, metric=metric, value=result[metric], result=result)
-      export(params, best_dir)
+      params = loop.gather_params(params)
       if is_main:
-        with open(os.path.join(best_dir, BEST_EVAL), "w", encoding="utf-8") as f:
+        export_lib.export_encoder(params, model_cfg, meta, best_dir)
+        with open(best_eval, "w", encoding="utf-8") as f:
           json.dump(best, f, indent=1)
       logging.info("New best %s %.4f at step %d: exported to %s", metric, best["value"], step,
                    best_dir)
@@ -249,19 +243,18 @@ def train_and_evaluate(config, workdir: str):
     return state
 
   # ---------------------------------------------------------------- Export
-  out = os.path.join(workdir, "export", "encoder")
-  export(state.params, out)
-  if is_main:  # records the pooling: encode/evaluate --pooling=auto read it
+  params = loop.gather_params(state.params)
+  if is_main:  # the sentence-transformers export records the pooling (--pooling=auto reads it)
     prompts = {"query": d.query_instruction, "passage": d.passage_instruction}
     card = model_card.render(
         base_model=config.init.model, train_data=[ds.source for ds in datasets], spec=spec,
         steps=int(state.step), eval_data=config.eval.data,
-        rows=model_card.eval_rows(os.path.join(workdir, "metrics.jsonl")), prompts=prompts,
+        rows=model_card.eval_rows(os.path.join(workdir, workdir_layout.METRICS)), prompts=prompts,
         max_seq_length=d.passage_max_len, exported_step=int(state.step))
-    export_lib.export_sentence_transformers(
-        out, os.path.join(workdir, "export", "sentence-transformers"), model_cfg.hidden_size,
-        d.passage_max_len, config.model.pooling, similarity=config.model.similarity,
-        prompts=prompts, matryoshka_dims=matryoshka_dims, model_card=card)
+    export_lib.export_model(
+        params, model_cfg, meta, workdir_layout.export_dir(workdir),
+        max_seq_length=d.passage_max_len, pooling=config.model.pooling,
+        similarity=config.model.similarity, prompts=prompts, matryoshka_dims=matryoshka_dims,
+        model_card=card)
   writer.close()
-  logging.info("Encoder exported to %s (HF BertModel format)", out)
   return state

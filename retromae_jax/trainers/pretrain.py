@@ -20,6 +20,7 @@ from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
+from retromae_jax.interop import workdir as workdir_layout
 from retromae_jax.objectives import losses
 from retromae_jax.objectives.registry import make_model
 from retromae_jax.trainers import anchor as anchor_lib
@@ -216,12 +217,7 @@ def train_and_evaluate(config, workdir: str):
   # ---------------------------------------------------------------- Export
   params = loop.gather_params(state.params)
   if is_main:
-    out = os.path.join(workdir, "export")
-    encoder = export_lib.export_encoder(params, model_cfg, meta, os.path.join(out, "encoder"))
-    export_lib.export_sentence_transformers(encoder, os.path.join(out, "sentence-transformers"),
-                                            model_cfg.hidden_size, config.data.max_seq_length,
-                                            model_cfg.sentence_vector)
-    if "decoder" in params:
-      decoder_lib.save_decoder(params["decoder"], meta, os.path.join(out, "decoder"))
-    logging.info("Exported to %s: encoder/ (HF BERT), sentence-transformers/, decoder/", out)
+    export_lib.export_model(params, model_cfg, meta, workdir_layout.export_dir(workdir),
+                            max_seq_length=config.data.max_seq_length,
+                            pooling=model_cfg.sentence_vector)
   return state
