@@ -31,6 +31,7 @@ import re
 
 import numpy as np
 
+from retromae_jax.data import source_spec
 from retromae_jax.data.pretrain import chunking
 
 KINDS = ("crops", "ict", "heading")
@@ -73,8 +74,7 @@ class Options:
 
 def read_documents(source: str, data_dir: str = "", max_documents: int = 0) -> list[str]:
   """Every document of a pretraining source, in the source's order (all processes alike)."""
-  from retromae_jax.data.pretrain import prepared
-  if prepared.is_prepared(source):
+  if source_spec.is_prepared(source):
     return _prepared_texts(source, max_documents)
   from retromae_jax.data import sources  # tf.data: only for raw sources
   ds = sources.documents(source, data_dir)
