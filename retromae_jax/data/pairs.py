@@ -175,7 +175,8 @@ def load_examples(source: str, split: str = "train", hard_negatives: str = "",
     examples = read_beir(arg, split, hard_negatives, process_index, process_count)
   elif scheme == "selfsup":
     from retromae_jax.data import selfsup_pairs
-    examples = selfsup_pairs.read(arg, process_index, process_count, **(selfsup or {}))
+    examples = [Example(uid, query, (positive,)) for uid, query, positive in
+                selfsup_pairs.read(arg, process_index, process_count, **(selfsup or {}))]
   else:  # pydoc
     from retromae_jax.data.evalsets import pydoc_set  # builds the set on first use
     examples = read_beir(pydoc_set.cached_dir(), split, hard_negatives, process_index,

@@ -212,8 +212,8 @@ def make_pair(text: str, opts: Options, seed: int, view: int) -> tuple[str, str]
 
 def read(source: str, process_index: int = 0, process_count: int = 1, *, seed: int = 0,
          data_dir: str = "", **options):
-  """This process's pairs.Example list for data.train=selfsup:SOURCE (module docstring)."""
-  from retromae_jax.data import pairs
+  """This process's pairs for data.train=selfsup:SOURCE (module docstring): (uid, query,
+  positive) triples, which data/pairs.py makes its Examples of."""
   opts = Options(**options)
   opts.check()
   texts = read_documents(source, data_dir, opts.max_documents)
@@ -227,5 +227,5 @@ def read(source: str, process_index: int = 0, process_count: int = 1, *, seed: i
         continue
       pair = make_pair(text, opts, seed, view)
       if pair is not None:
-        examples.append(pairs.Example(uid, pair[0], (pair[1],)))
+        examples.append((uid, pair[0], pair[1]))
   return examples
