@@ -262,7 +262,7 @@ def prepare(source: str, out: str, settings: PretrainInput, num_workers: int = 0
     results = []
   elif engine == "beam":
     from retromae_jax.data.pretrain import prepare_beam  # optional dependency, imported on demand
-    results = prepare_beam.run_shards(todo, list(beam_args))
+    results = prepare_beam.run_shards(todo, list(beam_args), prepare_shard)
   elif len(todo) == 1:
     results = [prepare_shard(todo[0])]
   else:

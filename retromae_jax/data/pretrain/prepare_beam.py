@@ -22,15 +22,14 @@ import json
 import os
 import shutil
 
-from retromae_jax.data.pretrain import prepare
+
+def _prepare_indexed(fields: dict, prepare_shard, task_type) -> str:
+  return json.dumps([fields["index"], prepare_shard(task_type(**fields))])
 
 
-def _prepare_indexed(fields: dict) -> str:
-  return json.dumps([fields["index"], prepare.prepare_shard(prepare.ShardTask(**fields))])
-
-
-def run_shards(tasks: list, pipeline_args: list[str]) -> list[dict]:
-  """prepare_shard over `tasks` as one Beam pipeline; returns their results in task order."""
+def run_shards(tasks: list, pipeline_args: list[str], prepare_shard) -> list[dict]:
+  """prepare_shard(task) over `tasks` (prepare.py's, passed in: this module is its engine, not
+  its caller) as one Beam pipeline; returns their results in task order."""
   try:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -41,12 +40,11 @@ def run_shards(tasks: list, pipeline_args: list[str]) -> list[dict]:
   prefix = os.path.join(results_dir, "shard_results")
   with beam.Pipeline(options=PipelineOptions(pipeline_args)) as pipeline:
     _ = (pipeline
-         # Plain dicts travel to the workers: under `python -m ...prepare` the tasks' class is
-         # __main__.ShardTask, which no worker can unpickle.
+         # Plain dicts travel to the workers; the function and the task's class go by reference.
          | "ShardTasks" >> beam.Create([dataclasses.asdict(task) for task in tasks])
          # One task per worker bundle: without it a runner may fuse all tasks into one bundle.
          | "Spread" >> beam.Reshuffle()
-         | "PrepareShard" >> beam.Map(_prepare_indexed)
+         | "PrepareShard" >> beam.Map(_prepare_indexed, prepare_shard, type(tasks[0]))
          | "ShardResults" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))
   results = {}
   for path in glob.glob(prefix + "*.jsonl"):
