@@ -70,16 +70,21 @@ class Example:
 # ----------------------------------------------------------------------------------- Reading
 
 
-def _texts(path: str, line_no: int, record: dict, name: str) -> tuple[str, ...]:
+def text_field(path: str, line_no: int, record: dict, name: str) -> list[str]:
+  """A FlagEmbedding line's list of texts (`pos`, `neg`): a string is a 1-list, absent is []."""
   value = record.get(name)
   if value is None:
-    return ()
+    return []
   if isinstance(value, str):
     value = [value]
   if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
     raise ValueError(f"{path}:{line_no}: field {name!r} must be a list of strings, got "
                      f"{json.dumps(value)[:80]}")
-  return tuple(t for t in value if t.strip())
+  return value
+
+
+def _texts(path: str, line_no: int, record: dict, name: str) -> tuple[str, ...]:
+  return tuple(t for t in text_field(path, line_no, record, name) if t.strip())
 
 
 def _scores(path: str, line_no: int, record: dict, name: str) -> tuple[float, ...] | None:

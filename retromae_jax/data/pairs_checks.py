@@ -21,13 +21,13 @@ data.train may list several sources with weights ('jsonl:a@2,beir:DIR@1'): each 
 
 import collections
 import dataclasses
-import json
 
 from absl import logging
 
 from retromae_jax.data.evalsets import beir
 from retromae_jax.data import jsonl
 from retromae_jax.data import mixture
+from retromae_jax.data import pairs
 
 _SHOWN = 3  # first cases named per kind
 
@@ -55,18 +55,6 @@ def split_sources(train: str) -> list[str]:
   """'jsonl:a@2,beir:DIR@1' -> ['jsonl:a', 'beir:DIR']: the sources of data.train as the
   fine-tuning program reads them (data/mixture.py)."""
   return [dataset.source for dataset in mixture.parse(train)]
-
-
-def _texts(path: str, line_no: int, record: dict, name: str) -> list[str]:
-  value = record.get(name)
-  if value is None:
-    return []
-  if isinstance(value, str):
-    value = [value]
-  if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-    raise ValueError(f"{path}:{line_no}: field {name!r} must be a list of strings, got "
-                     f"{json.dumps(value)[:80]}")
-  return value
 
 
 def _check_group(counts: Counts, place: str, query: str, pos: list, neg: list,
@@ -98,7 +86,8 @@ def jsonl_counts(pattern: str, group_size: int) -> Counts:
       if not isinstance(record.get("query"), str):
         raise ValueError(f"{path}:{line_no}: expected an object with a string 'query' field")
       _check_group(counts, f"{path}:{line_no}", record["query"],
-                   _texts(path, line_no, record, "pos"), _texts(path, line_no, record, "neg"),
+                   pairs.text_field(path, line_no, record, "pos"),
+                   pairs.text_field(path, line_no, record, "neg"),
                    group_size)
   return counts
 
@@ -122,7 +111,7 @@ def hard_negatives(path: str, beir_dir: str, split: str, min_coverage: float) ->
     if not isinstance(record.get("query"), str):
       raise ValueError(f"{path}:{line_no}: expected an object with a string 'query' field")
     mined.setdefault(record["query"], []).extend(
-        t for t in _texts(path, line_no, record, "neg") if t.strip())
+        t for t in pairs.text_field(path, line_no, record, "neg") if t.strip())
   queries = beir.load(beir_dir, split).queries.values()
   matched = sum(q in mined for q in queries)
   coverage = matched / max(len(queries), 1)

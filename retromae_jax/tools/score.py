@@ -22,7 +22,7 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
-from retromae_jax.data import jsonl
+from retromae_jax.data import jsonl, pairs
 from retromae_jax.evaluators import embed
 from retromae_jax.models import pooling as pooling_lib
 
@@ -41,14 +41,6 @@ def _define_flags():
   flags.mark_flags_as_required(["model", "input", "output"])
 
 
-def _texts(path: str, line_no: int, record: dict, name: str) -> list[str]:
-  value = record.get(name)
-  value = [] if value is None else [value] if isinstance(value, str) else value
-  if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-    raise ValueError(f"{path}:{line_no}: field {name!r} must be a list of strings")
-  return value
-
-
 def score_records(records: list[tuple[int, dict]], path: str, cfg, params, tok, *, pooling: str,
                   normalize: bool, max_len: int, query_max_len: int, batch_size: int,
                   query_prefix: str = "", passage_prefix: str = "") -> list[dict]:
@@ -59,7 +51,7 @@ def score_records(records: list[tuple[int, dict]], path: str, cfg, params, tok, 
       raise ValueError(f"{path}:{line_no}: expected an object with a string 'query' field")
     queries.setdefault(record["query"], len(queries))
     for name in ("pos", "neg"):
-      for text in _texts(path, line_no, record, name):
+      for text in pairs.text_field(path, line_no, record, name):
         passages.setdefault(text, len(passages))
   q = embed.embed(cfg, params, tok, [query_prefix + t for t in queries], pooling, normalize,
                   query_max_len, batch_size, label="queries")
@@ -70,7 +62,7 @@ def score_records(records: list[tuple[int, dict]], path: str, cfg, params, tok, 
     qv = q[queries[record["query"]]]
     record = dict(record)
     for name in ("pos", "neg"):
-      rows = [passages[t] for t in _texts(path, line_no, record, name)]
+      rows = [passages[t] for t in pairs.text_field(path, line_no, record, name)]
       record[f"{name}_scores"] = [float(x) for x in (p[rows] @ qv if rows else np.zeros(0))]
     out.append(record)
   return out
