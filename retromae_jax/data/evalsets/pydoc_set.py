@@ -1,6 +1,6 @@
 """A small real retrieval benchmark built offline from the Python standard library's docstrings.
 
-  python -m retromae_jax.data.evalsets.pydoc_set --out=DIR
+  python -m retromae_jax.tools.pydoc_set --out=DIR
 
 Query: the summary of a function's, class's or method's docstring ("Return the number of items
 in the queue."). Relevant document (exactly one): the rest of that docstring, titled with the
@@ -32,7 +32,6 @@ import re
 import sys
 import tempfile
 
-from absl import app, flags, logging
 
 from retromae_jax.data import stdlib_docs
 from retromae_jax.data.evalsets import beir
@@ -176,16 +175,3 @@ def cached_dir() -> str:
   out_dir = tempfile.mkdtemp(prefix="pydoc_set_")
   build(out_dir)
   return out_dir
-
-
-def main(argv):
-  del argv
-  info = build(flags.FLAGS.out)
-  logging.info("Wrote %s: %s", flags.FLAGS.out, info)
-  print(json.dumps(info), flush=True)
-
-
-if __name__ == "__main__":
-  flags.DEFINE_string("out", None, "Folder to write the BEIR set into.")
-  flags.mark_flag_as_required("out")
-  app.run(main)
