@@ -65,14 +65,14 @@ def _compiled_step(args, config):
   from retromae_jax.trainers import settings
   from retromae_jax.data import tokenizer as tokenizer_lib
   from retromae_jax.objectives import losses
-  from retromae_jax.models.bert import model_config_from
+
   from retromae_jax.objectives.registry import make_model
   from retromae_jax.trainers import loop, optim, train_state, validation
 
   validation.validate(config)
   tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
   multiple = config.model.vocab_multiple
-  cfg = model_config_from(config, -(-tokenizer.get_vocab_size() // multiple) * multiple)
+  cfg = settings.model(config, -(-tokenizer.get_vocab_size() // multiple) * multiple)
   objective = settings.objective(config)
   model = make_model(cfg, objective)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)

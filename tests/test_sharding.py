@@ -31,7 +31,7 @@ def test_parameters_and_optimizer_state_are_sharded_as_the_rules_say():
       from retromae_jax.trainers import sharding
       from retromae_jax.trainers import train_state
       from retromae_jax.data.pretrain import batch_contract
-      from retromae_jax.models.bert import model_config_from
+      from retromae_jax.trainers import settings as settings_lib
       from retromae_jax.objectives.enhanced.model import RetroMAE
       config = base.get_config("smoke")
       config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 8, 1
@@ -39,9 +39,9 @@ def test_parameters_and_optimizer_state_are_sharded_as_the_rules_say():
       rules = sharding.LOGICAL_AXIS_RULES["fsdp_tensor"]
       tx, _ = optim.make_optimizer(config.optim, 10)
       example = {k: jax.ShapeDtypeStruct(s, d)
-                 for k, (s, d) in batch_contract.batch_shapes(settings.pretrain_input(config), 1).items()}
+                 for k, (s, d) in batch_contract.batch_shapes(settings_lib.pretrain_input(config), 1).items()}
       state, _ = train_state.create_sharded_state(
-          RetroMAE(model_config_from(config, 30522)), tx, example, mesh, rules, 0)
+          RetroMAE(settings_lib.model(config, 30522)), tx, example, mesh, rules, 0)
       p = state.params
       mu = state.opt_state[1][0].mu  # chain(clip, adamw): adam's first moment
       leaves = jax.tree.leaves(p)

@@ -7,13 +7,11 @@ better for retrieval while it pretrains; fine-tuning also keeps its best step (o
 stops early when on_result returns True (`stop`, read by trainers/loop.py after each evaluation).
 """
 
-import time
 
 from absl import logging
 
 from retromae_jax.data import source_spec
 from retromae_jax.data.evalsets import beir
-from retromae_jax.evaluators import metrics as retrieval_metrics
 from retromae_jax.evaluators import retrieval
 
 
@@ -35,43 +33,6 @@ class RetrievalEvaluator:
     self.every_steps, self.total_steps = every_steps, total_steps
     self.measures, self.embed_kwargs, self.on_result = measures, embed_kwargs, on_result
     self.stop = False  # set when on_result asks the run to stop (early stopping)
-
-  @classmethod
-  def from_config(cls, config, model_cfg, tokenizer, writer, on_result=None):
-    """The evaluator config.eval asks for, or None (eval.data = '')."""
-    e = config.eval
-    if not e.data:
-      return None
-    if config.get("task", "pretrain") == "finetune":
-      # Fine-tuning evaluates as it trains: its pooling, similarity, lengths and instructions.
-      d, m = config.data, config.model
-      from retromae_jax.models import contrastive_loss
-      # eval.dims, or a Matryoshka model's sizes: also scored truncated to each size below the
-      # full vector's (eval/dim<d>/<measure> rows).
-      dims = tuple(int(x) for x in str(e.get("dims", "") or "").split(",") if x.strip())
-      if not dims and config.get("loss"):
-        dims, _ = contrastive_loss.matryoshka_settings(config.loss)
-      embed_kwargs = dict(pooling=m.pooling, normalize=m.similarity == "cosine",
-                          max_len=d.passage_max_len, query_max_len=d.query_max_len,
-                          query_prefix=d.query_instruction, passage_prefix=d.passage_instruction,
-                          dims=tuple(x for x in dims if x < model_cfg.hidden_size))
-    else:
-      limit = model_cfg.max_length
-      embed_kwargs = dict(pooling=e.pooling, normalize=e.normalize,
-                          max_len=min(e.passage_max_len, limit),
-                          query_max_len=min(e.query_max_len, limit))
-    measures = retrieval_metrics.DEFAULT_MEASURES
-    if e.get("metric"):
-      measures = tuple(dict.fromkeys(measures + (e.metric,)))
-    start = time.perf_counter()
-    data = beir.load(beir_dir(e.data), e.split, e.get("allow_missing_ids", False))
-    logging.info("Evaluation set %s (%s split): %d queries, %d documents, loaded in %.1f s",
-                 e.data, e.split, len(data.queries), len(data.corpus),
-                 time.perf_counter() - start)
-    return cls(data, model_cfg, tokenizer, writer, every_steps=e.every_steps,
-               total_steps=config.total_steps, measures=measures,
-               embed_kwargs=dict(embed_kwargs, batch_size=e.batch_size, top_k=e.top_k),
-               on_result=on_result)
 
   def due(self, step: int) -> bool:
     return bool(self.every_steps and step % self.every_steps == 0) or step == self.total_steps

@@ -68,37 +68,6 @@ OFFSET_POSITIONS = ("roberta", "xlm-roberta")  # positions offset by padding_idx
 DEFAULT_PAD = {"bert": 0, "roberta": 1, "xlm-roberta": 1}  # HF's tokenizers' pad ids
 
 
-def max_length(model_config) -> int:
-  """The longest input `config.model` (a ConfigDict) positions cover: ModelConfig.max_length."""
-  family = model_config.get("family", "bert")
-  pad = model_config.get("pad_token_id", -1)
-  pad = pad if pad >= 0 else DEFAULT_PAD.get(family, 0)
-  return model_config.max_position_embeddings - (pad + 1 if family in OFFSET_POSITIONS else 0)
-
-
-def model_config_from(config, vocab_size: int) -> ModelConfig:
-  """Builds the static ModelConfig from `config.model`, resolving 'auto' dtype and vocab -1."""
-  m = config.model
-  family, pad = m.get("family", "bert"), m.get("pad_token_id", -1)
-  if family not in FAMILIES:
-    raise ValueError(f"config.model.family: expected one of {', '.join(FAMILIES)}, got "
-                     f"{family!r}")
-  dtype = m.dtype
-  if dtype == "auto":
-    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  return ModelConfig(
-      vocab_size=m.vocab_size if m.vocab_size > 0 else vocab_size,
-      hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
-      intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
-      type_vocab_size=m.type_vocab_size, dropout_rate=m.dropout_rate,
-      attention_dropout_rate=m.attention_dropout_rate, initializer_range=m.initializer_range,
-      layer_norm_eps=m.layer_norm_eps, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(m.param_dtype),
-      query_stream=m.query_stream, remat=m.remat, family=family,
-      pad_token_id=pad if pad >= 0 else DEFAULT_PAD[family], attention=m.get("attention", "auto"),
-      attention_block=m.get("attention_block", 512),
-      sentence_vector=m.get("sentence_vector", "cls"), vocab_head=m.get("vocab_head", "fused"))
-
-
 def _normal(cfg: ModelConfig, names):
   return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), names)
 

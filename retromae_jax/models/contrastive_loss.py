@@ -109,23 +109,6 @@ def objective(spec: Spec, q, p, targets: dict):
   return total, aux
 
 
-def matryoshka_settings(loss_config) -> tuple[tuple[int, ...], tuple[float, ...]]:
-  """(dims, weights) of config.loss.matryoshka_dims / matryoshka_weights ('' = none / 1 each)."""
-  def numbers(key, kind):
-    text = str(loss_config.get(key, "") or "").strip()
-    try:
-      return tuple(kind(x) for x in text.split(",")) if text else ()
-    except ValueError:
-      raise ValueError(f"config.loss.{key}: expected comma-separated numbers, got {text!r}") from None
-  dims, weights = numbers("matryoshka_dims", int), numbers("matryoshka_weights", float)
-  if any(d < 1 for d in dims) or len(set(dims)) != len(dims):
-    raise ValueError(f"config.loss.matryoshka_dims: expected distinct sizes >= 1, got {dims}")
-  if weights and len(weights) != len(dims):
-    raise ValueError(f"config.loss.matryoshka_weights: expected {len(dims)} weights (one per "
-                     f"matryoshka_dims), got {len(weights)}")
-  return dims, weights
-
-
 def dropout_keys(key, count: int, stream: int):
   """[count] keys: fold_in(fold_in(key, stream), row) for every row of the global batch."""
   stream_key = jax.random.fold_in(key, stream)

@@ -26,14 +26,12 @@ from jax.experimental import multihost_utils
 from retromae_jax.data import mixture
 from retromae_jax.data import pairs
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.evaluators import periodic
 from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import export as export_lib
 from retromae_jax.interop import hf as hf_interop
 from retromae_jax.interop import workdir as workdir_layout
 from retromae_jax.interop import model_card
 from retromae_jax.models import biencoder
-from retromae_jax.models import contrastive_loss
 from retromae_jax.trainers import anchor as anchor_lib
 from retromae_jax.trainers import checkpointer as checkpointer_lib
 from retromae_jax.trainers import gradient_cache
@@ -44,6 +42,7 @@ from retromae_jax.trainers import run_identity
 from retromae_jax.trainers import sharding
 from retromae_jax.trainers import train_state
 from retromae_jax.trainers import validation
+from retromae_jax.trainers import settings
 
 
 def train_and_evaluate(config, workdir: str):
@@ -81,7 +80,7 @@ def train_and_evaluate(config, workdir: str):
   state, state_shardings = train_state.create_sharded_state(model, tx, example, mesh, rules,
                                                             config.seed)
   logging.info("Parameters: %.1fM", sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
-  matryoshka_dims, matryoshka_weights = contrastive_loss.matryoshka_settings(config.loss)
+  matryoshka_dims, matryoshka_weights = settings.matryoshka(config.loss)
   spec = biencoder.Spec(model_cfg, config.model.pooling, config.model.similarity,
                         config.model.temperature, rules, matryoshka_dims=matryoshka_dims,
                         matryoshka_weights=matryoshka_weights, kd_weight=config.loss.kd_weight,
@@ -228,7 +227,7 @@ def train_and_evaluate(config, workdir: str):
     return False
 
   writer = metrics_lib.MetricsWriter(workdir, config.total_steps, resume_step=start_step)
-  evaluator = periodic.RetrievalEvaluator.from_config(config, model_cfg, tokenizer, writer,
+  evaluator = settings.retrieval_evaluator(config, model_cfg, tokenizer, writer,
                                                       on_result=keep_best)
   if evaluator is not None and config.eval.at_start and start_step == 0:
     evaluator(0, state.params)

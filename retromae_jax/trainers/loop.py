@@ -19,10 +19,10 @@ from jax.experimental import multihost_utils
 
 from retromae_jax.interop import workdir as workdir_layout
 from retromae_jax.interop import checkpoint_store
-from retromae_jax.models.bert import model_config_from
 from retromae_jax.trainers import divergence
 from retromae_jax.trainers import sharding
 from retromae_jax.trainers import train_state
+from retromae_jax.trainers import settings
 
 # The model keys that an initial model (a HF directory's config.json, a checkpoint's meta) fixes:
 # its shape. Everything else (dropout, dtype, remat) stays the config's choice.
@@ -43,7 +43,7 @@ def resolve_model_config(config, vocab_size: int):
   # Tensor parallelism splits the vocabulary: model.vocab_multiple pads it (Megatron-style; the
   # extra rows are never a target nor an input, their logits just learn to stay low).
   multiple = config.model.vocab_multiple
-  model_cfg = model_config_from(config, -(-vocab_size // multiple) * multiple)
+  model_cfg = settings.model(config, -(-vocab_size // multiple) * multiple)
   if vocab_size > model_cfg.vocab_size:
     raise ValueError(f"config.tokenizer: {vocab_size} tokens, more than the model's vocabulary "
                      f"({model_cfg.vocab_size}, config.model.vocab_size)")

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 from retromae_jax.data.pretrain import batch_contract, pipeline
 from retromae_jax.data import tokenizer as tokenizer_lib
-from retromae_jax.evaluators import periodic
 from retromae_jax.interop import decoder as decoder_lib
 from retromae_jax.interop import checkpoint_store
 from retromae_jax.interop import export as export_lib
@@ -195,7 +194,7 @@ def train_and_evaluate(config, workdir: str):
   # A resumed run rewrites the metrics logged after its checkpoint (a killed run may have logged
   # steps it never saved): metrics.jsonl always reads as one uninterrupted run.
   writer = metrics_lib.MetricsWriter(workdir, config.total_steps, resume_step=start_step)
-  evaluator = periodic.RetrievalEvaluator.from_config(config, model_cfg, tokenizer, writer)
+  evaluator = settings.retrieval_evaluator(config, model_cfg, tokenizer, writer)
   if evaluator is not None and config.eval.at_start and start_step == 0:
     evaluator(0, state.params)
 

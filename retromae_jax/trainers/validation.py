@@ -8,7 +8,6 @@ from retromae_jax.evaluators import metrics as retrieval_metrics
 from retromae_jax.evaluators.embed import POOLING_CHOICES, POOLINGS
 from retromae_jax.models import pooling
 from retromae_jax.models.biencoder import SIMILARITIES
-from retromae_jax.models import bert
 from retromae_jax.trainers import anchor, loop, settings, sharding
 from retromae_jax.objectives import registry
 
@@ -69,7 +68,7 @@ def _shared_checks(config, shape_known: bool):
 
 def _pretrain_checks(config, shape_known: bool):
   d, m = config.data, config.model
-  max_len = bert.max_length(m) if shape_known else float("inf")  # positions less the offset
+  max_len = settings.max_length(m) if shape_known else float("inf")  # positions less the offset
   return [
       ("data.encoder_mask_ratio", 0.0 < d.encoder_mask_ratio < 1.0, "expected a ratio in (0, 1)"),
       ("data.decoder_mask_ratio", 0.0 < d.decoder_mask_ratio < 1.0, "expected a ratio in (0, 1)"),
@@ -97,7 +96,7 @@ def _pretrain_checks(config, shape_known: bool):
 
 def _finetune_checks(config, shape_known: bool):
   d, m = config.data, config.model
-  max_len = bert.max_length(m) if shape_known else float("inf")  # positions less the offset
+  max_len = settings.max_length(m) if shape_known else float("inf")  # positions less the offset
   chunk = config.gradient_cache.chunk_size
   return [
       ("task", config.task == "finetune", "expected 'finetune'"),
@@ -120,7 +119,6 @@ def _finetune_checks(config, shape_known: bool):
 
 def _check_finetune_loss_and_data(config, shape_known: bool):
   from retromae_jax.data import mixture  # numpy only: no input pipeline at validation
-  from retromae_jax.models import contrastive_loss
   loss = config.get("loss")
   datasets = mixture.parse(config.data.train)
   if loss is not None:
@@ -137,7 +135,7 @@ def _check_finetune_loss_and_data(config, shape_known: bool):
           raise ValueError(f"config.loss.kd_weight: {dataset.source!r} carries no teacher "
                            "scores; distillation reads them from jsonl lines (pos_scores / "
                            "neg_scores)")
-    dims, _ = contrastive_loss.matryoshka_settings(loss)
+    dims, _ = settings.matryoshka(loss)
     if shape_known and dims and max(dims) > config.model.hidden_size:
       raise ValueError(f"config.loss.matryoshka_dims: expected sizes <= model.hidden_size "
                        f"({config.model.hidden_size}), got {dims}")
