@@ -397,11 +397,11 @@ def test_prepare_workers_die_with_a_killed_prepare(tmp_path):
 
 
 def _data(train, **more):
-  d = finetune_config.get_config("smoke").data
-  d.train = train
+  config = finetune_config.get_config("smoke")
+  config.data.train = train
   for key, value in more.items():
-    setattr(d, key, value)
-  return d
+    setattr(config.data, key, value)
+  return settings.pairs_data(config)
 
 
 def _pairs(path, lines):

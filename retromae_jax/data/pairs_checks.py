@@ -125,15 +125,25 @@ def hard_negatives(path: str, beir_dir: str, split: str, min_coverage: float) ->
   return mined
 
 
-def check(data_config) -> None:
-  """Checks the fine-tuning sources of `data_config` (config.data); raises ValueError in one
-  line past a threshold, logs a warning below it (module docstring)."""
-  d = data_config
-  max_unusable = float(d.get("max_unusable_fraction", 0.01))
-  max_short = float(d.get("max_short_groups_fraction", 0.5))
-  for key, value in (("max_unusable_fraction", max_unusable),
-                     ("max_short_groups_fraction", max_short),
-                     ("min_hard_negatives_coverage", d.get("min_hard_negatives_coverage", 0.5))):
+@dataclasses.dataclass(frozen=True)
+class PairsData:
+  """What the start-up checks read of config.data (trainers/settings.pairs_data)."""
+  train: str
+  split: str
+  hard_negatives: str
+  group_size: int
+  max_unusable_fraction: float
+  max_short_groups_fraction: float
+  min_hard_negatives_coverage: float
+
+
+def check(d: PairsData) -> None:
+  """Checks the fine-tuning sources of `d`; raises ValueError in one line past a threshold,
+  logs a warning below it (module docstring)."""
+  max_unusable, max_short = d.max_unusable_fraction, d.max_short_groups_fraction
+  for key in ("max_unusable_fraction", "max_short_groups_fraction",
+              "min_hard_negatives_coverage"):
+    value = getattr(d, key)
     if not 0 <= float(value) <= 1:
       raise ValueError(f"config.data.{key}: expected a fraction in [0, 1], got {value}")
   for source in split_sources(d.train):
@@ -144,8 +154,8 @@ def check(data_config) -> None:
       if source == "pydoc":
         from retromae_jax.data.evalsets import pydoc_set  # builds the set on first use
         arg = pydoc_set.cached_dir()
-      mined = hard_negatives(d.hard_negatives, arg, d.split, float(
-          d.get("min_hard_negatives_coverage", 0.5))) if d.hard_negatives else {}
+      mined = hard_negatives(d.hard_negatives, arg, d.split,
+                             d.min_hard_negatives_coverage) if d.hard_negatives else {}
       counts = beir_counts(arg, d.split, d.group_size, mined)
     else:
       continue  # unknown schemes: data/pairs.py names them

@@ -47,7 +47,7 @@ def check(config, workdir: str) -> None:
     for source in pairs_checks.split_sources(config.data.train):
       if source.startswith("beir:"):
         check_beir(source_spec.beir_folder(source), config.data.split, allow_missing_ids)
-    pairs_checks.check(config.data)  # empty texts, no positive, short groups, hard negatives
+    pairs_checks.check(settings.pairs_data(config))  # empty texts, no positive, short groups, hard negatives
     return
   check_data_source(config.data.source)
   if source_spec.is_prepared(config.data.source):

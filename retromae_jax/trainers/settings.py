@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
+from retromae_jax.data import pairs_checks
 from retromae_jax.data.evalsets import beir
 from retromae_jax.data.pretrain.settings import PretrainInput
 from retromae_jax.evaluators import metrics as retrieval_metrics
@@ -124,3 +125,13 @@ def retrieval_evaluator(config: ml_collections.ConfigDict, model_cfg: ModelConfi
       total_steps=config.total_steps, measures=measures,
       embed_kwargs=dict(embed_kwargs, batch_size=e.batch_size, top_k=e.top_k),
       on_result=on_result)
+
+
+def pairs_data(config: ml_collections.ConfigDict) -> pairs_checks.PairsData:
+  """config.data as the fine-tuning data's start-up checks read it."""
+  d = config.data
+  return pairs_checks.PairsData(
+      train=d.train, split=d.split, hard_negatives=d.hard_negatives, group_size=d.group_size,
+      max_unusable_fraction=float(d.max_unusable_fraction),
+      max_short_groups_fraction=float(d.max_short_groups_fraction),
+      min_hard_negatives_coverage=float(d.min_hard_negatives_coverage))
