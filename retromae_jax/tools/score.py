@@ -24,7 +24,7 @@ from absl import app, flags, logging
 
 from retromae_jax.data import jsonl, pairs
 from retromae_jax.evaluators import embed
-from retromae_jax.models import pooling as pooling_lib
+from retromae_jax.interop import workdir
 
 
 def _define_flags():
@@ -73,7 +73,7 @@ def main(argv):
   f = flags.FLAGS
   records = list(jsonl.records(f.input))
   model_dir, cfg, params, tok = embed.load_encoder(f.model)
-  pooling = pooling_lib.resolve(model_dir, f.pooling)
+  pooling = workdir.resolve_pooling(model_dir, f.pooling)
   scored = score_records(records, f.input, cfg, params, tok, pooling=pooling,
                          normalize=f.normalize, max_len=f.max_len,
                          query_max_len=f.query_max_len or f.max_len, batch_size=f.batch_size,
