@@ -21,6 +21,7 @@ from retromae_jax.interop import hf as hf_interop
 from retromae_jax.models import pooling as pooling_lib
 
 CONFIG = "config.json"
+LOCK = "run.lock"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"

@@ -35,10 +35,10 @@ def check(config, workdir: str) -> None:
   """Runs the checks of config.task ('pretrain' when absent) for `config` and `workdir`."""
   check_resume(config, workdir)
   check_writable(workdir_layout.checkpoints_dir(workdir))
-  evaluation = config.get("eval")
-  allow_missing_ids = bool(evaluation and evaluation.get("allow_missing_ids", False))
-  if evaluation and evaluation.data and source_spec.beir_folder(evaluation.data):
-    check_beir(source_spec.beir_folder(evaluation.data), evaluation.split, allow_missing_ids)
+  allow_missing_ids = config.eval.allow_missing_ids
+  eval_folder = source_spec.beir_folder(config.eval.data) if config.eval.data else None
+  if eval_folder:  # (pydoc is built in)
+    check_beir(eval_folder, config.eval.split, allow_missing_ids)
   if config.task == "finetune":
     if config.init.model:
       init_dir = workdir_layout.resolve_model_dir(config.init.model)

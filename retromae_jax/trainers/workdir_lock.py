@@ -22,7 +22,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-LOCK_FILE = "run.lock"
+from retromae_jax.interop import workdir as workdir_layout
+
+LOCK_FILE = workdir_layout.LOCK
 
 
 class Busy(ValueError):
