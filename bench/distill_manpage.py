@@ -47,7 +47,6 @@ def _minilm() -> str:
 def scored_pairs(start: str, set_dir: str, out: str, group_size: int) -> dict:
   """Mines group_size - 1 negatives per train query with the teacher and writes FlagEmbedding
   lines with the teacher's cosines (step 1 of the module docstring)."""
-  import numpy as np
   from retromae_jax.data.evalsets import beir
   from retromae_jax.evaluators import embed as encode
   from retromae_jax.evaluators import search
