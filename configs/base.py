@@ -127,6 +127,15 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   # gradients as plain dots over the flattened tokens (no transposed copy of the [tokens, vocab]
   # logit gradient; same numbers up to summation order), 'autodiff' = JAX's own derivative.
   c.model.vocab_head = "fused"
+  # The loss over the vocabulary (encoder MLM head, decoder): 'chunked' = blocks of
+  # vocab_loss_block positions per row, each block's logits, loss and gradients computed in one
+  # pass (models/vocab_loss.py), so that the [tokens, vocab] logits never exist at once: the same
+  # loss and gradients, less memory (bench/RESULTS.md); 'plain' = all logits, then the
+  # cross-entropy. 'auto' = chunked on accelerators (memory decides what fits), plain on CPUs
+  # (time decides: the chunked step was slower on the 2-core CPU, bench/RESULTS.md). The
+  # bag-of-words term (objective.bow_weight) needs every position's logits: its head stays plain.
+  c.model.vocab_loss = "auto"
+  c.model.vocab_loss_block = 128
   # Longer inputs than an init.hf_dir checkpoint's positions cover (e.g. 8192): its position table
   # grows to this many positions, the new rows from the learned ones by 'tile' (copy them again
   # and again, Longformer's recipe) or 'interpolate' (stretch them linearly). 0 = keep its length.

@@ -46,6 +46,9 @@ def get_config(preset: str = "base") -> ml_collections.ConfigDict:
   c.checkpoint_keep = 2
   c.checkpoint_keep_period = 0  # also keep every step that is a multiple of this (0: none)
   c.divergence = pretrain.divergence  # non-finite steps: stop, or skip a few (configs/base.py)
+  # Peak FLOP/s of one device, for the logged MFU (configs/base.py).
+  c.peak_flops_per_device = pretrain.peak_flops_per_device
+  c.cpu_peak_flops = pretrain.cpu_peak_flops
 
   # ---- Initialisation ----
   c.init = ml_collections.ConfigDict()

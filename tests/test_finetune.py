@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING = ("tokens_per_s", "queries_per_s", "steps_per_s")
+TIMING = ("tokens_per_s", "queries_per_s", "steps_per_s", "mfu")
 SMALL = ["--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_every=2",
          "--config.total_steps=4"]
 

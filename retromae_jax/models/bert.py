@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from retromae_jax.models import attention
+from retromae_jax.models import vocab_loss
 
 Array = jax.Array
 
@@ -47,6 +48,10 @@ class ModelConfig:
   attention_block: int = 512  # queries per block of 'chunked' attention
   sentence_vector: str = "cls"  # the decoder's h: 'cls' | 'mean' (retromae_jax/models/pooling.py)
   vocab_head: str = "fused"  # the projection's gradients: 'fused' | 'autodiff' (vocab_logits)
+  # The training loss over the vocabulary: 'chunked' (models/vocab_loss.py: blocks of positions,
+  # never all logits at once) | 'plain' (all logits, then the cross-entropy).
+  vocab_loss: str = "plain"
+  vocab_loss_block: int = 128  # positions per row in one block of the chunked loss
 
   @property
   def head_dim(self) -> int:
@@ -273,7 +278,9 @@ class MLMHead(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x: Array, word_embeddings: Array) -> Array:
+  def __call__(self, x: Array, word_embeddings: Array, defer: bool = False):
+    """Logits [..., V]; defer: instead the vocab_loss.Projection they would be computed from,
+    for the chunked loss (no [..., V] array)."""
     cfg = self.cfg
     x = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                  kernel_init=_normal(cfg, ("embed", "hidden")), bias_init=_zeros(("hidden",)),
@@ -281,6 +288,9 @@ class MLMHead(nn.Module):
     x = nn.gelu(x, approximate=False)
     x = _layer_norm(cfg, "LayerNorm")(x)
     bias = self.param("bias", _zeros(("vocab",)), (cfg.vocab_size,), cfg.param_dtype)
+    if defer:
+      return vocab_loss.Projection(x, word_embeddings.astype(cfg.dtype), bias,
+                                   cfg.vocab_loss_block)
     return vocab_logits(x, word_embeddings.astype(cfg.dtype), bias, cfg.vocab_head)
 
 

@@ -11,6 +11,7 @@ the microbatch losses and gradients add up to exactly the full batch's.
 import jax.numpy as jnp
 import optax
 
+from retromae_jax.models import vocab_loss
 from retromae_jax.objectives import contract, registry
 from retromae_jax.objectives.contract import IGNORE
 from retromae_jax.objectives.settings import ObjectiveConfig
@@ -36,10 +37,22 @@ def masked_cross_entropy(logits, labels, denominator=None):
   return loss, correct.sum() / denom, count
 
 
+def chunked_cross_entropy(projection: vocab_loss.Projection, labels, denominator=None):
+  """masked_cross_entropy of the logits a vocab_loss.Projection stands for, in blocks of
+  positions (models/vocab_loss.py): the same (mean loss, accuracy, labelled tokens)."""
+  loss_sum, correct, count = vocab_loss.chunked_cross_entropy(
+      projection.hidden, projection.embeddings, projection.bias, labels, projection.block)
+  denom = jnp.maximum(count if denominator is None else denominator, 1).astype(jnp.float32)
+  return loss_sum / denom, correct / denom, count
+
+
 def token_cross_entropy(logits, batch, term, denominator=None):
   """A loss term's default (contract.LossTerm.loss == ''): masked_cross_entropy of the logits
-  against batch[term.targets]; metrics acc and tokens."""
-  loss, accuracy, count = masked_cross_entropy(logits, batch[term.targets], denominator)
+  (or of a Projection's, model.vocab_loss=chunked) against batch[term.targets]; metrics acc and
+  tokens."""
+  score = (chunked_cross_entropy if isinstance(logits, vocab_loss.Projection)
+           else masked_cross_entropy)
+  loss, accuracy, count = score(logits, batch[term.targets], denominator)
   return loss, {"acc": accuracy, "tokens": count}
 
 

@@ -80,6 +80,12 @@ class PretrainingModel(nn.Module):
   def word_embeddings(self):
     return self.bert.embeddings.word_embeddings.embedding
 
+  def vocab_output(self, x):
+    """The shared MLM head over states x [..., D], for a loss term: logits [..., V], or under
+    model.vocab_loss=chunked the vocab_loss.Projection that the term scores in blocks of
+    positions (objectives/losses.token_cross_entropy), so that no [tokens, V] logits exist."""
+    return self.mlm_head(x, self.word_embeddings, defer=self.cfg.vocab_loss == "chunked")
+
   def sentence_states(self, hidden, key_mask, batch):
     """`hidden` [B, Le, D] with each document's first state (where the decoders read h) being
     its sentence vector (model.sentence_vector): the [CLS] state itself ('cls'), or ('mean') the
@@ -125,16 +131,18 @@ class PretrainingModel(nn.Module):
       # The head runs only where a loss needs vocabulary logits.
       for head in heads:
         slots = jnp.take_along_axis(hidden, batch[head.at][..., None], axis=1)
-        outputs[head.output] = self.mlm_head(slots, self.word_embeddings)
+        outputs[head.output] = self.vocab_output(slots)
     return hidden, key_mask, outputs
 
   def decode(self, hidden, key_mask, batch, deterministic: bool):
-    """Decoder logits [B, L, V] from the encoder's hidden states; None without a decoder."""
+    """Decoder logits [B, L, V] from the encoder's hidden states (vocab_output: a Projection
+    under model.vocab_loss=chunked); None without a decoder."""
     del hidden, key_mask, batch, deterministic
     return None
 
   def outputs(self, batch, deterministic: bool = False) -> dict:
-    """Every logit the objective's loss terms read (losses.objective_loss), by name."""
+    """Every logit the objective's loss terms read (losses.objective_loss), by name (a
+    vocab_loss.Projection in place of logits under model.vocab_loss=chunked)."""
     hidden, key_mask, outputs = self.run_encoder(batch, deterministic)
     decoder_logits = self.decode(hidden, key_mask, batch, deterministic)
     if decoder_logits is not None:

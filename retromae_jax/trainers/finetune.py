@@ -13,7 +13,6 @@ config.eval.metric, with best_eval.json). With eval.patience the run stops after
 evaluations without a new best.
 """
 
-import functools
 import json
 import os
 
@@ -34,23 +33,23 @@ from retromae_jax.interop import model_card
 from retromae_jax.models import biencoder
 from retromae_jax.trainers import anchor as anchor_lib
 from retromae_jax.trainers import checkpointer as checkpointer_lib
+from retromae_jax.trainers import flops
 from retromae_jax.trainers import gradient_cache
 from retromae_jax.trainers import loop
 from retromae_jax.trainers import metrics as metrics_lib
 from retromae_jax.trainers import optim
 from retromae_jax.trainers import run_identity
 from retromae_jax.trainers import sharding
+from retromae_jax.trainers import step as step_lib
 from retromae_jax.trainers import train_state
 from retromae_jax.trainers import validation
 from retromae_jax.trainers import settings
 
 
-def train_and_evaluate(config, workdir: str):
-  # ---------------------------------------------------------------- Workdir, init, tokenizer, shape
-  is_main = jax.process_index() == 0
-  run = run_identity.of(config)  # as given: before an initial model fixes the shape
-  os.makedirs(workdir, exist_ok=True)
-  # A pretraining workdir stands for its export/encoder; its shape and tokenizer come along.
+def resolve_init(config):
+  """(init_dir, tokenizer_spec, tokenizer), with config.model's shape, pooling and temperature
+  set from the initial model (a pretraining workdir stands for its export/encoder; its shape and
+  tokenizer come along): main and tools/compile.py start here."""
   init_dir = workdir_layout.resolve_model_dir(config.init.model) if config.init.model else ""
   tokenizer_spec = config.tokenizer or init_dir or "default"
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_spec)
@@ -62,36 +61,32 @@ def train_and_evaluate(config, workdir: str):
     config.model.pooling = workdir_layout.resolve_pooling(init_dir, config.model.pooling)
     if not config.model.temperature:
       config.model.temperature = biencoder.DEFAULT_TEMPERATURE[config.model.similarity]
+  return init_dir, tokenizer_spec, tokenizer
 
-  # ---------------------------------------------------------------- Mesh
-  mesh, rules = loop.make_mesh(config)
-  num_data_parallel = sharding.data_parallel_size(mesh, rules)
-  validation.validate(config, num_data_parallel, jax.process_count(), shape_known=True)
-  model_cfg = loop.resolve_model_config(config, tokenizer.get_vocab_size())
-  logging.info("Model: %s; %s pooling, %s similarity, temperature %g; init %s", model_cfg,
-               config.model.pooling, config.model.similarity, config.model.temperature,
-               init_dir or "random")
 
-  # ---------------------------------------------------------------- Model and sharded state
-  model = biencoder.BiEncoder(model_cfg)
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  example = {name: jax.ShapeDtypeStruct((1, config.data.passage_max_len), jnp.int32)
-             for name in ("input_ids", "attention_mask")}
-  state, state_shardings = train_state.create_sharded_state(model, tx, example, mesh, rules,
-                                                            config.seed)
-  logging.info("Parameters: %.1fM", sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
+def contrastive_spec(config, model_cfg, rules) -> biencoder.Spec:
+  """What the contrastive loss computes (models/biencoder.Spec), from the config."""
   matryoshka_dims, matryoshka_weights = settings.matryoshka(config.loss)
-  spec = biencoder.Spec(model_cfg, config.model.pooling, config.model.similarity,
+  return biencoder.Spec(model_cfg, config.model.pooling, config.model.similarity,
                         config.model.temperature, rules, matryoshka_dims=matryoshka_dims,
                         matryoshka_weights=matryoshka_weights, kd_weight=config.loss.kd_weight,
                         kd_temperature=config.loss.kd_temperature)
 
-  # ---------------------------------------------------------------- Update step
+
+def build_step(config, model_cfg, mesh, rules) -> step_lib.Step:
+  """The contrastive update step over `mesh`, nothing allocated: bi-encoder, optimizer, loss
+  with its gradient cache (and the anchor term), abstract state and batch with their shardings,
+  the analytic FLOPs."""
+  model = biencoder.BiEncoder(model_cfg)
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  example = {name: jax.ShapeDtypeStruct((1, config.data.passage_max_len), jnp.int32)
+             for name in ("input_ids", "attention_mask")}
+  state, state_shardings, init_state = train_state.abstract_sharded_state(
+      model, tx, example, mesh, rules)
+  spec = contrastive_spec(config, model_cfg, rules)
   d = config.data
   shapes = pairs.batch_shapes(config.batch_size, d.group_size, d.query_max_len,
                               d.passage_max_len)
-  batch_sharding = {k: sharding.batch_sharding(mesh, rules) for k in shapes}
-  global_example = {k: jax.ShapeDtypeStruct(s, t) for k, (s, t) in shapes.items()}
   dropout = model_cfg.dropout_rate > 0 or model_cfg.attention_dropout_rate > 0
 
   def loss_and_grads(params, batch, dropout_key, chunk_size, anchor=None):
@@ -112,24 +107,53 @@ def train_and_evaluate(config, workdir: str):
       lambda b: b["query_attention_mask"].sum() + b["passage_attention_mask"].sum(), config.seed,
       skip_nonfinite=config.divergence.skip_steps > 0,
       dropout_prng=config.dropout_prng)
-
-  def compile_for(chunk_size: int):
-    compile_ahead = (anchor_lib.compile_ahead if anchor_lib.enabled(config)
-                     else train_state.compile_ahead)
-    return compile_ahead(
-        functools.partial(update_step, chunk_size=chunk_size), state, state_shardings,
-        global_example, batch_sharding, mesh, rules, f"gradient cache chunk {chunk_size or 'off'}")
+  num_data_parallel = sharding.data_parallel_size(mesh, rules)
+  # Gradient-cache chunks of queries, from none (0: the plain step) to the smallest.
+  chunks = tuple(c for c in range(config.batch_size, 0, -1)
+                 if config.batch_size % c == 0 and c % num_data_parallel == 0)
 
   def smaller_chunks(needed, available):
     # Activations shrink with the chunk; the global batch (and its negatives) stays whole.
     wanted = config.batch_size * available / needed
-    return max((c for c in range(num_data_parallel, config.batch_size + 1, num_data_parallel)
-                if config.batch_size % c == 0 and c <= wanted), default=num_data_parallel)
+    return max((c for c in chunks if c <= wanted), default=num_data_parallel)
 
+  return step_lib.Step(
+      update_step=update_step, state=state, state_shardings=state_shardings,
+      init_state=init_state,
+      batch={k: jax.ShapeDtypeStruct(s, t) for k, (s, t) in shapes.items()},
+      batch_sharding={k: sharding.batch_sharding(mesh, rules) for k in shapes}, mesh=mesh,
+      rules=rules, knob="chunk_size", setting=config.gradient_cache.chunk_size,
+      settings=(0, *chunks), smaller=smaller_chunks,
+      describe=lambda c: f"gradient cache chunk {c or 'off'}",
+      model_flops=flops.contrastive_train_flops(
+          model_cfg, config.batch_size, d.group_size, d.query_max_len, d.passage_max_len),
+      anchored=anchor_lib.enabled(config))
+
+
+def train_and_evaluate(config, workdir: str):
+  # ---------------------------------------------------------------- Workdir, init, tokenizer, shape
+  is_main = jax.process_index() == 0
+  run = run_identity.of(config)  # as given: before an initial model fixes the shape
+  os.makedirs(workdir, exist_ok=True)
+  init_dir, tokenizer_spec, tokenizer = resolve_init(config)
+
+  # ---------------------------------------------------------------- Mesh
+  mesh, rules = loop.make_mesh(config)
+  num_data_parallel = sharding.data_parallel_size(mesh, rules)
+  validation.validate(config, num_data_parallel, jax.process_count(), shape_known=True)
+  model_cfg = loop.resolve_model_config(config, tokenizer.get_vocab_size())
+  logging.info("Model: %s; %s pooling, %s similarity, temperature %g; init %s", model_cfg,
+               config.model.pooling, config.model.similarity, config.model.temperature,
+               init_dir or "random")
+
+  # ---------------------------------------------------------------- Model, sharded state, step
+  step = build_step(config, model_cfg, mesh, rules)
+  state = step.init(config.seed)
+  logging.info("Parameters: %.1fM", sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
+  spec = contrastive_spec(config, model_cfg, rules)
+  d = config.data
   train_step = loop.compile_to_fit(
-      compile_for, config.gradient_cache.chunk_size,
-      auto=config.gradient_cache.auto and not config.gradient_cache.chunk_size,
-      smaller=smaller_chunks, describe=lambda c: f"gradient cache with chunks of {c} rows",
+      step, auto=config.gradient_cache.auto and not config.gradient_cache.chunk_size,
       key="gradient_cache.auto",
       hint="shorten data.passage_max_len, set model.remat, or add devices")
 
@@ -191,7 +215,7 @@ def train_and_evaluate(config, workdir: str):
                     "group_size=1 trains the same loss faster; or mine negatives "
                     "(python -m retromae_jax.tools.mine) and set data.hard_negatives", d.group_size)
   batches = loop.global_batches(pairs.group_batches(group_batches, start_step, d.prefetch),
-                                batch_sharding)
+                                step.batch_sharding)
 
   # ---------------------------------------------------------------- Evaluation
   best_dir = workdir_layout.best_dir(workdir)
@@ -233,7 +257,9 @@ def train_and_evaluate(config, workdir: str):
     evaluator(0, state.params)
 
   # ---------------------------------------------------------------- Loop
-  rates = lambda s: {"queries_per_s": config.batch_size * s["steps_per_s"]}
+  peak = flops.device_peak_flops(config) * jax.device_count()
+  rates = lambda s: {"queries_per_s": config.batch_size * s["steps_per_s"],
+                     **({"mfu": step.model_flops * s["steps_per_s"] / peak} if peak else {})}
   state, preempted = loop.train(config, state, train_step, batches, start_step=start_step,
                                 checkpointer=checkpointer, writer=writer, rates=rates,
                                 evaluator=evaluator)
@@ -253,7 +279,7 @@ def train_and_evaluate(config, workdir: str):
     export_lib.export_model(
         params, model_cfg, meta, workdir_layout.export_dir(workdir),
         max_seq_length=d.passage_max_len, pooling=config.model.pooling,
-        similarity=config.model.similarity, prompts=prompts, matryoshka_dims=matryoshka_dims,
+        similarity=config.model.similarity, prompts=prompts, matryoshka_dims=spec.matryoshka_dims,
         model_card=card)
   writer.close()
   return state

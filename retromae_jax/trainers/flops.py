@@ -61,3 +61,16 @@ def device_peak_flops(config, device=None) -> float:
   logging.warning("No peak FLOP/s known for device kind %r: MFU is not reported; set "
                   "--config.peak_flops_per_device", device.device_kind)
   return 0.0
+
+
+def contrastive_train_flops(cfg, batch_size: int, group_size: int, query_len: int,
+                            passage_len: int) -> float:
+  """A contrastive fine-tuning step's matmul FLOPs (models/biencoder.py, contrastive_loss.py):
+  the encoder over batch_size queries and batch_size x group_size passages, and every query
+  scored against every passage; 3x forward. The gradient cache's second forward is not counted
+  (as remat's recomputation is not: MFU counts the model's FLOPs, not the hardware's)."""
+  def encoder(length):
+    return cfg.num_layers * layer_forward_flops(cfg, length, length)
+  passages = batch_size * group_size
+  scores = 2 * batch_size * passages * cfg.hidden_size
+  return 3.0 * (batch_size * encoder(query_len) + passages * encoder(passage_len) + scores)

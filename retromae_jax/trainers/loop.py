@@ -61,12 +61,14 @@ def write_config(config, workdir: str) -> None:
 # ---------------------------------------------------------------------------------- Mesh
 
 
-def make_mesh(config):
-  """(mesh, logical axis rules) from config.mesh and config.sharding_rules."""
-  mesh = sharding.make_mesh(config.mesh)
+def make_mesh(config, devices=None):
+  """(mesh, logical axis rules) from config.mesh and config.sharding_rules, over `devices`
+  (default: all of this run's; tools/compile.py passes a TPU topology's)."""
+  mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.LOGICAL_AXIS_RULES[config.sharding_rules]
   logging.info("Mesh %s over %d devices (%s), %d process(es)", dict(mesh.shape),
-               jax.device_count(), jax.devices()[0].device_kind, jax.process_count())
+               mesh.devices.size, mesh.devices.flat[0].device_kind,
+               len({d.process_index for d in mesh.devices.flat}))
   return mesh, rules
 
 
@@ -106,27 +108,26 @@ def make_update_step(loss_and_grads: Callable, tx, schedules: dict, count_tokens
   return update_step
 
 
-def compile_to_fit(compile_for: Callable, setting, *, auto: bool, smaller: Callable,
-                   describe: Callable, key: str, hint: str):
-  """The compiled step for `setting`, or, when it needs more memory than a device has and `auto`
-  is on, for smaller(needed_bytes, available_bytes): the same global batch and loss computed in
-  smaller pieces (microbatches, gradient-cache chunks) rather than an out-of-memory crash.
-
-  compile_for(setting) -> (compiled, bytes per device); describe(setting) names it in the log;
-  key and hint make the error if even the smaller setting does not fit.
+def compile_to_fit(step, *, auto: bool, key: str, hint: str):
+  """The compiled step (trainers/step.Step) with its knob as configured, or, when that needs more
+  memory than a device has and `auto` is on, at step.smaller(needed_bytes, available_bytes):
+  the same global batch and loss computed in smaller pieces (microbatches, gradient-cache
+  chunks) rather than an out-of-memory crash. key and hint make the error if even the smaller
+  setting does not fit.
   """
-  step, needed = compile_for(setting)
+  compiled, needed = step.compile(step.setting)
   available = train_state.device_memory_bytes()
   if not (auto and available and needed > available):
-    return step
-  setting = smaller(needed, available)
+    return compiled
+  setting = step.smaller(needed, available)
   logging.warning("The step needs %.1f GiB per device, %.1f GiB available: %s (config.%s)",
-                  needed / 2**30, available / 2**30, describe(setting), key)
-  step, needed = compile_for(setting)
+                  needed / 2**30, available / 2**30, step.describe(setting), key)
+  compiled, needed = step.compile(setting)
   if needed > available:
-    raise ValueError(f"config.batch_size: even {describe(setting)} needs {needed / 2**30:.1f} GiB "
-                     f"per device, more than the {available / 2**30:.1f} GiB available: {hint}")
-  return step
+    raise ValueError(f"config.batch_size: even {step.describe(setting)} needs "
+                     f"{needed / 2**30:.1f} GiB per device, more than the "
+                     f"{available / 2**30:.1f} GiB available: {hint}")
+  return compiled
 
 
 # ---------------------------------------------------------------------------------- Restore / init

@@ -1,12 +1,12 @@
 """RetroMAE pretraining: one program, read top to bottom.
 
-Sections: workdir, tokenizer and shape; mesh; model and sharded state; update step; checkpoint
-restore / init; input; evaluation; loop; export. Everything comes from the config
+Sections: workdir, tokenizer and shape; mesh; model, sharded state and the compiled update step
+(build_step: the step tools/compile.py also compiles for a TPU topology); checkpoint restore /
+init; input; evaluation; loop; export. Everything comes from the config
 (configs/base.py); the mechanics shared with fine-tuning are in trainers/loop.py.
 """
 
 import dataclasses
-import functools
 import os
 
 from absl import logging
@@ -32,6 +32,7 @@ from retromae_jax.trainers import init_parts
 from retromae_jax.trainers import optim
 from retromae_jax.trainers import run_identity
 from retromae_jax.trainers import sharding
+from retromae_jax.trainers import step as step_lib
 from retromae_jax.trainers import train_state
 from retromae_jax.trainers import validation
 
@@ -39,27 +40,22 @@ from retromae_jax.trainers import validation
 _ROWS = "rows"
 
 
-def train_and_evaluate(config, workdir: str):
-  # ---------------------------------------------------------------- Workdir, tokenizer, shape
-  is_main = jax.process_index() == 0
-  run = run_identity.of(config)  # as given: before an initial model fixes the shape
-  os.makedirs(workdir, exist_ok=True)
+def resolve_shape(config):
+  """The tokenizer, with config.model's shape set from an initial model (init.hf_dir or
+  init.checkpoint fixes the shape, not dropout, dtype or remat)."""
   tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
-  # An HF init directory or an init checkpoint fixes the model's shape (not its dropout).
   if config.init.hf_dir:
     loop.apply_model_shape(config, hf_interop.model_overrides(
         hf_interop.read_hf_config(config.init.hf_dir), config.model.extend_positions_to))
   elif config.init.checkpoint:
     loop.apply_model_shape(config, checkpoint_store.read_meta(config.init.checkpoint)[0]["model"])
+  return tokenizer
 
-  # ---------------------------------------------------------------- Mesh
-  mesh, rules = loop.make_mesh(config)
-  validation.validate(config, sharding.data_parallel_size(mesh, rules), jax.process_count(),
-                      shape_known=True)
-  model_cfg = loop.resolve_model_config(config, tokenizer.get_vocab_size())
-  logging.info("Model: %s", model_cfg)
 
-  # ---------------------------------------------------------------- Model and sharded state
+def build_step(config, model_cfg, mesh, rules) -> step_lib.Step:
+  """The update step of RetroMAE pretraining over `mesh`, nothing allocated: model, objective,
+  optimizer, loss (and the anchor term) with its microbatches, abstract state and batch with
+  their shardings, the analytic FLOPs."""
   input_settings = settings.pretrain_input(config)
   objective = input_settings.objective
   model = make_model(model_cfg, objective)
@@ -78,16 +74,9 @@ def train_and_evaluate(config, workdir: str):
   schedules = {"lr": schedule}
   if optim.has_groups(config.optim):
     schedules["lr_encoder"] = optim.encoder_schedule(config.optim, config.total_steps)
-  state, state_shardings = train_state.create_sharded_state(model, tx, example, mesh, rules,
-                                                            config.seed)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("Parameters: %.1fM (decoder %.1fM)", num_params / 1e6,
-               sum(x.size for x in jax.tree.leaves(state.params.get("decoder", {}))) / 1e6)
-  per_device = lambda tree: sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
-  logging.info("Per device: parameters %.1f MiB, optimizer state %.1f MiB",
-               per_device(state.params) / 2**20, per_device(state.opt_state) / 2**20)
+  state, state_shardings, init_state = train_state.abstract_sharded_state(
+      model, tx, example, mesh, rules)
 
-  # ---------------------------------------------------------------- Update step
   def loss_fn(params, batch, dropout_key, denominators=None, anchor=None):
     outputs = model.apply({"params": params}, batch, deterministic=False,
                           rngs={"dropout": dropout_key}, method="outputs")
@@ -131,34 +120,62 @@ def train_and_evaluate(config, workdir: str):
                                       lambda batch: batch["attention_mask"].sum(), config.seed,
                                       skip_nonfinite=config.divergence.skip_steps > 0,
                                       dropout_prng=config.dropout_prng)
-  batch_sharding = {k: sharding.batch_sharding(mesh, rules) for k in example}
-  global_example = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
-                    for k, v in example.items()}
-
-  def compile_for(accum_steps: int):
-    compile_ahead = (anchor_lib.compile_ahead if anchor_lib.enabled(config)
-                     else train_state.compile_ahead)
-    return compile_ahead(
-        functools.partial(update_step, accum_steps=accum_steps), state, state_shardings,
-        global_example, batch_sharding, mesh, rules, f"{accum_steps} microbatch(es)")
+  per_device = config.batch_size // sharding.data_parallel_size(mesh, rules)
+  splits = tuple(k for k in range(1, per_device + 1) if per_device % k == 0)
 
   def fewer_rows(needed, available):
     # Activation memory shrinks with the microbatch: the smallest split that fits.
-    per_device = config.batch_size // sharding.data_parallel_size(mesh, rules)
     wanted = config.grad_accum_steps * needed / available
-    return next((k for k in range(1, per_device + 1) if per_device % k == 0 and k >= wanted),
-                per_device)
+    return next((k for k in splits if k >= wanted), per_device)
 
-  train_step = loop.compile_to_fit(
-      compile_for, config.grad_accum_steps, auto=config.auto_microbatch, smaller=fewer_rows,
-      describe=lambda k: f"{k} microbatches", key="auto_microbatch",
-      hint="lower the batch, set model.remat, or add devices")
+  flops_per_step = config.batch_size * flops.train_flops_per_example(
+      model_cfg, objective, config.data.max_seq_length,
+      encoder_len=example["encoder_input_ids"].shape[1],
+      encoder_positions=example["encoder_positions"].shape[1] if "encoder_positions" in example
+      else 0)
+  return step_lib.Step(
+      update_step=update_step, state=state, state_shardings=state_shardings,
+      init_state=init_state,
+      batch={k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
+             for k, v in example.items()},
+      batch_sharding={k: sharding.batch_sharding(mesh, rules) for k in example}, mesh=mesh,
+      rules=rules, knob="accum_steps", setting=config.grad_accum_steps, settings=splits,
+      smaller=fewer_rows, describe=lambda k: f"{k} microbatch(es)", model_flops=flops_per_step,
+      anchored=anchor_lib.enabled(config))
+
+
+def train_and_evaluate(config, workdir: str):
+  # ---------------------------------------------------------------- Workdir, tokenizer, shape
+  is_main = jax.process_index() == 0
+  run = run_identity.of(config)  # as given: before an initial model fixes the shape
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = resolve_shape(config)
+
+  # ---------------------------------------------------------------- Mesh
+  mesh, rules = loop.make_mesh(config)
+  validation.validate(config, sharding.data_parallel_size(mesh, rules), jax.process_count(),
+                      shape_known=True)
+  model_cfg = loop.resolve_model_config(config, tokenizer.get_vocab_size())
+  logging.info("Model: %s", model_cfg)
+
+  # ---------------------------------------------------------------- Model, sharded state, step
+  step = build_step(config, model_cfg, mesh, rules)
+  state = step.init(config.seed)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("Parameters: %.1fM (decoder %.1fM)", num_params / 1e6,
+               sum(x.size for x in jax.tree.leaves(state.params.get("decoder", {}))) / 1e6)
+  per_device = lambda tree: sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
+  logging.info("Per device: parameters %.1f MiB, optimizer state %.1f MiB",
+               per_device(state.params) / 2**20, per_device(state.opt_state) / 2**20)
+  train_step = loop.compile_to_fit(step, auto=config.auto_microbatch, key="auto_microbatch",
+                                   hint="lower the batch, set model.remat, or add devices")
 
   # ---------------------------------------------------------------- Checkpoint restore / init
   mngr = checkpoint_store.manager(workdir, config.checkpoint_keep,
                                   config.checkpoint_keep_period)
+  input_settings = settings.pretrain_input(config)
   meta = checkpoint_store.make_meta(model_cfg, config.tokenizer,
-                                   objective=dataclasses.asdict(objective), run=run)
+                                   objective=dataclasses.asdict(input_settings.objective), run=run)
 
   def init_params(params):
     if config.init.checkpoint:  # encoder, MLM head and decoder; a fresh optimizer at step 0
@@ -188,7 +205,7 @@ def train_and_evaluate(config, workdir: str):
   local_batches = pipeline.pretrain_batches(
       input_settings, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
       start_step=start_step, stats=data_stats)
-  batches = loop.global_batches(local_batches, batch_sharding)
+  batches = loop.global_batches(local_batches, step.batch_sharding)
 
   # ---------------------------------------------------------------- Evaluation
   # A resumed run rewrites the metrics logged after its checkpoint (a killed run may have logged
@@ -199,13 +216,8 @@ def train_and_evaluate(config, workdir: str):
     evaluator(0, state.params)
 
   # ---------------------------------------------------------------- Loop
-  flops_per_step = config.batch_size * flops.train_flops_per_example(
-      model_cfg, objective, config.data.max_seq_length,
-      encoder_len=example["encoder_input_ids"].shape[1],
-      encoder_positions=example["encoder_positions"].shape[1] if "encoder_positions" in example
-      else 0)
   peak = flops.device_peak_flops(config) * jax.device_count()
-  rates = lambda s: {"mfu": flops_per_step * s["steps_per_s"] / peak} if peak else {}
+  rates = lambda s: {"mfu": step.model_flops * s["steps_per_s"] / peak} if peak else {}
   state, preempted = loop.train(config, state, train_step, batches, start_step=start_step,
                                 checkpointer=checkpointer, writer=writer, rates=rates,
                                 evaluator=evaluator, skips=data_stats.skips)

@@ -60,6 +60,9 @@ def model(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
   dtype = m.dtype
   if dtype == "auto":
     dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  vocab_loss = m.vocab_loss
+  if vocab_loss == "auto":  # configs/base.py: memory decides on accelerators, time on CPUs
+    vocab_loss = "plain" if jax.default_backend() == "cpu" else "chunked"
   return ModelConfig(
       vocab_size=m.vocab_size if m.vocab_size > 0 else vocab_size,
       hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
@@ -70,7 +73,8 @@ def model(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
       query_stream=m.query_stream, remat=m.remat, family=m.family,
       pad_token_id=m.pad_token_id if m.pad_token_id >= 0 else DEFAULT_PAD[m.family],
       attention=m.attention, attention_block=m.attention_block,
-      sentence_vector=m.sentence_vector, vocab_head=m.vocab_head)
+      sentence_vector=m.sentence_vector, vocab_head=m.vocab_head, vocab_loss=vocab_loss,
+      vocab_loss_block=m.vocab_loss_block)
 
 
 def matryoshka(loss_config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], tuple[float, ...]]:

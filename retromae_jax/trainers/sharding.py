@@ -33,10 +33,13 @@ LOGICAL_AXIS_RULES = {
 }
 
 
-def make_mesh(mesh_config) -> jax.sharding.Mesh:
-  """Builds the (data, fsdp, tensor) mesh; one size may be -1 (= the remaining devices)."""
+def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
+  """Builds the (data, fsdp, tensor) mesh; one size may be -1 (= the remaining devices).
+
+  devices: the devices to lay it over (default: all of this run's; tools/compile.py passes a TPU
+  topology's devices, with no TPU attached)."""
   sizes = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
-  n = jax.device_count()
+  n = len(devices) if devices is not None else jax.device_count()
   if sizes.count(-1) > 1:
     raise ValueError(f"config.mesh: at most one of data/fsdp/tensor may be -1, got {sizes}")
   known = int(np.prod([s for s in sizes if s != -1]))
@@ -48,7 +51,8 @@ def make_mesh(mesh_config) -> jax.sharding.Mesh:
     raise ValueError(f"config.mesh: data*fsdp*tensor = {int(np.prod(sizes))} but there are "
                      f"{n} devices (use -1 for one axis to take the rest)")
   # jax.make_mesh orders devices so that the innermost (last) axis gets the fastest links.
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
 
 
 def batch_sharding(mesh, rules) -> NamedSharding:

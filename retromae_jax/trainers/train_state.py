@@ -25,12 +25,12 @@ def _masked(x) -> bool:
   return isinstance(x, optax.MaskedNode)
 
 
-def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
-  """Initialises the TrainState directly into its shardings (no full copy on any one device).
+def abstract_sharded_state(model, tx, example: dict, mesh, rules):
+  """(abstract state, state_shardings, init_state): the TrainState's shapes and dtypes (nothing
+  is allocated), where each leaf lives, and init_state(rng) -> TrainState to jit into them.
 
   The parameters' shardings come from their logical axis names through `rules`; optimizer
   moments follow the parameter they belong to; scalars are replicated.
-  Returns (state, state_shardings).
   """
   def init_variables(rng):
     zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
@@ -40,18 +40,29 @@ def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
     params = nn.unbox(init_variables(rng)["params"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
+  # Made outside the mesh: a TPU topology's mesh (tools/compile.py) has no device to hold it.
+  rng = jax.random.key(0)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init_variables, jax.random.key(0))
+    boxed = jax.eval_shape(init_variables, rng)
     param_shardings = nn.logical_to_mesh_sharding(
         nn.get_partition_spec(boxed)["params"], mesh, rules)
-    abstract_state = jax.eval_shape(init_state, jax.random.key(0))
+    abstract_state = jax.eval_shape(init_state, rng)
     sharding.check_divisible(abstract_state.params, param_shardings,
                              nn.get_partition_spec(boxed)["params"])
-    state_shardings = TrainState(
-        step=sharding.replicated(mesh), params=param_shardings,
-        opt_state=optax.tree_map_params(
-            tx, lambda x, s: x if _masked(x) else s, abstract_state.opt_state, param_shardings,
-            transform_non_params=lambda _: sharding.replicated(mesh), is_leaf=_masked))
+  # Outside the mesh too: tree_map_params runs tx.init eagerly on placeholders.
+  state_shardings = TrainState(
+      step=sharding.replicated(mesh), params=param_shardings,
+      opt_state=optax.tree_map_params(
+          tx, lambda x, s: x if _masked(x) else s, abstract_state.opt_state, param_shardings,
+          transform_non_params=lambda _: sharding.replicated(mesh), is_leaf=_masked))
+  return abstract_state, state_shardings, init_state
+
+
+def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
+  """Initialises the TrainState directly into its shardings (no full copy on any one device).
+  Returns (state, state_shardings)."""
+  _, state_shardings, init_state = abstract_sharded_state(model, tx, example, mesh, rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(seed))
   return state, state_shardings
 

@@ -8,6 +8,7 @@ from retromae_jax.evaluators import metrics as retrieval_metrics
 from retromae_jax.evaluators.embed import POOLING_CHOICES, POOLINGS
 from retromae_jax.models import pooling
 from retromae_jax.models.biencoder import SIMILARITIES
+from retromae_jax.models import vocab_loss
 from retromae_jax.trainers import anchor, loop, settings, sharding
 from retromae_jax.objectives import registry
 
@@ -57,6 +58,10 @@ def _shared_checks(config, shape_known: bool):
       ("model.dtype", m.dtype in ("auto", "float32", "bfloat16", "float16"),
        "expected auto, float32, bfloat16 or float16"),
       ("model.remat", m.remat in ("none", "full", "dots"), "expected none, full or dots"),
+      ("model.vocab_loss", m.vocab_loss in ("auto", *vocab_loss.VOCAB_LOSSES),
+       f"expected auto, {', '.join(vocab_loss.VOCAB_LOSSES)}"),
+      ("model.vocab_loss_block", isinstance(m.vocab_loss_block, int) and m.vocab_loss_block > 0,
+       "expected an integer >= 1"),
       ("optim.warmup_ratio", 0.0 <= config.optim.warmup_ratio < 1.0, "expected [0, 1)"),
       ("sharding_rules", config.sharding_rules in sharding.LOGICAL_AXIS_RULES,
        f"expected one of {sorted(sharding.LOGICAL_AXIS_RULES)}"),

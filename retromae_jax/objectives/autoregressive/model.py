@@ -46,4 +46,4 @@ class AutoregressiveDecoding(PretrainingModel):
     x = with_sentence_vectors(x, self.sentence_states(hidden, key_mask, batch), batch)
     mask = causal_attention(batch["attention_mask"], self.objective.attention_span, segment_ids,
                             positions)
-    return self.mlm_head(self.decoder(x, mask, deterministic), self.word_embeddings)
+    return self.vocab_output(self.decoder(x, mask, deterministic))

@@ -27,4 +27,4 @@ class BasicDecoding(PretrainingModel):
                              optional_field(batch, "positions"))
     x = with_sentence_vectors(x, self.sentence_states(hidden, key_mask, batch), batch)
     mask = self_attention_mask(batch)  # padding keys invisible
-    return self.mlm_head(self.decoder(x, mask, deterministic), self.word_embeddings)
+    return self.vocab_output(self.decoder(x, mask, deterministic))

@@ -39,7 +39,7 @@ class CrossAttentionDecoding(PretrainingModel):
       memory = hidden
       memory_mask = key_mask.astype(bool)[:, None, None, :]
     x = self.decoder(x, self_mask, memory, memory_mask, deterministic)
-    return self.mlm_head(x, self.word_embeddings)
+    return self.vocab_output(x)
 
   def packed_memory_mask(self, batch, segment_ids, positions):
     """[B, 1, L, Le]: a packed row's token sees its own document's [CLS] state (at the

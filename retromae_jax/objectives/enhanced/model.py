@@ -73,4 +73,4 @@ class RetroMAE(PretrainingModel):
     visible = decoder_mask.decoder_attention(
         batch["decoder_pool"], batch["decoder_choice"], batch["attention_mask"], segment_ids)
     decoded = self.decoder(query_stream, kv_stream, visible[:, None], deterministic)
-    return self.mlm_head(decoded, self.word_embeddings)
+    return self.vocab_output(decoded)

@@ -29,4 +29,4 @@ class TSDAEDecoding(CrossAttentionDecoding):
     else:
       memory, memory_mask = sentence, self.packed_memory_mask(batch, segment_ids, positions)
     x = self.decoder(x, self_mask, memory, memory_mask, deterministic)
-    return self.mlm_head(x, self.word_embeddings)
+    return self.vocab_output(x)
