@@ -22,6 +22,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "retromae_jax_tests_jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# CPU only: with the TPU compiler installed (requirements-tpu.txt, for tools/compile.py), jax
+# would also try to start a TPU backend and print libtpu's warnings on every program's stderr.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 _FAST_COMPILE = "--xla_backend_optimization_level=0"
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()

@@ -1,0 +1,115 @@
+"""tools/compile.py: the training step compiled for a TPU topology by libtpu, on this CPU.
+
+What a compiler report must show, checked against what is known without it: the analytic FLOPs
+(trainers/flops.py, hand-derived matmul counts) within 10%; the parameter bytes per chip of a
+pure data-parallel mesh are the whole model's, an FSDP mesh over 4 chips holds a quarter; pure
+data parallelism communicates by all-reduce alone (the gradients), FSDP gathers parameters and
+reduce-scatters gradients; a step larger than the chip's HBM exits 1 with one line on stderr.
+The compiling tests are skipped where libtpu (requirements-tpu.txt) is not installed.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                reason="libtpu not installed (pip install -r requirements-tpu.txt)")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ["--config=configs/base.py:smoke", "--topology=v5e:2x2"]
+
+
+def _env():
+  # The TPU compiler at its normal optimisation level (conftest turns the CPU backend's off).
+  flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
+  return {**os.environ, "XLA_FLAGS": flags.strip()}
+
+
+def _compile(*args, module="retromae_jax.tools.compile"):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+  """One run: the smoke config on v5e:2x2 as configured (pure data parallelism) and with FSDP."""
+  out = tmp_path_factory.mktemp("compile") / "report.json"
+  proc = _compile(*SMOKE, "--sweep=mesh.fsdp=4", f"--json={out}")
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  result = json.loads(out.read_text())
+  assert "| as configured |" in proc.stdout and "| mesh.fsdp=4 |" in proc.stdout
+  return result, {r["variant"]: r for r in result["reports"]}
+
+
+@needs_libtpu
+def test_memory_fields_are_positive_and_fsdp_splits_the_state(reports):
+  result, by_name = reports
+  assert (result["chips"], result["device_kind"]) == (4, "TPU v5 lite")
+  dp, fsdp = by_name["as configured"], by_name["mesh.fsdp=4"]
+  for report in (dp, fsdp):
+    memory = report["bytes_per_chip"]
+    for key in ("parameters", "optimizer_state", "batch", "arguments", "temporaries", "peak"):
+      assert memory[key] > 0, (key, memory)
+    assert memory["peak"] >= memory["arguments"] >= memory["parameters"] + memory["batch"]
+    assert report["fits"] and 0 < report["headroom"] < 1
+  # Adam's two moments per parameter (f32 both): twice the parameters' bytes, plus a counter.
+  assert dp["bytes_per_chip"]["optimizer_state"] == pytest.approx(
+      2 * dp["bytes_per_chip"]["parameters"], rel=1e-3)
+  # FSDP over 4 chips: a quarter of the state per chip, but for the vectors whose axis the
+  # rules do not put on fsdp (biases of heads and MLP, LayerNorms): about 2% of this model.
+  assert fsdp["bytes_per_chip"]["parameters"] == pytest.approx(
+      dp["bytes_per_chip"]["parameters"] / 4, rel=0.05)
+
+
+@needs_libtpu
+def test_compiled_flops_match_the_analytic_count(reports):
+  for report in reports[1].values():
+    assert report["flops_ratio"] == pytest.approx(1.0, abs=0.10), report["flops_ratio"]
+    assert report["roofline_s"]["bound"] > 0 and 0 < report["mfu_bound"] <= 1
+
+
+@needs_libtpu
+def test_collectives_of_data_parallel_and_fsdp_meshes(reports):
+  dp, fsdp = reports[1]["as configured"], reports[1]["mesh.fsdp=4"]
+  assert set(dp["collectives"]) == {"all-reduce"}
+  # The gradients' all-reduce moves about every parameter once (f32 on every chip).
+  assert dp["collectives"]["all-reduce"]["bytes"] >= dp["bytes_per_chip"]["parameters"]
+  assert fsdp["collectives"]["all-gather"]["count"] > 0
+  assert fsdp["collectives"]["reduce-scatter"]["count"] > 0
+
+
+@needs_libtpu
+def test_a_step_that_does_not_fit_exits_with_one_line(tmp_path):
+  # 4,096 rows x 64 tokens per chip: the [tokens, vocabulary] logits alone are ~30 GiB.
+  proc = _compile(*SMOKE, "--config.batch_size=16384")
+  assert proc.returncode == 1
+  last = proc.stderr.rstrip("\n").splitlines()[-1]
+  assert last.startswith("config.batch_size: does not fit (as configured): "), last
+  assert "Traceback" not in proc.stderr
+  assert "| as configured |" in proc.stdout  # the report still comes first
+
+
+def test_missing_libtpu_is_one_line():
+  code = ("import runpy, sys; sys.modules['libtpu'] = None; "
+          "sys.argv = ['compile', '--topology=v5e:2x2']; "
+          "runpy.run_module('retromae_jax.tools.compile', run_name='__main__')")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 1
+  assert proc.stderr.rstrip("\n").splitlines()[-1] == (
+      "--topology: the TPU compiler (libtpu) is not installed: "
+      "pip install -r requirements-tpu.txt")
+
+
+def test_topology_names():
+  from retromae_jax.trainers import chips  # pylint: disable=g-import-not-at-top
+  assert chips.parse_topology("v5e-8")[1] == "v5e:2x4"
+  assert chips.parse_topology("v5e:4x4")[1] == "v5e:4x4"
+  assert chips.parse_topology("v4-32")[1] == "v4:2x2x4"  # 32 TensorCores, 16 chips
+  assert chips.parse_topology("v5p-8")[1] == "v5p:2x2x1"
+  with pytest.raises(ValueError, match=r"^--topology: .*got 'v7-8'$"):
+    chips.parse_topology("v7-8")
