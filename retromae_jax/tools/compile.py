@@ -17,7 +17,6 @@ FLOPs / peak and bytes / HBM bandwidth; collectives not included), hence an uppe
 that fits. A step that does not fit prints its report, then one line on stderr, and exits 1.
 """
 
-import importlib.util
 import json
 import os
 import sys
@@ -57,19 +56,6 @@ _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "KEY=V1,V2,...: one report row per value (e.g. model.remat=none,dots,full).")
 _JSON = flags.DEFINE_string("json", "", "Also write the report as JSON to this file ('-': stdout).")
 _HLO = flags.DEFINE_string("hlo", "", "Write each variant's compiled HLO to FILE.<n>.txt.")
-
-def topology_devices(name: str, num_slices: int):
-  """(chip, devices) of a TPU slice, from libtpu's topology description (no TPU needed)."""
-  chip, topology = chips_lib.parse_topology(name)
-  if importlib.util.find_spec("libtpu") is None:
-    raise ValueError("--topology: the TPU compiler (libtpu) is not installed: "
-                     "pip install -r requirements-tpu.txt")
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  description = topologies.get_topology_desc(topology_name=topology, platform="tpu",
-                                             chip_config_name=chip.chip_config,
-                                             num_slices=num_slices)
-  return chip, topology, list(description.devices)
-
 
 def build_step(config, devices):
   """(trainers/step.Step, model config) as main builds them, over `devices`; 'auto' settings
@@ -120,7 +106,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   try:
-    chip, topology, devices = topology_devices(_TOPOLOGY.value, _NUM_SLICES.value)
+    chip, topology, devices = chips_lib.topology_devices(_TOPOLOGY.value, _NUM_SLICES.value)
     rows, failed = [], None
     for name, config in variants(_CONFIG.value, _SWEEP.value):
       step, model_cfg = build_step(config, devices)

@@ -1,4 +1,4 @@
-"""TPU chips and slice names: what tools/compile.py compares a compiled step against.
+"""TPU chips and slice names: what tools/compile.py compiles for and compares a step against.
 
 Per chip: HBM capacity, dense bf16 peak FLOP/s and HBM bandwidth, from Google Cloud's system
 architecture pages (retrieved 2026-12-06):
@@ -14,6 +14,7 @@ v4 and v5p run their two cores as one device ('megacore'), as jax shows them on 
 """
 
 import dataclasses
+import importlib.util
 
 from retromae_jax.trainers import flops
 
@@ -70,3 +71,17 @@ def parse_topology(name: str) -> tuple[Chip, str]:
     raise ValueError(f"--topology: no standard {chip.name} slice of {chips} chips; name its "
                      f"shape instead (e.g. {chip.name}:{'x'.join(['2'] * chip.dims)})")
   return chip, f"{chip.name}:{'x'.join(map(str, shape))}"
+
+
+def topology_devices(name: str, num_slices: int):
+  """(chip, libtpu topology name, devices) of a TPU slice, from libtpu's topology description
+  (no TPU needed). Raises ValueError('--topology: ...') where libtpu is not installed."""
+  chip, topology = parse_topology(name)
+  if importlib.util.find_spec("libtpu") is None:
+    raise ValueError("--topology: the TPU compiler (libtpu) is not installed: "
+                     "pip install -r requirements-tpu.txt")
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  description = topologies.get_topology_desc(topology_name=topology, platform="tpu",
+                                             chip_config_name=chip.chip_config,
+                                             num_slices=num_slices)
+  return chip, topology, list(description.devices)
