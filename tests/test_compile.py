@@ -68,8 +68,33 @@ def test_memory_fields_are_positive_and_fsdp_splits_the_state(reports):
 @needs_libtpu
 def test_compiled_flops_match_the_analytic_count(reports):
   for report in reports[1].values():
+    # The program's matmul count (its jaxpr) against trainers/flops.py's hand-derived formula.
     assert report["flops_ratio"] == pytest.approx(1.0, abs=0.10), report["flops_ratio"]
+    # The compiler's own count, where it keeps no loop (the smoke model's 2 layers are
+    # unrolled), against the program's: a third, independent count (libtpu also counts the
+    # element-wise work, a few percent here).
+    assert not report["compiler_counts_loops_once"], report["while_loops"]
+    assert report["compiler_flops_per_chip"] == pytest.approx(
+        report["program_flops_per_chip"], rel=0.10)
     assert report["roofline_s"]["bound"] > 0 and 0 < report["mfu_bound"] <= 1
+
+
+def test_program_flops_count_every_trip_of_a_scan_and_the_recomputation():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from retromae_jax.tools import compile_report  # pylint: disable=g-import-not-at-top
+
+  def loss(w, x):
+    def layer(h, _):
+      return jnp.tanh(h @ w), None
+    h, _ = jax.lax.scan(jax.checkpoint(layer), x, None, length=5)
+    return jnp.sum(h @ w.T)
+
+  closed = jax.make_jaxpr(jax.grad(loss))(jnp.ones((8, 8)), jnp.ones((4, 8)))
+  one = 2 * 4 * 8 * 8  # a [4, 8] x [8, 8] product
+  # Per scan trip: forward, its recomputation (checkpoint), and two products backward (dh, dw);
+  # after the scan: the head forward and its two backward products.
+  assert compile_report.jaxpr_matmul_flops(closed.jaxpr) == (5 * 4 * one + 3 * one, 0)
 
 
 @needs_libtpu
