@@ -8,14 +8,17 @@ TPU figures come from `python -m retromae_jax.tools.compile ... --sweep=model.vo
 """
 
 import json
+import os
 import sys
 
-from absl import app
-from absl import logging
-import jax
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from absl import logging  # noqa: E402
+import jax  # noqa: E402
 
 # Its flags (--config, ...) are this program's: the same config handling as the tool's.
-from retromae_jax.tools import compile as compile_tool
+from retromae_jax.tools import compile as compile_tool  # noqa: E402
 
 
 def main(argv):

@@ -70,10 +70,9 @@ def test_compiled_flops_match_the_analytic_count(reports):
   for report in reports[1].values():
     # The program's matmul count (its jaxpr) against trainers/flops.py's hand-derived formula.
     assert report["flops_ratio"] == pytest.approx(1.0, abs=0.10), report["flops_ratio"]
-    # The compiler's own count, where it keeps no loop (the smoke model's 2 layers are
-    # unrolled), against the program's: a third, independent count (libtpu also counts the
-    # element-wise work, a few percent here).
-    assert not report["compiler_counts_loops_once"], report["while_loops"]
+    # The compiler's own count against the program's: a third, independent count. The smoke
+    # step's loops (the chunked loss's blocks: one at 64 tokens) run once, so counting their
+    # bodies once misses nothing here; libtpu also counts element-wise work (a few percent).
     assert report["compiler_flops_per_chip"] == pytest.approx(
         report["program_flops_per_chip"], rel=0.10)
     assert report["roofline_s"]["bound"] > 0 and 0 < report["mfu_bound"] <= 1

@@ -40,6 +40,8 @@ def test_no_weight_decay_on_biases_and_layernorm():
     ("data.max_seq_length", 1024, "config.data.max_seq_length"),
     ("model.num_heads", 5, "config.model.num_heads"),
     ("model.query_stream", "cross", "config.model.query_stream"),
+    ("model.vocab_loss", "blocked", "config.model.vocab_loss: expected auto, chunked, plain"),
+    ("model.vocab_loss_block", 0, "config.model.vocab_loss_block: expected an integer >= 1"),
 ])
 def test_invalid_settings_name_their_key(key, value, message):
   config = base.get_config("smoke")
