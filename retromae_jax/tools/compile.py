@@ -38,6 +38,7 @@ from absl import logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from retromae_jax.tools import cli  # noqa: E402
 from retromae_jax.tools import compile_report as report_lib  # noqa: E402
 from retromae_jax.trainers import chips as chips_lib  # noqa: E402
 from retromae_jax.trainers import finetune  # noqa: E402
@@ -56,6 +57,7 @@ _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "KEY=V1,V2,...: one report row per value (e.g. model.remat=none,dots,full).")
 _JSON = flags.DEFINE_string("json", "", "Also write the report as JSON to this file ('-': stdout).")
 _HLO = flags.DEFINE_string("hlo", "", "Write each variant's compiled HLO to FILE.<n>.txt.")
+
 
 def build_step(config, devices):
   """(trainers/step.Step, model config) as main builds them, over `devices`; 'auto' settings
@@ -84,15 +86,17 @@ def variants(config, sweeps: list[str]):
   for sweep in sweeps:
     key, sep, values = sweep.partition("=")
     if not sep or not values:
-      raise ValueError(f"--sweep: expected KEY=V1,V2,..., got {sweep!r}")
+      raise cli.UserError(f"--sweep: expected KEY=V1,V2,..., got {sweep!r}")
     *parents, leaf = key.split(".")
     for value in values.split(","):
       c = config.copy_and_resolve_references()
       node = c
       for p in parents:
-        node = node[p]
-      if leaf not in node:
-        raise ValueError(f"--sweep: config has no key {key!r}")
+        node = node.get(p)
+        if node is None:
+          break
+      if node is None or leaf not in node:
+        raise cli.UserError(f"--sweep: config has no key {key!r}")
       with c.unlocked():
         old = node[leaf]
         node[leaf] = (value if isinstance(old, str) else value.lower() in ("1", "true")
@@ -105,31 +109,27 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  try:
-    chip, topology, devices = chips_lib.topology_devices(_TOPOLOGY.value, _NUM_SLICES.value)
-    rows, failed = [], None
-    for name, config in variants(_CONFIG.value, _SWEEP.value):
-      step, model_cfg = build_step(config, devices)
-      if _FIT.value:
-        try:
-          report = report_lib.fit(step, chip, model_cfg, len(devices))
-        except report_lib.DoesNotFit as e:
-          report = e.args[0]
-      else:
-        report = report_lib.analyse(step, step.setting, chip, model_cfg, len(devices),
-                                    f"{_HLO.value}.{len(rows)}.txt" if _HLO.value else "")
-      rows.append((name, report))
-      if not report["fits"] and failed is None:
-        failed = (name, report)
-      # Each variant is minutes of compiling: its row is logged (and the JSON written) at once.
-      logging.warning("%s", report_lib.table(rows[-1:]).splitlines()[-1])
-      result = _result(topology, chip, devices, rows)
-      if _JSON.value and _JSON.value != "-":
-        with open(_JSON.value, "w", encoding="utf-8") as f:
-          json.dump(result, f, indent=1)
-  except ValueError as e:
-    print(e, file=sys.stderr, flush=True)
-    sys.exit(1)
+  chip, topology, devices = chips_lib.topology_devices(_TOPOLOGY.value, _NUM_SLICES.value)
+  rows, failed = [], None
+  for name, config in variants(_CONFIG.value, _SWEEP.value):
+    step, model_cfg = build_step(config, devices)
+    if _FIT.value:
+      try:
+        report = report_lib.fit(step, chip, model_cfg, len(devices))
+      except report_lib.DoesNotFit as e:
+        report = e.args[0]
+    else:
+      report = report_lib.analyse(step, step.setting, chip, model_cfg, len(devices),
+                                  f"{_HLO.value}.{len(rows)}.txt" if _HLO.value else "")
+    rows.append((name, report))
+    if not report["fits"] and failed is None:
+      failed = (name, report)
+    # Each variant is minutes of compiling: its row is logged (and the JSON written) at once.
+    logging.warning("%s", report_lib.table(rows[-1:]).splitlines()[-1])
+    result = _result(topology, chip, devices, rows)
+    if _JSON.value and _JSON.value != "-":
+      with open(_JSON.value, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
   print(f"{topology} x{_NUM_SLICES.value}: {len(devices)} chips of {chip.name} "
         f"({report_lib.gib(chip.hbm_bytes)} GiB HBM, {chip.peak_bf16_flops / 1e12:.0f} TFLOP/s "
         f"bf16, {chip.hbm_bytes_per_s / 1e9:.0f} GB/s), libtpu {result['libtpu']}")
@@ -163,4 +163,4 @@ def _libtpu_version() -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
