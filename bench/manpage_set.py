@@ -28,12 +28,18 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 
 from absl import app, flags, logging
 
-from retromae_jax.data.evalsets import beir
-from retromae_jax.data.evalsets import pydoc_set
+# `python bench/manpage_set.py` from anywhere: the package is the repository's, not installed.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from retromae_jax.data.evalsets import beir  # noqa: E402
+from retromae_jax.data.evalsets import pydoc_set  # noqa: E402
 
 SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8")
 _TEST_SHARE = 5  # one page in five (by hash of its name) goes to the test split
