@@ -82,8 +82,8 @@ def test_resume_and_process_count_do_not_change_the_choices(tmp_path):
                                   first(step)["query_input_ids"])
   # Two processes, each with its share: the same dataset at every step.
   for process_index in range(2):
-    assert [make(process_index, 2).position(s)[0] for s in range(300)] == [
-        k for k, _ in positions[:300]]
+    share = make(process_index, 2)
+    assert [share.position(s)[0] for s in range(300)] == [k for k, _ in positions[:300]]
 
 
 def test_a_single_source_keeps_the_batches_of_one_dataset(tmp_path):
