@@ -152,3 +152,28 @@ def test_topology_names():
   assert chips.parse_topology("v5p-8")[1] == "v5p:2x2x1"
   with pytest.raises(ValueError, match=r"^--topology: .*got 'v7-8'$"):
     chips.parse_topology("v7-8")
+
+
+def test_fit_finds_the_fastest_setting_that_fits_with_few_compiles(monkeypatch):
+  """--fit bisects the knob's settings (fastest first); here a stand-in for the compiler: the
+  peak falls as the microbatches grow, and only 8 or more fit."""
+  import types  # pylint: disable=g-import-not-at-top
+  from retromae_jax.tools import compile_report  # pylint: disable=g-import-not-at-top
+
+  compiled = []
+
+  def analyse(step, setting, chip, model_cfg, num_chips):
+    del step, chip, model_cfg, num_chips
+    compiled.append(setting)
+    peak = 64 * 2**30 / setting
+    return {"setting": setting, "fits": peak <= 10 * 2**30, "bytes_per_chip": {"peak": peak}}
+
+  monkeypatch.setattr(compile_report, "analyse", analyse)
+  step = types.SimpleNamespace(settings=(1, 2, 4, 8, 16, 32), describe=str)
+  assert compile_report.fit(step, None, None, 8)["setting"] == 8
+  assert len(compiled) <= 4 and compiled[0] == 32  # the leanest first: does anything fit?
+  compiled.clear()
+  step = types.SimpleNamespace(settings=(1, 2, 4), describe=str)
+  with pytest.raises(compile_report.DoesNotFit) as refused:
+    compile_report.fit(step, None, None, 8)
+  assert refused.value.args[0]["setting"] == 4 and compiled == [4]
