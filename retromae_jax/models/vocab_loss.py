@@ -24,7 +24,6 @@ import math
 from flax import struct
 import jax
 import jax.numpy as jnp
-import optax
 
 VOCAB_LOSSES = ("chunked", "plain")
 
@@ -38,11 +37,6 @@ class Projection:
   embeddings: jax.Array
   bias: jax.Array
   block: int = struct.field(pytree_node=False, default=128)
-
-  @property
-  def shape(self):
-    """The logits' shape [B, T, V]."""
-    return (*self.hidden.shape[:-1], self.embeddings.shape[0])
 
 
 def _blocks(length: int, block: int) -> tuple[int, int]:
@@ -86,9 +80,11 @@ def _chunked(hidden, embeddings, bias, labels, block):
               + bias.astype(jnp.float32))
     valid = y >= 0
     safe = jnp.where(valid, y, 0)
-    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+    # One normalisation over the vocabulary serves the loss and its gradient.
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    token_loss = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
     # d token_loss / d logits = softmax - one_hot(target), zero at ignored positions.
-    d_logits = jnp.where(valid[..., None], jax.nn.softmax(logits, axis=-1)
+    d_logits = jnp.where(valid[..., None], jnp.exp(log_probs)
                          - jax.nn.one_hot(safe, logits.shape[-1], dtype=jnp.float32), 0.0)
     d_h = jnp.einsum("btv,vd->btd", d_logits.astype(compute), embeddings)
     d_embeddings += jnp.einsum("btv,btd->vd", d_logits.astype(compute), h,
@@ -108,15 +104,11 @@ def _chunked(hidden, embeddings, bias, labels, block):
                 d_bias.astype(bias.dtype))
 
 
-def _chunked_forward(hidden, embeddings, bias, labels, block):
-  sums, grads = _chunked(hidden, embeddings, bias, labels, block)
-  return sums, grads
-
-
 def _chunked_backward(block, grads, cotangents):
   del block
   scale = cotangents[0]  # the loss sum's; correct and labelled are integers
   return (*(g * scale.astype(g.dtype) for g in grads), None)
 
 
-_chunked_sums.defvjp(_chunked_forward, _chunked_backward)
+# The forward pass is _chunked itself: its gradients are the residuals the backward pass scales.
+_chunked_sums.defvjp(_chunked, _chunked_backward)
