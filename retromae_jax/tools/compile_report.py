@@ -6,12 +6,10 @@ knob setting that fits (--fit) and the report as a Markdown table.
 The step is a trainers/step.Step; the chip a trainers/chips.Chip. Nothing here runs the step.
 """
 
-import functools
 import math
 import re
 
 from absl import logging
-import flax.linen as nn
 import jax
 from jax.extend import core as jax_core
 import numpy as np
@@ -101,14 +99,7 @@ def program_matmul_flops(step, setting) -> tuple[float, int]:
   """jaxpr_matmul_flops of the whole update step (forward, backward, recomputation, every
   microbatch and layer), traced as compiled: the FLOPs the chips compute together, counted from
   the program itself where the compiler's cost analysis counts a loop's body once."""
-  update = functools.partial(step.update_step, **{step.knob: setting})
-  args = (step.state, step.batch)
-  if step.anchored:
-    args += (step.state.params["bert"],)
-    update = lambda state, batch, frozen, _u=update: _u(state, batch, anchor=frozen)
-  with jax.set_mesh(step.mesh), nn.logical_axis_rules(step.rules):
-    closed = jax.make_jaxpr(update)(*args)
-  return jaxpr_matmul_flops(closed.jaxpr)
+  return jaxpr_matmul_flops(step.jaxpr(setting).jaxpr)
 
 
 def analyse(step, setting, chip, model_cfg, num_chips: int, hlo_file: str = "") -> dict:

@@ -72,19 +72,27 @@ class AnchoredStep:
     return state, metrics
 
 
-def compile_ahead(step_fn, state, state_shardings, global_example, batch_sharding, mesh, rules,
-                  what: str):
-  """train_state.compile_ahead for step_fn(state, batch, anchor=frozen encoder): returns
-  (AnchoredStep, bytes per device)."""
+def paired(step_fn, state, state_shardings):
+  """step_fn(state, batch, anchor=frozen encoder) as the function a compiler sees:
+  (pair_step, pair, pair_shardings) with pair = (state, frozen) handed back by every call."""
 
   def pair_step(pair, batch):
     state, frozen = pair
     new_state, metrics = step_fn(state, batch, anchor=frozen)
     return (new_state, frozen), metrics
 
+  return (pair_step, (state, state.params["bert"]),
+          (state_shardings, state_shardings.params["bert"]))
+
+
+def compile_ahead(step_fn, state, state_shardings, global_example, batch_sharding, mesh, rules,
+                  what: str):
+  """train_state.compile_ahead for step_fn(state, batch, anchor=frozen encoder): returns
+  (AnchoredStep, bytes per device)."""
+  pair_step, pair, pair_shardings = paired(step_fn, state, state_shardings)
   compiled, needed = train_state.compile_ahead(
-      pair_step, (state, state.params["bert"]), (state_shardings, state_shardings.params["bert"]),
-      global_example, batch_sharding, mesh, rules, what + ", with the anchor term")
+      pair_step, pair, pair_shardings, global_example, batch_sharding, mesh, rules,
+      what + ", with the anchor term")
   return AnchoredStep(compiled), needed
 
 

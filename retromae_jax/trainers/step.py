@@ -44,8 +44,16 @@ class Step:
 
   def init(self, seed: int):
     """The state, initialised directly into its shardings (no full copy on any one device)."""
+    return train_state.init_sharded(self.init_state, self.state_shardings, self.mesh, self.rules,
+                                    seed)
+
+  def jaxpr(self, setting):
+    """The jaxpr of what compile(setting) compiles (with the anchor: the paired step)."""
+    fn, state = functools.partial(self.update_step, **{self.knob: setting}), self.state
+    if self.anchored:
+      fn, state, _ = anchor_lib.paired(fn, state, self.state_shardings)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      return jax.jit(self.init_state, out_shardings=self.state_shardings)(jax.random.key(seed))
+      return jax.make_jaxpr(fn)(state, self.batch)
 
   def compile(self, setting):
     """(compiled step, bytes per device it needs) with the knob at `setting`."""

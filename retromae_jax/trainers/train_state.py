@@ -58,13 +58,17 @@ def abstract_sharded_state(model, tx, example: dict, mesh, rules):
   return abstract_state, state_shardings, init_state
 
 
-def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
-  """Initialises the TrainState directly into its shardings (no full copy on any one device).
-  Returns (state, state_shardings)."""
-  _, state_shardings, init_state = abstract_sharded_state(model, tx, example, mesh, rules)
+def init_sharded(init_state, state_shardings, mesh, rules, seed: int):
+  """init_state(key(seed)) computed directly into its shardings (no full copy on any one
+  device)."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(seed))
-  return state, state_shardings
+    return jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(seed))
+
+
+def create_sharded_state(model, tx, example: dict, mesh, rules, seed: int):
+  """Initialises the TrainState directly into its shardings. Returns (state, state_shardings)."""
+  _, state_shardings, init_state = abstract_sharded_state(model, tx, example, mesh, rules)
+  return init_sharded(init_state, state_shardings, mesh, rules, seed), state_shardings
 
 
 def device_memory_bytes() -> int:
