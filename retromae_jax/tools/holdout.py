@@ -23,6 +23,7 @@ from absl import app, flags, logging
 
 from retromae_jax.data.evalsets import beir
 from retromae_jax.data import selfsup_pairs
+from retromae_jax.tools import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "a pretraining source: jsonl:GLOB, text:GLOB, tfds:..., "
@@ -73,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

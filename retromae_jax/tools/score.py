@@ -20,11 +20,12 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from retromae_jax.data import jsonl, pairs
 from retromae_jax.evaluators import embed
 from retromae_jax.interop import workdir
+from retromae_jax.tools import cli
 
 
 def _define_flags():
@@ -87,4 +88,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)
