@@ -141,19 +141,26 @@ def evaluate(model_dir: str, data, cfg: dict, pooling: str = "cls") -> dict:
                          cfg["eval_query_max_len"], 64)
   scores, indices = search.search(queries, docs, 100)
   run = metrics.run_from_topk(list(data.queries), list(data.corpus), indices, scores)
+  return score_run(data, run, time.perf_counter() - start)
+
+
+def score_run(data, run: dict, seconds: float) -> dict:
+  """A run's means plus its per-query nDCG@10 (in data.qrels' query order): any retriever's."""
+  from retromae_jax.evaluators import metrics
   query_ids, per_query = metrics.per_query(data.qrels, run, MEASURES)
   out = {m: float(per_query[m].mean()) for m in MEASURES}
-  out.update(num_queries=len(query_ids), num_docs=len(data.corpus),
-             seconds=time.perf_counter() - start, query_ids=query_ids,
-             per_query_ndcg10=[round(float(x), 6) for x in per_query[METRIC]])
+  out.update(num_queries=len(query_ids), num_docs=len(data.corpus), seconds=seconds,
+             query_ids=query_ids, per_query_ndcg10=[round(float(x), 6) for x in per_query[METRIC]])
   return out
 
 
-def cached_eval(path: str, model_dir: str, data_fn, cfg: dict, pooling: str = "cls") -> dict:
+def cached_eval(path: str, model_dir: str, data_fn, cfg: dict, pooling: str = "cls",
+                scorer=None) -> dict:
+  """evaluate(model_dir, ...), or scorer(data) when given, saved at `path` (a rerun reads it)."""
   if os.path.isfile(path):
     with open(path, encoding="utf-8") as f:
       return json.load(f)
-  result = evaluate(model_dir, data_fn(), cfg, pooling)
+  result = scorer(data_fn()) if scorer else evaluate(model_dir, data_fn(), cfg, pooling)
   with open(path, "w", encoding="utf-8") as f:
     json.dump(result, f)
   print(f"  {os.path.relpath(path, REPO)}: {METRIC} {result[METRIC]:.4f}", flush=True)

@@ -24,6 +24,23 @@ from retromae_jax.evaluators import metrics
 from retromae_jax.data.evalsets import pydoc_set
 
 
+def search(data, k1: float = 1.2, b: float = 0.75, top_k: int = 100) -> dict:
+  """The BM25 run over a BeirData: {query id: {doc id: score}}, zero-score documents left out."""
+  stemmer = Stemmer.Stemmer("english")
+  doc_ids = list(data.corpus)
+  retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
+  retriever.index(bm25s.tokenize(list(data.corpus.values()), stopwords="en", stemmer=stemmer,
+                                 show_progress=False), show_progress=False)
+  query_tokens = bm25s.tokenize(list(data.queries.values()), stopwords="en", stemmer=stemmer,
+                                show_progress=False)
+  indices, scores = retriever.retrieve(query_tokens, k=min(top_k, len(doc_ids)),
+                                       show_progress=False)
+  run = {}
+  for qid, idx, sc in zip(data.queries, np.asarray(indices), np.asarray(scores, np.float64)):
+    run[qid] = {doc_ids[i]: s for i, s in zip(idx.tolist(), sc.tolist()) if s > 0}
+  return run
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--beir_dir", default=None, help="default: build the pydoc set")
@@ -38,22 +55,11 @@ def main():
   data = beir.load(beir_dir, args.split)
 
   start = time.perf_counter()
-  stemmer = Stemmer.Stemmer("english")
-  doc_ids = list(data.corpus)
-  retriever = bm25s.BM25(k1=args.k1, b=args.b, method="lucene")
-  retriever.index(bm25s.tokenize(list(data.corpus.values()), stopwords="en", stemmer=stemmer,
-                                 show_progress=False), show_progress=False)
-  query_tokens = bm25s.tokenize(list(data.queries.values()), stopwords="en", stemmer=stemmer,
-                                show_progress=False)
-  k = min(args.top_k, len(doc_ids))
-  indices, scores = retriever.retrieve(query_tokens, k=k, show_progress=False)
+  run = search(data, args.k1, args.b, args.top_k)
   seconds = time.perf_counter() - start
-  run = {}
-  for qid, idx, sc in zip(data.queries, np.asarray(indices), np.asarray(scores, np.float64)):
-    run[qid] = {doc_ids[i]: s for i, s in zip(idx.tolist(), sc.tolist()) if s > 0}
   result = metrics.evaluate(data.qrels, run, ["ndcg@10", "mrr@10", "recall@10", "recall@100",
                                               "map@100", "p@10"])
-  result.update(num_docs=len(doc_ids), index_and_search_seconds=round(seconds, 2),
+  result.update(num_docs=len(data.corpus), index_and_search_seconds=round(seconds, 2),
                 beir_dir=args.beir_dir or "pydoc_set (built)", split=args.split)
   print(json.dumps(result))
 

@@ -19,6 +19,7 @@ evaluated; the starting model's own is mean):
   retromae       RetroMAE on the unlabeled text (init.hf_dir = start), then fine-tune
   retromae+warmup  the same with optim.freeze_encoder_steps (the new MLM head and decoder first)
   mlm, mlm+warmup  masked-LM only (no decoder), then fine-tune
+  bm25           the lexical baseline (bench/bm25_baseline.py; the arm is `bm25`, no pooling)
 Every pretrained arm is scored zero-shot and after the same fine-tune. Intervals: 95% bootstrap
 over queries (bench/ablation.py's), and paired differences: fine-tuned arms against
 finetune:mean, zero-shot ones against start:mean (the starting model in its own pooling).
@@ -50,7 +51,7 @@ POOLINGS = ("cls", "mean")
 # (--freeze_steps); ANCHOR = the anti-forgetting term at --anchor_weight.
 WARMUP, ANCHOR, TSDAE = "WARMUP", "ANCHOR", "TSDAE"
 KINDS = {
-    "start": None, "finetune": None,
+    "start": None, "finetune": None, "bm25": None,
     "retromae": [("pretrain", [])], "retromae+warmup": [("pretrain", [WARMUP])],
     "mlm": [("pretrain", ["--config.objective.kind=mlm"])],
     "mlm+warmup": [("pretrain", ["--config.objective.kind=mlm", WARMUP])],
@@ -78,7 +79,9 @@ DEFAULT_ARMS = ("start:cls,start:mean,finetune:mean,retromae+warmup:mean,retroma
 
 def parse_arm(arm: str) -> tuple[str, str]:
   kind, _, pooling = arm.partition(":")
-  if kind not in KINDS or pooling not in POOLINGS:
+  if arm == "bm25":  # the lexical baseline (bench/bm25_baseline.py): no encoder, no pooling
+    return kind, ""
+  if kind not in KINDS or kind == "bm25" or pooling not in POOLINGS:
     raise SystemExit(f"--arms: {arm!r}; expected KIND:POOLING with KIND in {sorted(KINDS)} and "
                      f"POOLING in {POOLINGS}")
   return kind, pooling
@@ -141,6 +144,22 @@ def run_arm(arm: str, cfg: dict, data, signal) -> dict:
   """Trains what the arm needs (skipping what is done) and returns its record."""
   kind, pooling = parse_arm(arm)
   root = os.path.join(cfg["workdir"], arm.replace(":", "_").replace("+", "_"))
+  # The split's name in the cached scores' files: a dev run never hands its scores to a test run.
+  suffix = "" if cfg["split"] == "test" else f"_{cfg['split']}"
+  if kind == "bm25":
+    import bm25_baseline  # beside this file (bench/)
+    os.makedirs(root, exist_ok=True)
+
+    def bm25(data):
+      start = time.perf_counter()
+      run = bm25_baseline.search(data)
+      return ablation.score_run(data, run, time.perf_counter() - start)
+
+    return {"kind": kind, "pooling": "", "finetuned": None, "stage_seconds": [],
+            "zeroshot": ablation.cached_eval(os.path.join(root, f"eval_zeroshot{suffix}.json"),
+                                             "", data, cfg, scorer=bm25),
+            "signal": ablation.cached_eval(os.path.join(root, "eval_signal.json"), "", signal,
+                                           cfg, scorer=bm25)}
   ft_dir = os.path.join(root, "finetune")
   record = {"kind": kind, "pooling": pooling, "zeroshot": None, "finetuned": None,
             "signal": None, "stage_seconds": []}
@@ -161,7 +180,7 @@ def run_arm(arm: str, cfg: dict, data, signal) -> dict:
     record["stage_seconds"].append(ablation._read_seconds(stage_dir))
     start_dir = stage_dir
   if kind != "finetune":
-    record["zeroshot"] = ablation.cached_eval(os.path.join(root, "eval_zeroshot.json"),
+    record["zeroshot"] = ablation.cached_eval(os.path.join(root, f"eval_zeroshot{suffix}.json"),
                                               start_dir, data, cfg, pooling)
     # The label-free signal: pseudo-queries of documents no stage trained on.
     record["signal"] = ablation.cached_eval(os.path.join(root, "eval_signal.json"),
@@ -171,17 +190,18 @@ def run_arm(arm: str, cfg: dict, data, signal) -> dict:
       ablation.finetune(start_dir, ft_dir, cfg, [f"--config.model.pooling={pooling}",
                                                 f"--config.data.train={cfg['finetune_data']}",
                                                 *cfg["finetune_flags"]])
-    record["finetuned"] = ablation.cached_eval(os.path.join(root, "eval_finetuned.json"),
-                                               ft_dir, data, cfg, pooling)
+    record["finetuned"] = ablation.cached_eval(
+        os.path.join(root, f"eval_finetuned{suffix}.json"), ft_dir, data, cfg, pooling)
     record["finetune_seconds"] = ablation._read_seconds(ft_dir)
   return record
 
 
 def rank_correlation(runs: dict) -> dict | None:
   """Spearman's rho between the label-free signal and the labeled zero-shot score over the
-  arms that have both (scipy.stats.spearmanr)."""
+  encoders' arms that have both (scipy.stats.spearmanr; BM25 is not a model to choose)."""
   from scipy import stats
-  names = [n for n, r in runs.items() if r.get("signal") and r.get("zeroshot")]
+  names = [n for n, r in runs.items()
+           if r.get("signal") and r.get("zeroshot") and r["kind"] != "bm25"]
   if len(names) < 3:
     return None
   signal = [runs[n]["signal"][METRIC] for n in names]
@@ -277,7 +297,7 @@ def main(argv=None):
       cfg[key] = getattr(args, key)
   cfg.update(seed=args.seed, workdir=workdir, start=os.path.abspath(args.start or default_start()),
              pretrain_flags=args.pretrain_flag, finetune_flags=args.finetune_flag,
-             selfsup_flags=args.selfsup_flag, no_finetune=args.no_finetune)
+             selfsup_flags=args.selfsup_flag, no_finetune=args.no_finetune, split=args.split)
 
   # The domain's set, built once into the workdir (a rerun reuses it).
   from retromae_jax.data.evalsets import beir

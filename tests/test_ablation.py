@@ -111,3 +111,41 @@ def test_unknown_objective_is_refused(tmp_path):
   with pytest.raises(SystemExit, match="unknown"):
     ablation.main(["--objectives=mlm,nope", f"--workdir={tmp_path}", f"--out={tmp_path}",
                    "--report_only"])
+
+
+def _bench_module(name):
+  path = os.path.join(os.path.dirname(_PATH), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_bm25_arm_scores_per_query_by_hand_and_stays_out_of_the_signal_correlation():
+  from retromae_jax.data.evalsets import beir
+  bm25_baseline = _bench_module("bm25_baseline")
+  corpus = {"ls": "list directory contents of the current folder",
+            "cp": "copy files and directories to another place",
+            "tar": "an archiving utility storing many files in one archive"}
+  queries = {"q1": "directory listing contents", "q2": "archive utility",
+             "q3": "zebra"}  # q3 shares no term with any document: nothing retrieved
+  qrels = {"q1": {"ls": 1}, "q2": {"tar": 1}, "q3": {"cp": 1}}
+  data = beir.BeirData(corpus, queries, qrels)
+  run = bm25_baseline.search(data)
+  assert run["q3"] == {} and max(run["q1"], key=run["q1"].get) == "ls"
+  out = ablation.score_run(data, run, 0.0)
+  # Each answerable query's one relevant document is ranked first: nDCG@10 1; q3's is 0.
+  assert out["query_ids"] == ["q1", "q2", "q3"]
+  assert out["per_query_ndcg10"] == [1.0, 1.0, 0.0]
+  assert out["ndcg@10"] == pytest.approx(2 / 3)
+
+  domain = _bench_module("domain_adaptation")
+  assert domain.parse_arm("bm25") == ("bm25", "")
+  with pytest.raises(SystemExit):
+    domain.parse_arm("bm25:mean")
+  arm = lambda kind, signal, labeled: {"kind": kind, "signal": {"ndcg@10": signal},
+                                       "zeroshot": {"ndcg@10": labeled}}
+  runs = {"a:mean": arm("start", 0.5, 0.7), "b:mean": arm("selfsup", 0.6, 0.8),
+          "c:cls": arm("start", 0.4, 0.6), "bm25": arm("bm25", 0.9, 0.1)}
+  corr = domain.rank_correlation(runs)
+  assert corr["arms"] == ["a:mean", "b:mean", "c:cls"] and corr["spearman"] == pytest.approx(1.0)
