@@ -26,7 +26,8 @@ finetune:mean, zero-shot ones against start:mean (the starting model in its own 
 This is the evaluation set's sampling noise only, one training seed.
 
 Runs go one after the other into --workdir/<arm>/{pretrain,finetune}; a rerun skips what is done
-(as bench/ablation.py). --out gets results.json and results.md.
+(as bench/ablation.py), and an arm whose first stages are another arm's (same settings) starts
+from that arm's finished stages. --out gets results.json and results.md.
 """
 
 import argparse
@@ -140,10 +141,27 @@ def selfsup_args(overrides: list[str], pooling: str, init: str, workdir: str, cf
           *_expand(overrides, cfg, cfg["start"]), *cfg["selfsup_flags"]]
 
 
+def _arm_dir(kind: str, pooling: str, cfg: dict) -> str:
+  return os.path.join(cfg["workdir"], f"{kind}:{pooling}".replace(":", "_").replace("+", "_"))
+
+
+def _finished_elsewhere(kind: str, pooling: str, i: int, cfg: dict) -> str | None:
+  """Another arm's finished stage i when its stages up to i are this arm's (same overrides,
+  pooling and seed: the same run), e.g. retromae+warmup's pretraining for
+  retromae+warmup+selfsup. None when no such stage is done."""
+  for other, stages in KINDS.items():
+    if other != kind and stages and stages[:i + 1] == KINDS[kind][:i + 1]:
+      stage = stages[i][0]
+      path = os.path.join(_arm_dir(other, pooling, cfg), stage if i == 0 else f"{stage}{i}")
+      if ablation._done(path):
+        return path
+  return None
+
+
 def run_arm(arm: str, cfg: dict, data, signal) -> dict:
   """Trains what the arm needs (skipping what is done) and returns its record."""
   kind, pooling = parse_arm(arm)
-  root = os.path.join(cfg["workdir"], arm.replace(":", "_").replace("+", "_"))
+  root = _arm_dir(kind, pooling, cfg) if kind != "bm25" else os.path.join(cfg["workdir"], "bm25")
   # The split's name in the cached scores' files: a dev run never hands its scores to a test run.
   suffix = "" if cfg["split"] == "test" else f"_{cfg['split']}"
   if kind == "bm25":
@@ -166,7 +184,8 @@ def run_arm(arm: str, cfg: dict, data, signal) -> dict:
   os.makedirs(root, exist_ok=True)
   start_dir = cfg["start"]
   for i, (stage, overrides) in enumerate(KINDS[kind] or []):
-    stage_dir = os.path.join(root, stage if i == 0 else f"{stage}{i}")
+    stage_dir = _finished_elsewhere(kind, pooling, i, cfg) or os.path.join(
+        root, stage if i == 0 else f"{stage}{i}")
     if not ablation._done(stage_dir):
       os.makedirs(stage_dir, exist_ok=True)
       if stage == "pretrain":

@@ -149,3 +149,19 @@ def test_bm25_arm_scores_per_query_by_hand_and_stays_out_of_the_signal_correlati
           "c:cls": arm("start", 0.4, 0.6), "bm25": arm("bm25", 0.9, 0.1)}
   corr = domain.rank_correlation(runs)
   assert corr["arms"] == ["a:mean", "b:mean", "c:cls"] and corr["spearman"] == pytest.approx(1.0)
+
+
+def test_an_arm_starts_from_another_arms_finished_identical_stages(tmp_path):
+  domain = _bench_module("domain_adaptation")
+  cfg = {"workdir": str(tmp_path)}
+  assert domain._finished_elsewhere("retromae+warmup+selfsup", "mean", 0, cfg) is None
+  done = tmp_path / "retromae_warmup_mean" / "pretrain" / "export" / "encoder"
+  done.mkdir(parents=True)
+  (done / "config.json").write_text("{}")
+  # Same first stage (RetroMAE with the warm-up, mean): reused; another pooling or another
+  # first stage (no warm-up) is another run.
+  assert domain._finished_elsewhere("retromae+warmup+selfsup", "mean", 0, cfg) == str(
+      tmp_path / "retromae_warmup_mean" / "pretrain")
+  assert domain._finished_elsewhere("retromae+warmup+selfsup", "cls", 0, cfg) is None
+  assert domain._finished_elsewhere("retromae", "mean", 0, cfg) is None
+  assert domain._finished_elsewhere("retromae+warmup+selfsup", "mean", 1, cfg) is None
