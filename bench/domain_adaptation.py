@@ -46,6 +46,9 @@ from bench import ablation  # noqa: E402  (after the path set-up above)
 
 METRIC = ablation.METRIC
 POOLINGS = ("cls", "mean")
+# The label-free signals: record key -> the pseudo-queries' pair kind (tools/holdout.py --kinds),
+# each scored on the same held-out pages. ICT is what the selfsup arms train on; heading is not.
+SIGNALS = {"signal": "ict", "signal_heading": "heading"}
 # arm -> its label-free stages, in order: ("pretrain", overrides) runs configs/base.py (or
 # configs/tsdae.py for TSDAE) on the unlabeled text; ("selfsup", overrides) a contrastive run on
 # label-free pairs of it (data.train=selfsup:). None: no stage. WARMUP = the warm-up length
@@ -158,7 +161,7 @@ def _finished_elsewhere(kind: str, pooling: str, i: int, cfg: dict) -> str | Non
   return None
 
 
-def run_arm(arm: str, cfg: dict, data, signal) -> dict:
+def run_arm(arm: str, cfg: dict, data, signals: dict) -> dict:
   """Trains what the arm needs (skipping what is done) and returns its record."""
   kind, pooling = parse_arm(arm)
   root = _arm_dir(kind, pooling, cfg) if kind != "bm25" else os.path.join(cfg["workdir"], "bm25")
@@ -173,11 +176,13 @@ def run_arm(arm: str, cfg: dict, data, signal) -> dict:
       run = bm25_baseline.search(data)
       return ablation.score_run(data, run, time.perf_counter() - start)
 
-    return {"kind": kind, "pooling": "", "finetuned": None, "stage_seconds": [],
-            "zeroshot": ablation.cached_eval(os.path.join(root, f"eval_zeroshot{suffix}.json"),
-                                             "", data, cfg, scorer=bm25),
-            "signal": ablation.cached_eval(os.path.join(root, "eval_signal.json"), "", signal,
-                                           cfg, scorer=bm25)}
+    record = {"kind": kind, "pooling": "", "finetuned": None, "stage_seconds": [],
+              "zeroshot": ablation.cached_eval(os.path.join(root, f"eval_zeroshot{suffix}.json"),
+                                               "", data, cfg, scorer=bm25)}
+    for name, signal in signals.items():
+      record[name] = ablation.cached_eval(os.path.join(root, f"eval_{name}.json"), "", signal,
+                                          cfg, scorer=bm25)
+    return record
   ft_dir = os.path.join(root, "finetune")
   record = {"kind": kind, "pooling": pooling, "zeroshot": None, "finetuned": None,
             "signal": None, "stage_seconds": []}
@@ -201,9 +206,10 @@ def run_arm(arm: str, cfg: dict, data, signal) -> dict:
   if kind != "finetune":
     record["zeroshot"] = ablation.cached_eval(os.path.join(root, f"eval_zeroshot{suffix}.json"),
                                               start_dir, data, cfg, pooling)
-    # The label-free signal: pseudo-queries of documents no stage trained on.
-    record["signal"] = ablation.cached_eval(os.path.join(root, "eval_signal.json"),
-                                            start_dir, signal, cfg, pooling)
+    # The label-free signals: pseudo-queries of documents no stage trained on.
+    for name, signal in signals.items():
+      record[name] = ablation.cached_eval(os.path.join(root, f"eval_{name}.json"), start_dir,
+                                          signal, cfg, pooling)
   if kind != "start" and not cfg["no_finetune"]:
     if not ablation._done(ft_dir):
       ablation.finetune(start_dir, ft_dir, cfg, [f"--config.model.pooling={pooling}",
@@ -215,15 +221,15 @@ def run_arm(arm: str, cfg: dict, data, signal) -> dict:
   return record
 
 
-def rank_correlation(runs: dict) -> dict | None:
-  """Spearman's rho between the label-free signal and the labeled zero-shot score over the
+def rank_correlation(runs: dict, key: str = "signal") -> dict | None:
+  """Spearman's rho between a label-free signal (`key`) and the labeled zero-shot score over the
   encoders' arms that have both (scipy.stats.spearmanr; BM25 is not a model to choose)."""
   from scipy import stats
   names = [n for n, r in runs.items()
-           if r.get("signal") and r.get("zeroshot") and r["kind"] != "bm25"]
+           if r.get(key) and r.get("zeroshot") and r["kind"] != "bm25"]
   if len(names) < 3:
     return None
-  signal = [runs[n]["signal"][METRIC] for n in names]
+  signal = [runs[n][key][METRIC] for n in names]
   labeled = [runs[n]["zeroshot"][METRIC] for n in names]
   rho, p = stats.spearmanr(signal, labeled)
   return {"arms": names, "signal": signal, "labeled": labeled, "spearman": float(rho),
@@ -249,26 +255,29 @@ def write_table(results: dict, path: str) -> str:
       f"{METRIC} on {meta['eval']} ({meta['num_queries']} queries, {meta['num_docs']} documents), "
       "[95% bootstrap interval]; Δ: paired bootstrap against start:mean (zero-shot) and "
       "finetune:mean (fine-tuned), P(Δ ≤ 0) its one-sided share.", "",
-      f"| arm | zero-shot {METRIC} | Δ vs start:mean | label-free signal | fine-tuned {METRIC} "
-      "| Δ vs finetune:mean | P(Δ ≤ 0) | final enc / dec loss |",
-      "|---|---|---|---|---|---|---|---|"]
+      f"| arm | zero-shot {METRIC} | Δ vs start:mean | signal: ICT | signal: heading "
+      f"| fine-tuned {METRIC} | Δ vs finetune:mean | P(Δ ≤ 0) | final enc / dec loss |",
+      "|---|---|---|---|---|---|---|---|---|"]
   for name, r in results["runs"].items():
     z, f = boot["zeroshot"].get(name), boot["finetuned"].get(name)
     curve = r.get("loss_curve") or {}
     final = " / ".join(f"{curve[k][-1]:.3f}" if curve.get(k) and curve[k][-1] is not None
                        else "-" for k in ("enc_loss", "dec_loss"))
     p_le_0 = f"{f['p_le_0']:.3f}" if f and "p_le_0" in f else "-"
-    signal = f"{r['signal'][METRIC]:.4f}" if r.get("signal") else "-"
+    signals = " | ".join(f"{r[k][METRIC]:.4f}" if r.get(k) else "-" for k in SIGNALS)
     lines.append(
         f"| {name} | {ablation._fmt_ci(z) if z else '-'} | {ablation._fmt_diff(z) if z else '-'} "
-        f"| {signal} | {ablation._fmt_ci(f) if f else '-'} | "
+        f"| {signals} | {ablation._fmt_ci(f) if f else '-'} | "
         f"{ablation._fmt_diff(f) if f else '-'} | {p_le_0} | {final} |")
-  corr = results.get("signal_vs_labeled")
-  lines += ["", "Label-free signal: " + METRIC + " on pseudo-queries (inverse cloze) of the pages "
-            "held out of every stage (retromae_jax/tools/holdout.py). "
-            + (f"Spearman's rho against the labeled zero-shot score over {len(corr['arms'])} "
-               f"arms: {corr['spearman']:+.3f} (p = {corr['p_value']:.3f})." if corr
-               else "Rank correlation: fewer than 3 arms with both scores.")]
+  lines += ["", "Label-free signals: " + METRIC + " on pseudo-queries of the pages held out of "
+            "every stage (retromae_jax/tools/holdout.py): ICT = a sentence against the passage "
+            "around it, heading = a heading against the body under it."]
+  for key, kind in SIGNALS.items():
+    corr = results.get("signal_vs_labeled", {}).get(key)
+    lines.append(f"- {kind}: " + (
+        f"Spearman's rho against the labeled zero-shot score over {len(corr['arms'])} arms: "
+        f"{corr['spearman']:+.3f} (p = {corr['p_value']:.3f})." if corr
+        else "fewer than 3 arms with both scores."))
   text = "\n".join(lines) + "\n"
   with open(path, "w", encoding="utf-8") as f:
     f.write(text)
@@ -329,10 +338,13 @@ def main(argv=None):
   # The unlabeled text less a held-out tenth of its pages, whose pseudo-queries
   # (retromae_jax/tools/holdout.py) are the label-free signal: no stage trains on them.
   split_dir = os.path.join(os.path.dirname(set_dir), "selfsup_split")
-  if not os.path.isfile(os.path.join(split_dir, "heldout", "qrels", "test.tsv")):
-    subprocess.run([sys.executable, "-m", "retromae_jax.tools.holdout",
-                    f"--source=jsonl:{os.path.join(set_dir, 'unlabeled.jsonl')}",
-                    f"--out={split_dir}"], check=True, cwd=REPO)
+  signal_dirs = {}
+  for key, kind in SIGNALS.items():  # the same held-out pages (by text hash), two kinds
+    signal_dirs[key] = split_dir if kind == "ict" else f"{split_dir}_{kind}"
+    if not os.path.isfile(os.path.join(signal_dirs[key], "heldout", "qrels", "test.tsv")):
+      subprocess.run([sys.executable, "-m", "retromae_jax.tools.holdout",
+                      f"--source=jsonl:{os.path.join(set_dir, 'unlabeled.jsonl')}",
+                      f"--out={signal_dirs[key]}", f"--kinds={kind}"], check=True, cwd=REPO)
   cfg["unlabeled"] = os.path.join(split_dir, "train.jsonl")
   cfg["finetune_data"] = "pydoc" if args.finetune_data == "pydoc" else f"beir:{set_dir}"
   cache = {}
@@ -343,12 +355,14 @@ def main(argv=None):
                        else dev_split(beir.load(set_dir, "train")))
     return cache["data"]
 
-  def signal():
-    if "signal" not in cache:
-      cache["signal"] = beir.load(os.path.join(split_dir, "heldout"), "test")
-    return cache["signal"]
+  def signal(key):
+    def load():
+      if key not in cache:
+        cache[key] = beir.load(os.path.join(signal_dirs[key], "heldout"), "test")
+      return cache[key]
+    return load
 
-  runs = {arm: run_arm(arm, cfg, data, signal) for arm in arms}
+  runs = {arm: run_arm(arm, cfg, data, {key: signal(key) for key in SIGNALS}) for arm in arms}
   first = next((r["finetuned"] or r["zeroshot"] for r in runs.values()), {}) or {}
   command = "python bench/domain_adaptation.py " + " ".join(
       argv if argv is not None else sys.argv[1:])
@@ -370,7 +384,7 @@ def main(argv=None):
       "num_queries": first.get("num_queries"), "num_docs": first.get("num_docs"), "config": cfg,
   }
   results = {"meta": meta, "runs": runs, "bootstrap": summarize(runs, args.bootstrap_samples),
-             "signal_vs_labeled": rank_correlation(runs)}
+             "signal_vs_labeled": {key: rank_correlation(runs, key) for key in SIGNALS}}
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)

@@ -1,9 +1,15 @@
 """A label-free evaluation set from unlabeled text: documents held out of training, each giving a
-pseudo-query (inverse cloze: one of its sentences) whose one relevant document is the passage
-around that sentence, the sentence removed.
+pseudo-query (by default inverse cloze: one of its sentences) whose one relevant document is the
+passage around that sentence, the sentence removed.
 
   python -m retromae_jax.tools.holdout --source=SOURCE --out=DIR [--fraction=0.1] [--seed=0]
-      [--window_words=100] [--max_documents=N]
+      [--window_words=100] [--max_documents=N] [--kinds=ict]
+
+--kinds: the pair kinds of data/selfsup_pairs.py the pseudo-queries are drawn from (ict, heading,
+crops). Score a kind that training does not use: a signal made of the training task's own pairs
+rewards the task (bench/RESULTS.md, issue 21). The held-out documents depend on the text and
+--fraction only, so two kinds written to two folders hold out the same documents (the same
+train.jsonl).
 
 SOURCE: any pretraining source (data/sources.py, or a prepared corpus). Writes
   DIR/train.jsonl   the documents NOT held out, {"text": ...} per line: train on these
@@ -34,18 +40,21 @@ flags.DEFINE_integer("seed", 0, "draws the sentence of each held-out document")
 flags.DEFINE_integer("window_words", 100, "words of context around the sentence, at most")
 flags.DEFINE_integer("max_documents", 0, "read at most this many documents (0 = all)")
 flags.DEFINE_string("data_dir", "", "TFDS data_dir, for tfds: sources")
+flags.DEFINE_string("kinds", "ict", "comma-separated pair kinds of the pseudo-queries, from "
+                    f"{selfsup_pairs.KINDS}")
 
 
-def split(texts, fraction: float, seed: int, window_words: int):
-  """(train texts, corpus {id: passage}, queries {id: sentence}, qrels {qid: {id: 1}})."""
-  opts = selfsup_pairs.Options(kinds="ict", window_words=window_words)
+def split(texts, fraction: float, seed: int, window_words: int, kinds: str = "ict"):
+  """(train texts, corpus {id: passage}, queries {id: pseudo-query}, qrels {qid: {id: 1}})."""
+  opts = selfsup_pairs.Options(kinds=kinds, window_words=window_words)
+  opts.check()
   train, corpus, queries, qrels = [], {}, {}, {}
   for n, text in enumerate(texts):
     if not selfsup_pairs.held_out(text, fraction):
       train.append(text)
       continue
     pair = selfsup_pairs.make_pair(text, opts, seed, view=0)
-    if pair is None:  # too short for a sentence and its context: neither trained on nor scored
+    if pair is None:  # no pair of the kinds (too short, no heading): neither trained on nor scored
       continue
     corpus[f"d{n}"], queries[f"q{n}"] = pair[1], pair[0]
     qrels[f"q{n}"] = {f"d{n}": 1}
@@ -58,11 +67,16 @@ def main(argv):
     raise app.UsageError("--source and --out are required")
   if not 0 < FLAGS.fraction < 1:
     raise app.UsageError(f"--fraction: expected a share in (0, 1), got {FLAGS.fraction}")
+  try:
+    selfsup_pairs.Options(kinds=FLAGS.kinds).check()
+  except ValueError as e:
+    raise app.UsageError(f"--kinds: {e}") from None
   texts = selfsup_pairs.read_documents(FLAGS.source, FLAGS.data_dir, FLAGS.max_documents)
-  train, corpus, queries, qrels = split(texts, FLAGS.fraction, FLAGS.seed, FLAGS.window_words)
+  train, corpus, queries, qrels = split(texts, FLAGS.fraction, FLAGS.seed, FLAGS.window_words,
+                                        FLAGS.kinds)
   if not queries:
-    raise app.UsageError(f"--source {FLAGS.source}: no document was held out with a usable "
-                         f"sentence (of {len(texts)}); raise --fraction")
+    raise app.UsageError(f"--source {FLAGS.source}: no held-out document (of {len(texts)}) gave "
+                         f"a pair of kinds {FLAGS.kinds!r}; raise --fraction or change --kinds")
   os.makedirs(FLAGS.out, exist_ok=True)
   with open(os.path.join(FLAGS.out, "train.jsonl"), "w", encoding="utf-8") as f:
     for text in train:
