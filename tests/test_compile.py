@@ -144,6 +144,16 @@ def test_missing_libtpu_is_one_line(monkeypatch):
                               "pip install -r requirements-tpu.txt")
 
 
+@needs_libtpu
+def test_a_slice_smaller_than_a_host_is_described_and_a_refused_one_is_one_line():
+  from retromae_jax.trainers import chips  # pylint: disable=g-import-not-at-top
+  chip, topology, devices = chips.topology_devices("v5e-1", 1)  # one chip: its own host bounds
+  assert (chip.name, topology, len(devices)) == ("v5e", "v5e:1x1", 1)
+  assert len(chips.topology_devices("v5e-8", 1)[2]) == 8
+  with pytest.raises(ValueError, match=r"^--topology: libtpu cannot describe v5e:3x3 \(.+\)$"):
+    chips.topology_devices("v5e:3x3", 1)
+
+
 def test_topology_names():
   from retromae_jax.trainers import chips  # pylint: disable=g-import-not-at-top
   assert chips.parse_topology("v5e-8")[1] == "v5e:2x4"

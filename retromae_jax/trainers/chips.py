@@ -73,6 +73,10 @@ def parse_topology(name: str) -> tuple[Chip, str]:
   return chip, f"{chip.name}:{'x'.join(map(str, shape))}"
 
 
+# Chips per host in libtpu's default layout (x, y, z); a smaller slice names its own bounds.
+HOST_BOUNDS = (2, 2, 1)
+
+
 def topology_devices(name: str, num_slices: int):
   """(chip, libtpu topology name, devices) of a TPU slice, from libtpu's topology description
   (no TPU needed). Raises ValueError('--topology: ...') where libtpu is not installed."""
@@ -81,7 +85,15 @@ def topology_devices(name: str, num_slices: int):
     raise ValueError("--topology: the TPU compiler (libtpu) is not installed: "
                      "pip install -r requirements-tpu.txt")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  description = topologies.get_topology_desc(topology_name=topology, platform="tpu",
-                                             chip_config_name=chip.chip_config,
-                                             num_slices=num_slices)
+  extra = {}
+  shape = [int(d) for d in topology.split(":")[1].split("x")] + [1]
+  if any(d < h for d, h in zip(shape, HOST_BOUNDS)):  # a slice smaller than one host (v5e-1)
+    extra["chips_per_host_bounds"] = tuple(min(d, h) for d, h in zip(shape, HOST_BOUNDS))
+  try:
+    description = topologies.get_topology_desc(topology_name=topology, platform="tpu",
+                                               chip_config_name=chip.chip_config,
+                                               num_slices=num_slices, **extra)
+  except Exception as e:  # libtpu's own refusal (JaxRuntimeError): its first line says why
+    raise ValueError(f"--topology: libtpu cannot describe {topology} "
+                     f"({str(e).splitlines()[0]})") from None
   return chip, topology, list(description.devices)
