@@ -187,3 +187,31 @@ def test_fit_finds_the_fastest_setting_that_fits_with_few_compiles(monkeypatch):
   with pytest.raises(compile_report.DoesNotFit) as refused:
     compile_report.fit(step, None, None, 8)
   assert refused.value.args[0]["setting"] == 4 and compiled == [4]
+
+
+def test_an_anchored_step_is_reported_with_its_frozen_copy():
+  """The anti-forgetting term's step (config.anchor) also reads the frozen starting encoder:
+  the report reads its compiled program like any other, and its arguments hold that copy.
+  Compiled for this CPU (the report's arithmetic does not need a TPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs.base import get_config  # pylint: disable=g-import-not-at-top
+  from retromae_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from retromae_jax.tools import compile_report  # pylint: disable=g-import-not-at-top
+  from retromae_jax.trainers import chips, loop, pretrain  # pylint: disable=g-import-not-at-top
+
+  reports = {}
+  for weight in (0.0, 1.0):
+    config = get_config("smoke")
+    config.anchor.weight, config.batch_size = weight, 4
+    tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer)
+    mesh, rules = loop.make_mesh(config, jax.devices()[:1])
+    model_cfg = loop.resolve_model_config(config, tokenizer.get_vocab_size())
+    step = pretrain.build_step(config, model_cfg, mesh, rules)
+    assert step.anchored == (weight > 0)
+    reports[weight] = compile_report.analyse(step, step.setting, chips.parse_topology("v5e-4")[0],
+                                             model_cfg, 1)
+    encoder_bytes = compile_report.per_chip_bytes(step.state.params["bert"],
+                                                  step.state_shardings.params["bert"])
+  plain, anchored = (reports[w]["bytes_per_chip"] for w in (0.0, 1.0))
+  assert anchored["parameters"] == plain["parameters"]
+  assert anchored["arguments"] - plain["arguments"] == pytest.approx(encoder_bytes, rel=0.01)

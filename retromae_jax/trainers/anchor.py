@@ -71,6 +71,11 @@ class AnchoredStep:
     (state, self.anchor), metrics = self.compiled((state, self.anchor), batch)
     return state, metrics
 
+  def __getattr__(self, name):
+    # The compiled program's analyses (memory_analysis, cost_analysis, as_text) are this step's:
+    # tools/compile.py reports an anchored step like any other.
+    return getattr(self.compiled, name)
+
 
 def paired(step_fn, state, state_shardings):
   """step_fn(state, batch, anchor=frozen encoder) as the function a compiler sees:
