@@ -165,3 +165,24 @@ def test_an_arm_starts_from_another_arms_finished_identical_stages(tmp_path):
   assert domain._finished_elsewhere("retromae+warmup+selfsup", "cls", 0, cfg) is None
   assert domain._finished_elsewhere("retromae", "mean", 0, cfg) is None
   assert domain._finished_elsewhere("retromae+warmup+selfsup", "mean", 1, cfg) is None
+
+
+def test_seeds_pool_per_query_before_pairing():
+  seeds = _bench_module("domain_seeds")
+  rng = np.random.default_rng(0)
+  base = rng.uniform(0, 1, 50)
+
+  def run(shift):  # arm a = arm b + shift on every query; query order differs between arms
+    ids = [f"q{i}" for i in range(50)]
+    return {"runs": {"a": {"finetuned": {"query_ids": ids[::-1],
+                                         "per_query_ndcg10": list((base + shift)[::-1])}},
+                     "b": {"finetuned": {"query_ids": ids, "per_query_ndcg10": list(base)}}}}
+
+  out = seeds.compare([run(0.01), run(0.03), {"runs": {}}], "a", "b", "finetuned", samples=200)
+  assert [s["diff"] for s in out["per_seed"][:2]] == pytest.approx([0.01, 0.03])
+  assert out["per_seed"][2] is None  # a run without the arms is skipped, not a zero
+  # Pooled: each query's mean over the two seeds, then paired: exactly +0.02 on every resample.
+  pooled = out["pooled"]
+  assert pooled["seeds"] == 2
+  assert (pooled["diff"], pooled["diff_lo"], pooled["diff_hi"]) == pytest.approx((0.02,) * 3)
+  assert pooled["p_le_0"] == 0.0
