@@ -126,8 +126,8 @@ def pretrain_args(overrides: list[str], pooling: str, workdir: str, cfg: dict) -
           f"--workdir={workdir}", f"--config.init.hf_dir={cfg['start']}",
           f"--config.tokenizer={cfg['start']}", f"--config.data.source=jsonl:{cfg['unlabeled']}",
           f"--config.model.sentence_vector={pooling}", f"--config.total_steps={steps}",
-          # one document per row for every arm, so that the arms compare alike (TSDAE's parts
-          # do not pack)
+          # one document per row for every arm, as issue 15's measurements ran, so that the
+          # arms of every session compare alike (every part packs since; the recipe packs)
           "--config.data.pack=False",
           f"--config.batch_size={cfg['batch_size']}",
           f"--config.data.max_seq_length={cfg['max_seq_length']}",
