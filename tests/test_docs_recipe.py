@@ -89,10 +89,12 @@ def test_the_recipe_runs_as_printed(tmp_path):
   assert (tmp_path / "work/split/heldout/qrels/test.tsv").is_file()
   for workdir in ("adapt", "adapt_pairs", "adapt_ft"):
     assert (tmp_path / "work" / workdir / "export/encoder/config.json").is_file(), workdir
+  # The signal's pseudo-queries are headings, each relevant to the text under it.
+  queries = [json.loads(line) for line in open(tmp_path / "work/split/heldout/queries.jsonl")]
+  assert queries and all(len(q["text"].split()) <= 10 for q in queries)
   rows = [json.loads(line) for line in open(tmp_path / "work/adapt/metrics.jsonl")]
   assert any("eval/ndcg@10" in r for r in rows)
-  anchor = [r["anchor_loss"] for r in rows if "anchor_loss" in r]
-  # Step 1 trains from the starting model itself: the frozen copy agrees with it exactly.
-  assert len(anchor) == 2 and anchor[0] < 1e-6
+  assert not any("anchor_loss" in r for r in rows)  # step 1 as measured: no anchor term
   rows = [json.loads(line) for line in open(tmp_path / "work/adapt_pairs/metrics.jsonl")]
+  # Step 2 is kept near the general model (anchor.model) and scored on the signal as it trains.
   assert any("anchor_loss" in r for r in rows) and any("eval/ndcg@10" in r for r in rows)
