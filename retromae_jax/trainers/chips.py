@@ -84,6 +84,7 @@ def topology_devices(name: str, num_slices: int):
   if importlib.util.find_spec("libtpu") is None:
     raise ValueError("--topology: the TPU compiler (libtpu) is not installed: "
                      "pip install -r requirements-tpu.txt")
+  import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   extra = {}
   shape = [int(d) for d in topology.split(":")[1].split("x")] + [1]
@@ -93,7 +94,7 @@ def topology_devices(name: str, num_slices: int):
     description = topologies.get_topology_desc(topology_name=topology, platform="tpu",
                                                chip_config_name=chip.chip_config,
                                                num_slices=num_slices, **extra)
-  except Exception as e:  # libtpu's own refusal (JaxRuntimeError): its first line says why
+  except jax.errors.JaxRuntimeError as e:  # libtpu's own refusal: its first line says why
     raise ValueError(f"--topology: libtpu cannot describe {topology} "
                      f"({str(e).splitlines()[0]})") from None
   return chip, topology, list(description.devices)
