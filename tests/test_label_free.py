@@ -160,7 +160,6 @@ def test_anchor_checks_name_the_key():
 
 def test_holdout_kinds_hold_out_the_same_documents_by_hash():
   import hashlib
-  from retromae_jax.tools import holdout
   texts = [f"# Topic {i}\nThe body of page {i} says something useful about topic number {i}. "
            f"It has a second sentence with enough words in it." for i in range(60)]
   texts += [f"A page {i} without any headings at all in it. It still has two sentences of some "
@@ -168,8 +167,8 @@ def test_holdout_kinds_hold_out_the_same_documents_by_hash():
   # Held out iff the blake2b hash of the text, as a fraction of 2^64, is below the share.
   by_hand = [t for t in texts if int.from_bytes(
       hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") / 2**64 < 0.3]
-  ict = holdout.split(texts, 0.3, 0, 100, "ict")
-  heading = holdout.split(texts, 0.3, 0, 100, "heading")
+  ict = selfsup_pairs.holdout_split(texts, 0.3, 0, 100, "ict")
+  heading = selfsup_pairs.holdout_split(texts, 0.3, 0, 100, "heading")
   assert ict[0] == heading[0] == [t for t in texts if t not in by_hand]  # same train documents
   assert len(ict[2]) == len(by_hand)  # every held-out page gives an inverse-cloze pair
   # Heading pseudo-queries: only the pages with a heading; the query is the heading, the
@@ -180,4 +179,4 @@ def test_holdout_kinds_hold_out_the_same_documents_by_hash():
     (doc,) = heading[3][qid]
     assert query.startswith("Topic ") and heading[1][doc].startswith("The body of page")
   with pytest.raises(ValueError, match="kinds"):
-    holdout.split(texts, 0.3, 0, 100, "title")
+    selfsup_pairs.holdout_split(texts, 0.3, 0, 100, "title")

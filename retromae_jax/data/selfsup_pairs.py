@@ -107,6 +107,25 @@ def held_out(text: str, fraction: float) -> bool:
   return int.from_bytes(digest, "little") / 2**64 < fraction
 
 
+def holdout_split(texts, fraction: float, seed: int, window_words: int, kinds: str = "ict"):
+  """tools/holdout.py's split: (train texts, corpus {id: passage}, queries {id: pseudo-query},
+  qrels {qid: {id: 1}}). A held-out document gives one pair of `kinds` (or none: neither trained
+  on nor scored); which documents are held out depends on their text and `fraction` only."""
+  opts = Options(kinds=kinds, window_words=window_words)
+  opts.check()
+  train, corpus, queries, qrels = [], {}, {}, {}
+  for n, text in enumerate(texts):
+    if not held_out(text, fraction):
+      train.append(text)
+      continue
+    pair = make_pair(text, opts, seed, view=0)
+    if pair is None:
+      continue
+    corpus[f"d{n}"], queries[f"q{n}"] = pair[1], pair[0]
+    qrels[f"q{n}"] = {f"d{n}": 1}
+  return train, corpus, queries, qrels
+
+
 # ----------------------------------------------------------------------------------- Pairs
 
 

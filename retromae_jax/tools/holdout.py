@@ -44,23 +44,6 @@ flags.DEFINE_string("kinds", "ict", "comma-separated pair kinds of the pseudo-qu
                     f"{selfsup_pairs.KINDS}")
 
 
-def split(texts, fraction: float, seed: int, window_words: int, kinds: str = "ict"):
-  """(train texts, corpus {id: passage}, queries {id: pseudo-query}, qrels {qid: {id: 1}})."""
-  opts = selfsup_pairs.Options(kinds=kinds, window_words=window_words)
-  opts.check()
-  train, corpus, queries, qrels = [], {}, {}, {}
-  for n, text in enumerate(texts):
-    if not selfsup_pairs.held_out(text, fraction):
-      train.append(text)
-      continue
-    pair = selfsup_pairs.make_pair(text, opts, seed, view=0)
-    if pair is None:  # no pair of the kinds (too short, no heading): neither trained on nor scored
-      continue
-    corpus[f"d{n}"], queries[f"q{n}"] = pair[1], pair[0]
-    qrels[f"q{n}"] = {f"d{n}": 1}
-  return train, corpus, queries, qrels
-
-
 def main(argv):
   del argv
   if not FLAGS.source or not FLAGS.out:
@@ -72,8 +55,8 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(f"--kinds: {e}") from None
   texts = selfsup_pairs.read_documents(FLAGS.source, FLAGS.data_dir, FLAGS.max_documents)
-  train, corpus, queries, qrels = split(texts, FLAGS.fraction, FLAGS.seed, FLAGS.window_words,
-                                        FLAGS.kinds)
+  train, corpus, queries, qrels = selfsup_pairs.holdout_split(
+      texts, FLAGS.fraction, FLAGS.seed, FLAGS.window_words, FLAGS.kinds)
   if not queries:
     raise app.UsageError(f"--source {FLAGS.source}: no held-out document (of {len(texts)}) gave "
                          f"a pair of kinds {FLAGS.kinds!r}; raise --fraction or change --kinds")
