@@ -144,8 +144,8 @@ def selfsup_args(overrides: list[str], pooling: str, init: str, workdir: str, cf
           *_expand(overrides, cfg, cfg["start"]), *cfg["selfsup_flags"]]
 
 
-def _arm_dir(kind: str, pooling: str, cfg: dict) -> str:
-  return os.path.join(cfg["workdir"], f"{kind}:{pooling}".replace(":", "_").replace("+", "_"))
+def _arm_dir(arm: str, cfg: dict) -> str:
+  return os.path.join(cfg["workdir"], arm.replace(":", "_").replace("+", "_"))
 
 
 def _finished_elsewhere(kind: str, pooling: str, i: int, cfg: dict) -> str | None:
@@ -155,34 +155,27 @@ def _finished_elsewhere(kind: str, pooling: str, i: int, cfg: dict) -> str | Non
   for other, stages in KINDS.items():
     if other != kind and stages and stages[:i + 1] == KINDS[kind][:i + 1]:
       stage = stages[i][0]
-      path = os.path.join(_arm_dir(other, pooling, cfg), stage if i == 0 else f"{stage}{i}")
+      path = os.path.join(_arm_dir(f"{other}:{pooling}", cfg), stage if i == 0 else f"{stage}{i}")
       if ablation._done(path):
         return path
   return None
 
 
+def _bm25(data) -> dict:
+  """The bm25 arm's scores (bench/bm25_baseline.py), in ablation.evaluate's form."""
+  import bm25_baseline  # beside this file (bench/)
+  start = time.perf_counter()
+  run = bm25_baseline.search(data)
+  return ablation.score_run(data, run, time.perf_counter() - start)
+
+
 def run_arm(arm: str, cfg: dict, data, signals: dict) -> dict:
   """Trains what the arm needs (skipping what is done) and returns its record."""
   kind, pooling = parse_arm(arm)
-  root = _arm_dir(kind, pooling, cfg) if kind != "bm25" else os.path.join(cfg["workdir"], "bm25")
+  root = _arm_dir(arm, cfg)
   # The split's name in the cached scores' files: a dev run never hands its scores to a test run.
   suffix = "" if cfg["split"] == "test" else f"_{cfg['split']}"
-  if kind == "bm25":
-    import bm25_baseline  # beside this file (bench/)
-    os.makedirs(root, exist_ok=True)
-
-    def bm25(data):
-      start = time.perf_counter()
-      run = bm25_baseline.search(data)
-      return ablation.score_run(data, run, time.perf_counter() - start)
-
-    record = {"kind": kind, "pooling": "", "finetuned": None, "stage_seconds": [],
-              "zeroshot": ablation.cached_eval(os.path.join(root, f"eval_zeroshot{suffix}.json"),
-                                               "", data, cfg, scorer=bm25)}
-    for name, signal in signals.items():
-      record[name] = ablation.cached_eval(os.path.join(root, f"eval_{name}.json"), "", signal,
-                                          cfg, scorer=bm25)
-    return record
+  scorer = _bm25 if kind == "bm25" else None  # no encoder: scored by BM25, never fine-tuned
   ft_dir = os.path.join(root, "finetune")
   record = {"kind": kind, "pooling": pooling, "zeroshot": None, "finetuned": None,
             "signal": None, "stage_seconds": []}
@@ -205,12 +198,12 @@ def run_arm(arm: str, cfg: dict, data, signals: dict) -> dict:
     start_dir = stage_dir
   if kind != "finetune":
     record["zeroshot"] = ablation.cached_eval(os.path.join(root, f"eval_zeroshot{suffix}.json"),
-                                              start_dir, data, cfg, pooling)
+                                              start_dir, data, cfg, pooling, scorer)
     # The label-free signals: pseudo-queries of documents no stage trained on.
     for name, signal in signals.items():
       record[name] = ablation.cached_eval(os.path.join(root, f"eval_{name}.json"), start_dir,
-                                          signal, cfg, pooling)
-  if kind != "start" and not cfg["no_finetune"]:
+                                          signal, cfg, pooling, scorer)
+  if kind not in ("start", "bm25") and not cfg["no_finetune"]:
     if not ablation._done(ft_dir):
       ablation.finetune(start_dir, ft_dir, cfg, [f"--config.model.pooling={pooling}",
                                                 f"--config.data.train={cfg['finetune_data']}",

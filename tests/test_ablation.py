@@ -7,11 +7,17 @@ import os
 import numpy as np
 import pytest
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
-                     "ablation.py")
-_spec = importlib.util.spec_from_file_location("ablation", _PATH)
-ablation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ablation)
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+def _bench_module(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+ablation = _bench_module("ablation")
 
 
 def test_bootstrap_pairs_the_difference_over_the_same_queries():
@@ -111,14 +117,6 @@ def test_unknown_objective_is_refused(tmp_path):
   with pytest.raises(SystemExit, match="unknown"):
     ablation.main(["--objectives=mlm,nope", f"--workdir={tmp_path}", f"--out={tmp_path}",
                    "--report_only"])
-
-
-def _bench_module(name):
-  path = os.path.join(os.path.dirname(_PATH), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_bm25_arm_scores_per_query_by_hand_and_stays_out_of_the_signal_correlation():
